@@ -1,0 +1,222 @@
+r"""One model currency: whatever a network predicts, samplers see ``.x0``, ``.eps``, ``.score`` (and ``.v``).
+
+For x_t = alpha x_0 + sigma eps (Kingma et al. 2021; Salimans & Ho 2022; Karras et al. 2022):
+
+==============  =====================================================================
+eps from x0     eps = (x - alpha x0) / sigma
+x0 from eps     x0 = (x - sigma eps) / alpha
+score           score = grad log p_t(x) = -eps / sigma
+v               v = alpha eps - sigma x0;  x0 = (alpha x - sigma v)/(alpha^2 + sigma^2),
+                eps = (sigma x + alpha v)/(alpha^2 + sigma^2)
+EDM (F)         with x^ = x/alpha, s = sigma/alpha (Karras et al. 2022, Table 1, eq. 7):
+                D = c_skip x^ + c_out F(c_in x^; c_noise), c_skip = sd^2/(s^2+sd^2),
+                c_out = s sd / sqrt(s^2+sd^2), c_in = 1/sqrt(s^2+sd^2), c_noise = log(s)/4
+==============  =====================================================================
+
+All conversion formulas live in this module.  ``CountingModel`` counts network evaluations (NFE): one per call of
+``x0``/``eps``/``score``/``v``, whatever the batch size.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ._utils import TimeLike, as_tensor, batch_time, bcast
+from .processes import Discrete, ForwardProcess
+
+PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm")
+TIME_INPUTS = ("t", "index", "c_noise", "log_snr")
+
+
+# -- conversions -------------------------------------------------------------------------------
+def eps_from_x0(x, x0, alpha, sigma):
+    return (x - alpha * x0) / sigma
+
+
+def x0_from_eps(x, eps, alpha, sigma):
+    return (x - sigma * eps) / alpha
+
+
+def x0_from_v(x, v, alpha, sigma):
+    return (alpha * x - sigma * v) / (alpha**2 + sigma**2)
+
+
+def eps_from_v(x, v, alpha, sigma):
+    return (sigma * x + alpha * v) / (alpha**2 + sigma**2)
+
+
+def v_from_eps_x0(eps, x0, alpha, sigma):
+    return alpha * eps - sigma * x0
+
+
+def edm_coefs(s: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EDM preconditioning (Karras et al. 2022, Table 1) for noise level s (of the scaled variable x/alpha)."""
+    r = s**2 + sigma_data**2
+    return sigma_data**2 / r, s * sigma_data / r.sqrt(), 1 / r.sqrt(), 0.25 * torch.log(s)
+
+
+class DiffusionModel(nn.Module):
+    """Base of the model currency. Subclasses override ``x0`` or ``eps`` (at least one); ``process`` is the
+    forward process the model denoises.  Extra keyword arguments (``**cond``, e.g. ``y=labels``) are passed on."""
+
+    process: ForwardProcess
+
+    def _coefs(self, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        t = as_tensor(t, x)
+        return bcast(self.process.alpha(t), x), bcast(self.process.sigma(t), x)
+
+    def x0(self, x: torch.Tensor, t: TimeLike, **cond) -> torch.Tensor:
+        """Denoiser D(x, t) = E[x_0 | x_t = x] estimate, shape of ``x``."""
+        if type(self).eps is DiffusionModel.eps:
+            raise NotImplementedError(f"{type(self).__name__} must override x0 or eps")
+        a, s = self._coefs(x, t)
+        return x0_from_eps(x, self.eps(x, t, **cond), a, s)
+
+    def eps(self, x: torch.Tensor, t: TimeLike, **cond) -> torch.Tensor:
+        """Noise prediction eps(x, t), shape of ``x``."""
+        if type(self).x0 is DiffusionModel.x0:
+            raise NotImplementedError(f"{type(self).__name__} must override x0 or eps")
+        a, s = self._coefs(x, t)
+        return eps_from_x0(x, self.x0(x, t, **cond), a, s)
+
+    def score(self, x: torch.Tensor, t: TimeLike, **cond) -> torch.Tensor:
+        """Score grad_x log p_t(x) = -eps / sigma."""
+        _, s = self._coefs(x, t)
+        return -self.eps(x, t, **cond) / s
+
+    def v(self, x: torch.Tensor, t: TimeLike, **cond) -> torch.Tensor:
+        a, s = self._coefs(x, t)
+        eps = self.eps(x, t, **cond)
+        return v_from_eps_x0(eps, x0_from_eps(x, eps, a, s), a, s)
+
+
+def default_time_input(process: ForwardProcess, parameterization: str) -> str:
+    if parameterization == "edm":
+        return "c_noise"
+    return "index" if isinstance(process, Discrete) else "t"
+
+
+class NetworkModel(DiffusionModel):
+    """Wrap ``net(x, t_in, **cond) -> tensor shaped like x`` that predicts ``parameterization``.
+
+    ``time_input`` chooses what the network sees as time: ``"t"`` (process time), ``"index"`` (t*N for a
+    ``Discrete`` process, as in DDPM code), ``"c_noise"`` (EDM's log(sigma/alpha)/4), ``"log_snr"``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        process: ForwardProcess,
+        parameterization: str = "eps",
+        time_input: str | None = None,
+        sigma_data: float = 0.5,
+    ):
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}")
+        time_input = time_input or default_time_input(process, parameterization)
+        if time_input not in TIME_INPUTS:
+            raise ValueError(f"unknown time_input {time_input!r}; expected one of {TIME_INPUTS}")
+        if time_input == "index" and not isinstance(process, Discrete):
+            raise ValueError("time_input='index' needs a Discrete process")
+        self.net, self.process, self.parameterization = net, process, parameterization
+        self.time_input, self.sigma_data = time_input, float(sigma_data)
+
+    def net_time(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        """The ``[B]`` time input of the network for process time t."""
+        t = batch_time(t, x)
+        if self.time_input == "t":
+            return t
+        if self.time_input == "index":
+            return self.process.index(t)
+        if self.time_input == "log_snr":
+            return self.process.log_snr(t)
+        return 0.25 * torch.log(self.process.sigma(t) / self.process.alpha(t))
+
+    def forward(self, x: torch.Tensor, t: TimeLike, **cond) -> torch.Tensor:
+        """Raw network output in its own parameterization (what the training loss compares)."""
+        if self.parameterization == "edm":
+            a, s = self._coefs(x, t)
+            c_skip, c_out, c_in, _ = edm_coefs(s / a, self.sigma_data)
+            return self.net(c_in * x / a, self.net_time(x, t), **cond)
+        return self.net(x, self.net_time(x, t), **cond)
+
+    def x0(self, x, t, **cond):
+        a, s = self._coefs(x, t)
+        out = self(x, t, **cond)
+        p = self.parameterization
+        if p == "x0":
+            return out
+        if p == "eps":
+            return x0_from_eps(x, out, a, s)
+        if p == "v":
+            return x0_from_v(x, out, a, s)
+        if p == "score":
+            return x0_from_eps(x, -s * out, a, s)
+        c_skip, c_out, _, _ = edm_coefs(s / a, self.sigma_data)
+        return c_skip * x / a + c_out * out
+
+    def eps(self, x, t, **cond):
+        p = self.parameterization
+        if p in ("x0", "edm"):
+            return super().eps(x, t, **cond)
+        a, s = self._coefs(x, t)
+        out = self(x, t, **cond)
+        if p == "eps":
+            return out
+        if p == "v":
+            return eps_from_v(x, out, a, s)
+        return -s * out  # score
+
+
+class FunctionModel(DiffusionModel):
+    """A model from a plain function ``fn(x, t) -> prediction`` (handy for tests and user code)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], process: ForwardProcess,
+                 parameterization: str = "eps"):
+        super().__init__()
+        if parameterization not in ("eps", "x0", "score"):
+            raise ValueError("FunctionModel parameterization must be 'eps', 'x0' or 'score'")
+        self.fn, self.process, self.parameterization = fn, process, parameterization
+
+    def x0(self, x, t, **cond):
+        if self.parameterization == "x0":
+            return self.fn(x, as_tensor(t, x))
+        return super().x0(x, t)
+
+    def eps(self, x, t, **cond):
+        if self.parameterization == "eps":
+            return self.fn(x, as_tensor(t, x))
+        if self.parameterization == "score":
+            _, s = self._coefs(x, t)
+            return -s * self.fn(x, as_tensor(t, x))
+        return super().eps(x, t)
+
+
+class CountingModel(DiffusionModel):
+    """Counts network function evaluations (NFE): each call of x0/eps/score/v is one evaluation."""
+
+    def __init__(self, model: DiffusionModel):
+        super().__init__()
+        self.model, self.process, self.nfe = model, model.process, 0
+
+    def reset(self) -> None:
+        self.nfe = 0
+
+    def x0(self, x, t, **cond):
+        self.nfe += 1
+        return self.model.x0(x, t, **cond)
+
+    def eps(self, x, t, **cond):
+        self.nfe += 1
+        return self.model.eps(x, t, **cond)
+
+    def score(self, x, t, **cond):
+        self.nfe += 1
+        return self.model.score(x, t, **cond)
+
+    def v(self, x, t, **cond):
+        self.nfe += 1
+        return self.model.v(x, t, **cond)
