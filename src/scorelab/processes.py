@@ -309,9 +309,12 @@ def sigmoid_betas(n: int, start: float = 1e-5, end: float = 1e-2) -> torch.Tenso
     return torch.sigmoid(torch.linspace(-6, 6, _check_n(n), dtype=torch.float64)) * (end - start) + start
 
 
-def li_betas(n: int, c0: float = 4.0, c1: float = 4.0) -> torch.Tensor:
+def li_betas(n: int, c0: float = 2.0, c1: float = 4.0) -> torch.Tensor:
     """Two-phase schedule of Li, Huang, Efimov, Wei, Chi & Chen 2024 (source 003, "noise schedule"):
-    beta_1 = N^{-c0};  beta_t = (c1 log N / N) min{beta_1 (1 + c1 log N / N)^t, 1} for t >= 2."""
+    beta_1 = N^{-c0};  beta_t = (c1 log N / N) min{beta_1 (1 + c1 log N / N)^t, 1} for t >= 2.
+
+    The exponential phase lasts about (c0/c1) N steps, so c1 > c0 is needed to reach the flat phase (defaults
+    c0=2, c1=4: half the steps grow geometrically from N^-2, then beta = 4 log N / N and alpha_bar_N ~ N^-2)."""
     n = _check_n(n)
     if n < 2:
         raise ValueError("li_betas needs n >= 2 (log N must be positive)")
@@ -351,6 +354,7 @@ class Discrete(ForwardProcess):
         log_abar = torch.cumsum(torch.log1p(-betas), 0)
         self.log_abar = torch.cat([torch.zeros(1, dtype=torch.float64), log_abar])  # index 0..N
         self.alpha_bar = torch.exp(self.log_abar)  # alpha_bar[i], alpha_bar[0] = 1
+        self.one_minus_abar = -torch.expm1(self.log_abar)  # 1 - alpha_bar[i] without cancellation
         self.t_min, self.t_max = 1.0 / self.N, 1.0
 
     @classmethod
@@ -410,10 +414,11 @@ class Discrete(ForwardProcess):
         i = torch.as_tensor(i)
         if torch.any(i < 1) or torch.any(i > self.N):
             raise ValueError(f"step index must be in 1..{self.N}")
-        ab, ab_prev, b = self.alpha_bar[i], self.alpha_bar[i - 1], self.betas[i - 1]
-        c0 = ab_prev.sqrt() * b / (1 - ab)
-        ci = self.alphas[i - 1].sqrt() * (1 - ab_prev) / (1 - ab)
-        return c0, ci, (1 - ab_prev) / (1 - ab) * b
+        ab_prev, b = self.alpha_bar[i - 1], self.betas[i - 1]
+        om, om_prev = self.one_minus_abar[i], self.one_minus_abar[i - 1]
+        c0 = ab_prev.sqrt() * b / om
+        ci = self.alphas[i - 1].sqrt() * om_prev / om
+        return c0, ci, om_prev / om * b
 
     def config(self):
         cfg: dict[str, Any] = {"name": self.name}
