@@ -204,7 +204,7 @@ class VPCosine(ForwardProcess):
         return (_t(t) + self.s) / (1 + self.s) * math.pi / 2
 
     def log_alpha(self, t):
-        return torch.log(torch.cos(self._phi(t))) - self._log_cos0
+        return (torch.log(torch.cos(self._phi(t))) - self._log_cos0).clamp(max=0.0)  # alpha(0) = 1 despite rounding
 
     def log_sigma(self, t):
         return 0.5 * torch.log(-torch.expm1(2 * self.log_alpha(t)))
@@ -393,7 +393,7 @@ class Discrete(ForwardProcess):
     def drift_coef(self, t):
         t = _t(t)
         pos = (t.to(torch.float64) * self.N).clamp(0, self.N)
-        i = pos.ceil().clamp(min=1).long()  # segment (i-1, i]
+        i = (pos - 1e-9).ceil().clamp(min=1).long()  # segment (i-1, i]; tolerance: 3/10*10 = 3.0000000000000004
         slope = (self.log_abar[1:] - self.log_abar[:-1]).to(t.device)[i - 1] * self.N
         return (0.5 * slope).to(t.dtype if t.is_floating_point() else torch.float64)
 

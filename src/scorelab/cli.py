@@ -1,0 +1,401 @@
+"""The ``scorelab`` command. Configuration lives here (YAML -> frozen dataclasses), not in the library.
+
+Bad input (unknown names, wrong shapes, missing files, invalid numbers) exits with status 2 and a one-line message.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from typing import Any, Sequence
+
+EXAMPLES = """\
+examples:
+  scorelab demo --out runs/demo
+  scorelab datasets
+  scorelab samplers
+  scorelab train --config configs/swissroll_vp.yaml
+  scorelab sample --checkpoint runs/swissroll_vp --sampler dpm_solver_pp_2m --nfe 10 --n 5000
+  scorelab sample --model gmm:ring8 --process vp --sampler heun --nfe 20 --grid karras
+  scorelab evaluate --samples runs/sample/samples.npy --reference swiss_roll
+  scorelab likelihood --model gmm:ring8 --process vp --n 256
+  scorelab density --target gmm9 --method dis --loss lv --steps 100
+"""
+
+
+class CLIError(ValueError):
+    """A user error: printed as one line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------------------------
+# shared helpers
+# ----------------------------------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, 'a,b' stays a string; YAML scalars."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise CLIError(f"option {p!r} must look like key=value")
+        k, v = p.split("=", 1)
+        out[k.strip()] = parse_value(v)
+    return out
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def oracle_mixture(spec: str):
+    """``gmm:ring8`` | ``gmm:grid9`` | ``gmm:grid25`` | ``gmm:random-K-D-SEED`` -> GaussianMixture."""
+    import torch
+
+    from . import analytic
+
+    name = spec.split(":", 1)[1] if spec.startswith("gmm:") else spec
+    if name == "ring8":
+        return analytic.ring_mixture(8, 2.0, 0.1)
+    if name == "grid9":
+        return analytic.grid_mixture(3, 5.0, 0.3)
+    if name == "grid25":
+        return analytic.grid_mixture(5, 1.0, 0.05**2)
+    if name.startswith("random-"):
+        try:
+            k, d, seed = (int(v) for v in name.split("-")[1:])
+        except ValueError:
+            raise CLIError(f"bad oracle {spec!r}: expected gmm:random-K-D-SEED, e.g. gmm:random-5-8-0") from None
+        return analytic.random_mixture(k, d, generator=torch.Generator().manual_seed(seed))
+    raise CLIError(f"unknown oracle {spec!r}; expected gmm:ring8, gmm:grid9, gmm:grid25 or gmm:random-K-D-SEED")
+
+
+def make_process(name: str, **params):
+    from .processes import Discrete, process_from_config
+
+    if name.startswith("discrete"):
+        # discrete:linear:1000
+        parts = name.split(":")
+        sched = parts[1] if len(parts) > 1 else "linear"
+        n = int(parts[2]) if len(parts) > 2 else 1000
+        return Discrete.from_schedule(sched, n, **params)
+    return process_from_config({"name": name, **params})
+
+
+def load_any_model(args) -> Any:
+    """A model from ``--checkpoint`` or an exact oracle from ``--model gmm:...`` (+ ``--process``)."""
+    if getattr(args, "checkpoint", None):
+        from .checkpoints import load_model
+
+        if not os.path.exists(args.checkpoint):
+            raise CLIError(f"checkpoint {args.checkpoint!r} does not exist")
+        return load_model(args.checkpoint, ema=not getattr(args, "no_ema", False))
+    if getattr(args, "model", None):
+        gm = oracle_mixture(args.model)
+        return gm.as_model(make_process(args.process))
+    raise CLIError("give --checkpoint DIR or --model gmm:NAME")
+
+
+def write_json(path: str, obj: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=float)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------------------------------
+def cmd_datasets(args) -> int:
+    from .data import describe_datasets
+
+    print(describe_datasets())
+    return 0
+
+
+def cmd_samplers(args) -> int:
+    from .samplers import SAMPLERS
+
+    rows = [("name", "order", "evals/step", "stochastic", "options", "reference")]
+    for s in SAMPLERS.values():
+        rows.append((s.name, f"{s.order:g}", f"{s.evals_per_step:g}", "yes" if s.stochastic else "no",
+                     ",".join(s.options) or "-", s.reference))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+    return 0
+
+
+def run_sampler(model, sampler: str, nfe: int, n: int, *, grid: str | None = None, seed: int = 0,
+                options: dict | None = None, shape: tuple[int, ...] | None = None, device: str = "cpu",
+                dtype=None):
+    """Draw ``n`` samples with ``sampler`` under an NFE budget. Returns (samples, info dict)."""
+    import time
+
+    import torch
+
+    from .denoisers import CountingModel
+    from .samplers import SAMPLERS
+    from .schedules import grid_for_nfe
+
+    if sampler not in SAMPLERS:
+        raise CLIError(f"unknown sampler {sampler!r}; run `scorelab samplers` for the list")
+    info = SAMPLERS[sampler]
+    process = model.process
+    ts, nfe_used = grid_for_nfe(sampler, process, nfe, grid=grid)
+    g = torch.Generator(device=device).manual_seed(seed)
+    dtype = dtype or torch.float32
+    x_T = process.prior_sample((n, *shape), generator=g, device=device, dtype=dtype)
+    counter = CountingModel(model)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        x = info.fn(counter, x_T, ts.to(dtype), generator=g, **(options or {}))
+    wall = time.perf_counter() - t0
+    return x, {"sampler": sampler, "nfe_requested": nfe, "nfe_planned": nfe_used, "nfe_measured_per_batch":
+               counter.nfe, "grid": grid or info.default_grid, "n": n, "seed": seed, "wall_s": wall,
+               "options": options or {}}
+
+
+def model_event_shape(model, args) -> tuple[int, ...]:
+    if hasattr(model, "mixture"):
+        return tuple(model.mixture.event_shape)
+    shape = getattr(model, "event_shape", None)
+    if shape is None:
+        raise CLIError("cannot tell the sample shape of this model; the checkpoint JSON must store event_shape")
+    return tuple(shape)
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+    import torch
+
+    from . import plotting
+
+    model = load_any_model(args)
+    shape = model_event_shape(model, args)
+    opts = parse_options(args.opt)
+    dtype = torch.float64 if hasattr(model, "mixture") else torch.float32
+    x, info = run_sampler(model, args.sampler, args.nfe, args.n, grid=args.grid, seed=args.seed, options=opts,
+                          shape=shape, dtype=dtype)
+    if hasattr(x, "xs"):
+        x = x.x0
+    out = args.out or os.path.join("runs", f"sample_{args.sampler}_nfe{args.nfe}")
+    os.makedirs(out, exist_ok=True)
+    np.save(os.path.join(out, "samples.npy"), x.float().cpu().numpy())
+    if len(shape) == 1:
+        ref = model.mixture.sample(args.n) if hasattr(model, "mixture") else None
+        plotting.scatter_panels({f"{args.sampler} (NFE {info['nfe_planned']})": x}, os.path.join(out, "samples.png"),
+                                reference=ref)
+    elif len(shape) == 3:
+        plotting.image_grid(x[:64].clamp(-1, 1), os.path.join(out, "samples.png"))
+    if hasattr(model, "mixture"):
+        from .metrics import mode_stats, sliced_w2
+
+        ref = model.mixture.sample(min(args.n, 20000), torch.Generator().manual_seed(args.seed + 1))
+        info["sliced_w2_to_target"] = sliced_w2(x.reshape(len(x), -1), ref.reshape(len(ref), -1))
+        info["mode_tv"] = mode_stats(x.reshape(len(x), -1), model.mixture)["tv"]
+    write_json(os.path.join(out, "sample.json"), info)
+    print(json.dumps(info, indent=2, default=float))
+    print(f"wrote {out}/samples.npy, samples.png, sample.json")
+    return 0
+
+
+def load_samples(path: str):
+    import numpy as np
+    import torch
+
+    from .data import load_dataset
+
+    if os.path.exists(path):
+        if path.endswith(".npy"):
+            return torch.from_numpy(np.load(path, allow_pickle=False)).float()
+        x, _ = load_dataset(path)
+        return x.float()
+    x, _ = load_dataset(path, seed=12345)  # the data set's default size (10,000 for toy sets, all digits)
+    return x.float()
+
+
+def cmd_evaluate(args) -> int:
+    from . import metrics
+
+    x = load_samples(args.samples)
+    y = load_samples(args.reference)
+    if x.shape[1:] != y.shape[1:]:
+        raise CLIError(f"samples have shape {tuple(x.shape[1:])} but the reference has {tuple(y.shape[1:])}")
+    xf, yf = x.reshape(len(x), -1), y.reshape(len(y), -1)
+    res: dict[str, Any] = {"n_samples": len(x), "n_reference": len(y)}
+    res["sliced_w2"] = metrics.sliced_w2(xf, yf)
+    res["mmd2_unbiased"] = metrics.mmd2_unbiased(xf[:2000], yf[:2000])
+    if xf.shape[1] <= 16:
+        res["w2_exact"] = metrics.w2_exact(xf[:2000], yf[:2000])
+    if tuple(x.shape[1:]) == (1, 8, 8):
+        res["fid_digits"] = metrics.fid_digits(x, y)
+        res.update({f"digits_{k}": v for k, v in metrics.precision_recall(
+            metrics.digits_features(y), metrics.digits_features(x)).items()})
+    print(json.dumps(res, indent=2, default=float))
+    if args.out:
+        write_json(args.out, res)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .experiment import load_experiment, run_training
+
+    exp = load_experiment(args.config, overrides=parse_options(args.set))
+    run_dir = args.out or exp.run_dir
+    result = run_training(exp, run_dir, resume=args.resume, progress=not args.quiet)
+    print(json.dumps({k: v for k, v in result.items() if k != "model"}, indent=2, default=float))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, quick=args.quick)
+    return 0
+
+
+def cmd_likelihood(args) -> int:
+    import torch
+
+    from .likelihood import ode_log_likelihood
+
+    model = load_any_model(args)
+    shape = model_event_shape(model, args)
+    if args.samples:
+        x = load_samples(args.samples)
+    elif hasattr(model, "mixture"):
+        x = model.mixture.sample(args.n, torch.Generator().manual_seed(args.seed))
+    else:
+        raise CLIError("give --samples FILE (data to evaluate) for a checkpoint")
+    x = x[: args.n].reshape(-1, *shape).to(torch.float64 if hasattr(model, "mixture") else torch.float32)
+    res = ode_log_likelihood(model, x, divergence=args.divergence, rtol=args.rtol, atol=args.atol,
+                             generator=torch.Generator().manual_seed(args.seed))
+    ll = res.log_likelihood if hasattr(res, "log_likelihood") else res["log_likelihood"]
+    out = {"mean_log_likelihood": float(ll.mean()), "std_error": float(ll.std() / len(ll) ** 0.5), "n": len(ll),
+           "bits_per_dim": float(-ll.mean() / (x[0].numel() * 0.6931471805599453))}
+    if hasattr(model, "mixture"):
+        exact = model.mixture.log_prob(x)
+        out["exact_mean_log_likelihood"] = float(exact.mean())
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_density(args) -> int:
+    from .densities import DensityConfig, run
+
+    cfg = DensityConfig(target=args.target, method=args.method, loss=args.loss, steps=args.steps,
+                        iterations=args.iterations, batch=args.batch, seed=args.seed, dim=args.dim,
+                        out=args.out or os.path.join("runs", f"density_{args.target}_{args.method}_{args.loss}"))
+    res = run(cfg)
+    print(json.dumps(res, indent=2, default=float))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scorelab", description="Score-based diffusion models: train, sample, measure, "
+                                "refine, and sample unnormalized densities.", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help_, examples=""):
+        sp = sub.add_parser(name, help=help_, description=help_, epilog=textwrap.dedent(examples) or None,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    add("datasets", cmd_datasets, "list the built-in data sets")
+    add("samplers", cmd_samplers, "list every sampler with its order, evaluations per step and options")
+
+    sp = add("train", cmd_train, "train a score model from a YAML config",
+             "example:\n  scorelab train --config configs/swissroll_vp.yaml --set train.steps=2000\n")
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--out", help="run directory (default: run_dir from the config)")
+    sp.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    sp.add_argument("--set", nargs="*", metavar="SECTION.KEY=VALUE", help="override config entries")
+    sp.add_argument("--quiet", action="store_true")
+
+    def model_args(sp):
+        sp.add_argument("--checkpoint", help="run directory or checkpoint of a trained model")
+        sp.add_argument("--no-ema", action="store_true", help="use raw weights instead of the EMA")
+        sp.add_argument("--model", help="exact oracle instead of a checkpoint: gmm:ring8|grid9|grid25|random-K-D-SEED")
+        sp.add_argument("--process", default="vp", help="process for --model: vp|subvp|vp_cosine|ve|edm|"
+                        "discrete:SCHEDULE:N")
+        sp.add_argument("--seed", type=int, default=0)
+
+    sp = add("sample", cmd_sample, "draw samples with any sampler under an NFE budget",
+             "examples:\n  scorelab sample --model gmm:ring8 --sampler dpm_solver_pp_2m --nfe 10\n"
+             "  scorelab sample --checkpoint runs/demo/model --sampler ddpm --nfe 100 --opt variance=large\n")
+    model_args(sp)
+    sp.add_argument("--sampler", required=True)
+    sp.add_argument("--nfe", type=positive_int, required=True, help="network-evaluation budget")
+    sp.add_argument("--grid", help="uniform|log_snr|karras|quadratic|li (default: the sampler's)")
+    sp.add_argument("--n", type=positive_int, default=5000, help="number of samples")
+    sp.add_argument("--opt", nargs="*", metavar="KEY=VALUE", help="sampler options, e.g. eta=1.0")
+    sp.add_argument("--out")
+
+    sp = add("evaluate", cmd_evaluate, "compare samples with a reference (data set name or file)",
+             "example:\n  scorelab evaluate --samples runs/x/samples.npy --reference swiss_roll\n")
+    sp.add_argument("--samples", required=True)
+    sp.add_argument("--reference", required=True)
+    sp.add_argument("--out", help="write the metrics JSON here")
+
+    sp = add("likelihood", cmd_likelihood, "probability-flow ODE log-likelihood (nats and bits/dim)")
+    model_args(sp)
+    sp.add_argument("--samples", help="data to evaluate (.npy or data set)")
+    sp.add_argument("--n", type=positive_int, default=256)
+    sp.add_argument("--divergence", choices=["exact", "hutchinson"], default="exact")
+    sp.add_argument("--rtol", type=float, default=1e-5)
+    sp.add_argument("--atol", type=float, default=1e-5)
+
+    sp = add("density", cmd_density, "train a diffusion sampler for an unnormalized density and estimate log Z",
+             "examples:\n  scorelab density --target gmm9 --method dis --loss lv --steps 100\n"
+             "  scorelab density --target mypkg.mod:log_rho --dim 4 --method pis --loss kl\n")
+    sp.add_argument("--target", required=True)
+    sp.add_argument("--method", choices=["dis", "pis", "dds"], default="dis")
+    sp.add_argument("--loss", choices=["kl", "lv"], default="lv")
+    sp.add_argument("--steps", type=positive_int, default=100, help="SDE discretisation steps")
+    sp.add_argument("--iterations", type=positive_int, default=2000)
+    sp.add_argument("--batch", type=positive_int, default=512)
+    sp.add_argument("--dim", type=positive_int, default=None, help="dimension of a user target")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out")
+
+    sp = add("demo", cmd_demo, "the main job on built-in data: train on the swiss roll, sample, report")
+    sp.add_argument("--out", default="runs/demo")
+    sp.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (CLIError, ValueError, FileNotFoundError, KeyError, NotADirectoryError, IsADirectoryError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"scorelab: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scorelab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Experiment configuration for the CLI: YAML -> frozen dataclasses -> a training run directory.
+
+A config has five sections (every key optional except where noted)::
+
+    run_dir: runs/swissroll_vp
+    data:    {name: swiss_roll, n: 100000, seed: 0, params: {}}     # a data-set name or a file/folder path
+    process: {name: vp}                                              # processes.process_from_config, or
+                                                                     # {name: discrete, schedule: linear, n: 1000}
+    model:   {net: {name: mlp, width: 256, depth: 3}, parameterization: eps}   # net dims are filled from the data
+    loss:    {proposal: uniform, weighting: eps}                     # losses.LossConfig
+    train:   {steps: 5000, batch_size: 512, lr: 1e-3}                # training.TrainConfig
+
+Unknown sections or keys are errors (``ValueError`` naming the key and the allowed ones).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .losses import LossConfig
+from .training import TrainConfig
+
+SECTIONS = ("run_dir", "data", "process", "model", "loss", "train")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "swiss_roll"
+    n: int | None = 100_000
+    seed: int = 0
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    net: dict = field(default_factory=lambda: {"name": "mlp", "width": 256, "depth": 3})
+    parameterization: str = "eps"
+    time_input: str | None = None
+    sigma_data: float = 0.5
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    run_dir: str = "runs/experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    process: dict = field(default_factory=lambda: {"name": "vp"})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+
+def _build(cls, values: Any, section: str):
+    if values is None:
+        return cls()
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {section!r} must be a mapping, got {type(values).__name__}")
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in section {section!r}; allowed: {sorted(allowed)}")
+    vals = {k: (tuple(v) if isinstance(v, list) and k == "betas" else v) for k, v in values.items()}
+    try:
+        return cls(**vals)
+    except TypeError as e:
+        raise ValueError(f"bad value in section {section!r}: {e}") from None
+
+
+def _apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if parts[0] not in SECTIONS:
+            raise ValueError(f"override {key!r}: unknown section {parts[0]!r}; expected one of {SECTIONS}")
+        node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {key!r}: {p!r} is not a mapping")
+        node[parts[-1]] = value
+    return raw
+
+
+def experiment_from_dict(raw: dict, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    raw = _apply_overrides(json.loads(json.dumps(raw or {})), overrides or {})
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown config section(s) {unknown}; expected {list(SECTIONS)}")
+    process = raw.get("process") or {"name": "vp"}
+    if not isinstance(process, dict) or "name" not in process:
+        raise ValueError("config section 'process' must be a mapping with a 'name'")
+    return ExperimentConfig(
+        run_dir=str(raw.get("run_dir", "runs/experiment")), data=_build(DataConfig, raw.get("data"), "data"),
+        process=process, model=_build(ModelConfig, raw.get("model"), "model"),
+        loss=_build(LossConfig, raw.get("loss"), "loss"), train=_build(TrainConfig, raw.get("train"), "train"))
+
+
+def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read a YAML config (see the module docstring); ``overrides`` maps ``section.key`` to values."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} does not exist")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {path} must hold a mapping at top level")
+    return experiment_from_dict(raw, overrides)
+
+
+def build_model(exp: ExperimentConfig, event_shape: tuple[int, ...]):
+    """The ``NetworkModel`` of an experiment; net dimensions not given are filled from the data shape."""
+    from .denoisers import NetworkModel
+    from .nets import build_net
+    from .processes import process_from_config
+
+    process = process_from_config(exp.process)
+    net_cfg = dict(exp.model.net)
+    name = net_cfg.get("name")
+    if name in ("mlp", "step_embed_mlp"):
+        if len(event_shape) != 1:
+            raise ValueError(f"net {name!r} needs vector data [N, d]; the data has examples of shape {event_shape}")
+        net_cfg.setdefault("dim", event_shape[0])
+        if name == "step_embed_mlp":
+            net_cfg.setdefault("n_steps", getattr(process, "N", 1000))
+    elif name == "unet":
+        if len(event_shape) != 3:
+            raise ValueError(f"net 'unet' needs images [N, C, H, W]; the data has examples of shape {event_shape}")
+        net_cfg.setdefault("in_channels", event_shape[0])
+        net_cfg.setdefault("image_size", event_shape[1])
+    model = NetworkModel(build_net(net_cfg), process, exp.model.parameterization, exp.model.time_input,
+                         exp.model.sigma_data)
+    model.event_shape = tuple(event_shape)
+    return model
+
+
+def run_training(exp: ExperimentConfig, run_dir: str | os.PathLike | None = None, resume: bool = False,
+                 progress: bool = True) -> dict[str, Any]:
+    """Load data, build the model, train; the run folder gets config.yaml, log.csv and checkpoints."""
+    from .data import load_dataset
+    from .losses import DSMLoss
+    from .training import train
+
+    run_dir = Path(run_dir or exp.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    x, labels = load_dataset(exp.data.name, n=exp.data.n, seed=exp.data.seed, **exp.data.params)
+    model = build_model(exp, tuple(x.shape[1:]))
+    with open(run_dir / "config.yaml", "w") as f:
+        yaml.safe_dump(exp.to_dict(), f, sort_keys=False)
+    use_labels = labels if exp.model.net.get("num_classes", 0) else None
+    t0 = time.perf_counter()
+    res = train(model, x.float(), exp.train, run_dir=run_dir, resume=resume, loss_fn=DSMLoss(exp.loss),
+                progress=progress, labels=use_labels)
+    tail = res.history[-min(len(res.history), 100):] if res.history else []
+    return {"model": res.ema_model, "run_dir": str(run_dir), "step": res.step, "wall_s": time.perf_counter() - t0,
+            "final_loss": sum(tail) / len(tail) if tail else None, "checkpoint": str(res.checkpoint)}

@@ -1,0 +1,112 @@
+"""Plots people would rather look at than numbers: 2-D scatter panels, image grids, quality-vs-NFE curves.
+
+All functions write a PNG (Agg backend, no display needed) and return the path.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=float)
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def scatter_panels(panels: Mapping[str, torch.Tensor], path: str, *, reference: torch.Tensor | None = None,
+                   lim: float | None = None, max_points: int = 5000, ncols: int = 4, title: str | None = None) -> str:
+    """One scatter panel per entry (first two coordinates), optional grey reference cloud behind each."""
+    n = len(panels)
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows), squeeze=False)
+    ref = _np(reference)[:max_points] if reference is not None else None
+    if lim is None:
+        allx = np.concatenate([_np(v)[:max_points, :2] for v in panels.values()] + ([ref[:, :2]] if ref is not None else []))
+        lim = float(np.quantile(np.abs(allx), 0.995)) * 1.15
+    for ax, (name, x) in zip(axes.flat, panels.items()):
+        if ref is not None:
+            ax.scatter(ref[:, 0], ref[:, 1], s=1, c="0.8", rasterized=True)
+        xs = _np(x)[:max_points]
+        ax.scatter(xs[:, 0], xs[:, 1], s=1, c="tab:blue", rasterized=True)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def image_grid(x: torch.Tensor, path: str, nrow: int = 8, title: str | None = None) -> str:
+    """Grid of images ``[B, C, H, W]`` in [-1, 1]."""
+    x = _np(x)
+    b, c, h, w = x.shape
+    ncol = math.ceil(b / nrow)
+    canvas = np.ones((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c))
+    for k in range(b):
+        i, j = k % nrow, k // nrow
+        canvas[1 + i * (h + 1): 1 + i * (h + 1) + h, 1 + j * (w + 1): 1 + j * (w + 1) + w] = x[k].transpose(1, 2, 0)
+    canvas = np.clip((canvas + 1) / 2, 0, 1)
+    fig, ax = plt.subplots(figsize=(0.4 * ncol + 1, 0.4 * nrow + 1))
+    ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray" if c == 1 else None, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def quality_vs_nfe(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str, *,
+                   ylabel: str = "sliced W2", floor: float | None = None, logy: bool = True,
+                   title: str | None = None) -> str:
+    """One line per method: ``curves[name] = (nfes, values)``; an optional horizontal noise floor."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, (nfe, val) in curves.items():
+        ax.plot(list(nfe), list(val), marker="o", ms=3, label=name)
+    if floor is not None:
+        ax.axhline(floor, color="k", ls="--", lw=1, label="two-sample floor")
+    ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def line_plot(xs: Sequence[float], ys: Mapping[str, Sequence[float]], path: str, *, xlabel: str = "",
+              ylabel: str = "", logy: bool = False, title: str | None = None) -> str:
+    """Generic curves sharing an x axis (training losses, errors across t, ...)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, y in ys.items():
+        ax.plot(list(xs), list(y), label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)

@@ -1,0 +1,448 @@
+r"""Training loop: optimizer, warmup + cosine learning rate, gradient clipping, EMA, bf16 autocast, logging,
+checkpoints with exact resume, and data-parallel training with ``torch.distributed``.
+
+Randomness is a pure function of (seed, step): the global batch of step s is a slice of per-epoch permutations
+(``randperm`` seeded from (seed, epoch)), and shard k of that batch draws its loss noise from a generator seeded from
+(seed, s, k).  Hence resuming from a checkpoint reproduces the uninterrupted run, and a run does not depend on how
+many processes share it: the global batch is cut into ``data_shards`` equal shards (default: the world size),
+rank r of W processes handles shards r S/W .. (r+1) S/W - 1 (DistributedSampler-equivalent), gradients of the shard
+means / S are summed across ranks (all-reduce), and one process with the same ``data_shards`` accumulates the same
+sum.  Only rank 0 writes files.
+
+Notation
+--------
+===============  ===================================================================================================
+``lr(s)``        lr (s+1)/warmup for s < warmup, then lr [m + (1-m) (1 + cos(pi p))/2], p = (s-warmup)/(steps-warmup),
+                 m = ``min_lr_ratio`` (``lr_schedule="cosine"``; "constant" keeps lr after warmup)
+``ema``          theta_ema <- d theta_ema + (1-d) theta with d = min(decay, (1+n)/(10+n)) after n updates when
+                 ``ema_warmup`` (as in the DDPM/score_sde code), else d = decay
+``grad_norm``    global 2-norm of the (all-reduced) gradient before clipping to ``grad_clip``
+===============  ===================================================================================================
+
+The loss is any per-example callable ``loss_fn(model, x0, *, generator, **cond) -> [B]`` (``losses.DSMLoss`` by
+default; the ``discrete`` proposal for ``Discrete`` processes).  Launch data-parallel runs with
+``torchrun --nproc_per_node=K script.py`` and call ``init_distributed()`` before ``train`` (gloo on CPU, NCCL on GPU).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import checkpoints as ckpts
+from .losses import DSMLoss, LossConfig
+from .processes import Discrete
+
+OPTIMIZERS = ("adamw", "adam", "rmsprop")
+LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "time")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss or gradient norm becomes NaN/inf; the model is left at the previous step."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training options (the CLI maps YAML onto this).  ``grad_clip`` None or 0 disables clipping;
+    ``ckpt_every`` 0 saves only at the end (and at ``until_step``); ``cond_drop_prob`` replaces labels by the null
+    label -1 with that probability (classifier-free guidance training); ``data_shards`` None = world size."""
+
+    steps: int = 1000
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    lr_schedule: str = "cosine"
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    bf16: bool = False
+    seed: int = 0
+    log_every: int = 100
+    ckpt_every: int = 0
+    keep_checkpoints: int = 2
+    data_shards: int | None = None
+    cond_drop_prob: float = 0.0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {OPTIMIZERS}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        for name in ("steps", "batch_size", "log_every", "keep_checkpoints"):
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("warmup_steps", "ckpt_every"):
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a nonnegative integer, got {getattr(self, name)!r}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
+        if not 0 <= self.ema_decay < 1 or not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.cond_drop_prob <= 1:
+            raise ValueError("need 0 <= ema_decay < 1, 0 <= min_lr_ratio <= 1 and 0 <= cond_drop_prob <= 1")
+        if self.grad_clip is not None and self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be None or >= 0, got {self.grad_clip}")
+        if self.data_shards is not None and (self.data_shards < 1 or self.batch_size % self.data_shards):
+            raise ValueError(f"data_shards ({self.data_shards}) must divide batch_size ({self.batch_size})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return ckpts.jsonable(asdict(self))
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: the trained model, its EMA copy, per-step losses of this call, the final step,
+    the run folder and the last checkpoint written (JSON path)."""
+
+    model: nn.Module
+    ema_model: nn.Module
+    history: list[float] = field(default_factory=list)
+    step: int = 0
+    run_dir: Path | None = None
+    checkpoint: Path | None = None
+
+
+# -- schedules and EMA ---------------------------------------------------------------------------
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate of update ``step`` (0-based): linear warmup, then cosine decay or constant."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.lr
+    p = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def ema_decay_at(n_updates: int, config: TrainConfig) -> float:
+    """EMA decay after ``n_updates`` optimizer updates (>= 1)."""
+    if config.ema_warmup:
+        return min(config.ema_decay, (1 + n_updates) / (10 + n_updates))
+    return config.ema_decay
+
+
+@torch.no_grad()
+def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+    """theta_ema <- decay theta_ema + (1 - decay) theta for parameters; buffers are copied."""
+    for e, p in zip(ema_model.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema_model.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    return torch.optim.RMSprop(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+# -- deterministic randomness ------------------------------------------------------------------
+def derived_seed(*keys: int) -> int:
+    """A 63-bit seed mixed from integer keys (numpy ``SeedSequence``)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def make_generator(device: torch.device, *keys: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(derived_seed(*keys))
+
+
+class BatchIndexer:
+    """Global batch indices of each step: consecutive slices of per-epoch permutations seeded from (seed, epoch)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed, self._cache = n, batch_size, seed, {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            self._cache = {e: p for e, p in self._cache.items() if e >= epoch - 1}
+            self._cache[epoch] = torch.randperm(self.n, generator=make_generator(torch.device("cpu"),
+                                                                                 self.seed, 0, epoch))
+        return self._cache[epoch]
+
+    def __call__(self, step: int) -> torch.Tensor:
+        start, stop = step * self.batch_size, (step + 1) * self.batch_size
+        parts = [self._perm(e)[max(start - e * self.n, 0): stop - e * self.n]
+                 for e in range(start // self.n, (stop - 1) // self.n + 1)]
+        return torch.cat(parts)
+
+
+# -- distributed helpers -----------------------------------------------------------------------
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside ``torch.distributed``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(backend: str | None = None, init_method: str | None = None) -> tuple[int, int]:
+    """Initialise the default process group from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT):
+    NCCL when CUDA is available, else gloo; sets the CUDA device to LOCAL_RANK.  Returns (rank, world size)."""
+    if not dist.is_available():
+        raise ValueError("torch.distributed is not available in this build of torch")
+    if not dist.is_initialized():
+        if "RANK" not in os.environ and init_method is None:
+            raise ValueError("init_distributed needs torchrun's environment (RANK, WORLD_SIZE, ...) or an init_method")
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend, init_method=init_method)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return dist_info()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"cuda"`` becomes ``cuda:LOCAL_RANK`` under torchrun; other names are used as given."""
+    if name == "cuda" and dist_info()[1] > 1:
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return torch.device(name)
+
+
+def _all_reduce_grads(params: list[nn.Parameter], loss: torch.Tensor) -> torch.Tensor:
+    """Sum gradients (and the loss) over ranks in one flat all-reduce."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params] + [loss.reshape(1).to(params[0].grad.dtype)])
+    dist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset: offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+    return flat[-1]
+
+
+def _broadcast_params(module: nn.Module) -> None:
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t, src=0)
+
+
+# -- logging -----------------------------------------------------------------------------------
+class RunLogger:
+    """CSV log ``run_dir/log.csv`` (step, loss, lr, grad_norm, time) and TensorBoard when installed (rank 0 only).
+    On resume, rows after the resumed step (written by a run that died later) are dropped."""
+
+    def __init__(self, run_dir: Path | None, start_step: int, enabled: bool = True):
+        self.enabled, self.writer, self._file = enabled and run_dir is not None, None, None
+        if not self.enabled:
+            return
+        path = Path(run_dir) / "log.csv"
+        rows = []
+        if path.is_file() and start_step > 0:
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+        lines = [",".join(LOG_FIELDS)] + [",".join(r[k] for k in LOG_FIELDS) for r in rows]
+        ckpts.atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+        self._file = path.open("a", newline="")
+        self._csv = csv.writer(self._file)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(log_dir=str(run_dir))
+        except ImportError:  # tensorboard not installed: CSV only
+            self.writer = None
+
+    def log(self, step: int, loss: float, lr: float, grad_norm: float, elapsed: float) -> None:
+        if not self.enabled:
+            return
+        self._csv.writerow([step, f"{loss:.8g}", f"{lr:.8g}", f"{grad_norm:.8g}", f"{elapsed:.3f}"])
+        self._file.flush()
+        if self.writer is not None:
+            for name, v in (("loss", loss), ("lr", lr), ("grad_norm", grad_norm)):
+                self.writer.add_scalar(f"train/{name}", v, step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_log(run_dir: str | os.PathLike) -> list[dict[str, float]]:
+    """Rows of ``run_dir/log.csv`` as dicts of floats (``step`` as int)."""
+    with (Path(run_dir) / "log.csv").open() as f:
+        return [{k: (int(v) if k == "step" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+# -- the loop ------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    model: nn.Module
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+    params: list[nn.Parameter]
+    loss_fn: Callable
+    data: torch.Tensor
+    labels: torch.Tensor | None
+    config: TrainConfig
+    device: torch.device
+    shards: int
+    my_shards: range
+    indexer: BatchIndexer
+
+
+def _shard_backward(run: _Run, idx: torch.Tensor, step: int, k: int) -> torch.Tensor:
+    """Loss of shard k of the global batch (mean over its examples / number of shards); backpropagates it."""
+    cfg, ps = run.config, run.config.batch_size // run.shards
+    sel = idx[k * ps:(k + 1) * ps]
+    x0 = run.data[sel].to(device=run.device, dtype=run.params[0].dtype)
+    gen = make_generator(run.device, cfg.seed, 1, step, k)
+    cond = {}
+    if run.labels is not None:
+        y = run.labels[sel].to(run.device)
+        if cfg.cond_drop_prob > 0:
+            drop = torch.rand(ps, generator=gen, device=run.device) < cfg.cond_drop_prob
+            y = torch.where(drop, torch.full_like(y, -1), y)
+        cond["y"] = y
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        values = run.loss_fn(run.model, x0, generator=gen, **cond)
+    if values.shape != (ps,):
+        raise ValueError(f"loss_fn must return per-example values of shape [{ps}], got {tuple(values.shape)}")
+    loss = values.float().mean() / run.shards
+    loss.backward()
+    return loss.detach()
+
+
+def _train_step(run: _Run, step: int) -> tuple[float, float]:
+    """One optimizer update (0-based ``step``); returns (global batch loss, gradient norm before clipping)."""
+    run.optimizer.zero_grad(set_to_none=True)
+    idx = run.indexer(step)
+    loss = torch.zeros((), device=run.device)
+    for k in run.my_shards:
+        loss = loss + _shard_backward(run, idx, step, k)
+    for p in run.params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if dist_info()[1] > 1:
+        loss = _all_reduce_grads(run.params, loss)
+    clip = run.config.grad_clip or math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, clip))
+    loss_v = float(loss)
+    if not (math.isfinite(loss_v) and math.isfinite(grad_norm)):
+        return loss_v, grad_norm  # the caller stops before the update
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr_at(step, run.config)
+    run.optimizer.step()
+    update_ema(run.ema, run.model, ema_decay_at(step + 1, run.config))
+    return loss_v, grad_norm
+
+
+def _setup(model: nn.Module, data: torch.Tensor, labels, config: TrainConfig, loss_fn) -> _Run:
+    rank, world = dist_info()
+    if not isinstance(data, torch.Tensor) or data.ndim < 1 or data.shape[0] < 1:
+        raise ValueError("data must be a tensor of examples [N, ...] with N >= 1")
+    if labels is not None and (labels.ndim != 1 or labels.shape[0] != data.shape[0] or labels.is_floating_point()):
+        raise ValueError(f"labels must be an integer tensor [N] with N={data.shape[0]}")
+    shards = config.data_shards or world
+    if shards % world or config.batch_size % shards:
+        raise ValueError(f"data_shards ({shards}) must be a multiple of the world size ({world}) and divide "
+                         f"batch_size ({config.batch_size})")
+    device = resolve_device(config.device)
+    model.to(device).train()
+    if world > 1:
+        _broadcast_params(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    if loss_fn is None:
+        proposal = "discrete" if isinstance(getattr(model, "process", None), Discrete) else "uniform"
+        loss_fn = DSMLoss(LossConfig(proposal=proposal))
+    per_rank = shards // world
+    return _Run(model, ema, make_optimizer(params, config), params, loss_fn, data, labels, config, device, shards,
+                range(rank * per_rank, (rank + 1) * per_rank), BatchIndexer(data.shape[0], config.batch_size,
+                                                                          config.seed))
+
+
+def _resume(run: _Run, run_dir: Path) -> tuple[int, Path | None]:
+    latest = ckpts.latest_checkpoint(run_dir)
+    if latest is None:
+        return 0, None
+    ckpt = ckpts.load_checkpoint(latest, device=run.device)
+    saved = ckpt.meta.get("train_config") or {}
+    for key in ("seed", "batch_size", "optimizer"):
+        if key in saved and saved[key] != getattr(run.config, key):
+            warnings.warn(f"resuming with {key}={getattr(run.config, key)!r} but the checkpoint used {saved[key]!r}; "
+                          "the run will not match an uninterrupted one", stacklevel=3)
+    if ckpt.meta.get("extra", {}).get("data_shards", run.shards) != run.shards:
+        warnings.warn("resuming with a different number of data shards: loss noise will differ", stacklevel=3)
+    return ckpts.restore(ckpt, run.model, run.ema, run.optimizer), latest
+
+
+def _save(run: _Run, run_dir: Path, step: int) -> Path:
+    loss_cfg = getattr(run.loss_fn, "config", None)
+    extra = {"data_shards": run.shards, "world_size": dist_info()[1],
+             "loss_config": loss_cfg.to_dict() if hasattr(loss_cfg, "to_dict") else None}
+    path = ckpts.save_checkpoint(run_dir / f"ckpt_{step:08d}", run.model, ema_model=run.ema, optimizer=run.optimizer,
+                                 step=step, train_config=run.config.to_dict(), extra=extra)
+    for old in ckpts.list_checkpoints(run_dir)[:-run.config.keep_checkpoints]:
+        ckpts.delete_checkpoint(old)
+    return path
+
+
+def train(model: nn.Module, data: torch.Tensor, config: TrainConfig | None = None,
+          run_dir: str | os.PathLike | None = None, resume: bool = False, loss_fn: Callable | None = None,
+          progress: bool = True, labels: torch.Tensor | None = None, until_step: int | None = None) -> TrainResult:
+    """Train ``model`` (a ``NetworkModel`` or any module the loss accepts) on ``data`` ``[N, ...]``.
+
+    Args:
+        config: ``TrainConfig``.  run_dir: folder for ``log.csv`` and checkpoints (rank 0 writes).
+        resume: continue from the latest checkpoint in ``run_dir`` (starts fresh when there is none); this also
+            restores torch's global RNG state saved with it (only dropout layers draw from it).
+        loss_fn: per-example loss ``loss_fn(model, x0, *, generator, **cond) -> [B]`` (default DSM).
+        labels: integer class labels ``[N]`` passed as ``y`` (with ``cond_drop_prob`` null-label dropout).
+        until_step: stop (and checkpoint) after this many total updates, keeping the schedule of ``config.steps``.
+    Raises ``NonFiniteLossError`` on a NaN/inf loss or gradient; the last good checkpoint stays in ``run_dir``.
+    """
+    config = config or TrainConfig()
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs a run_dir")
+    run = _setup(model, data, labels, config, loss_fn)
+    start, last_ckpt = _resume(run, run_dir) if resume else (0, None)
+    end = config.steps if until_step is None else min(int(until_step), config.steps)
+    rank = dist_info()[0]
+    logger = RunLogger(run_dir, start, enabled=rank == 0)
+    history, window, t0 = [], [], time.perf_counter()
+    bar = tqdm(total=end, initial=min(start, end), disable=not progress or rank != 0, desc="train", leave=False)
+    try:
+        for step in range(start, end):
+            loss, grad_norm = _train_step(run, step)
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at update {step + 1}: training stopped "
+                    f"before applying it; last good checkpoint: {last_ckpt or 'none'}")
+            history.append(loss)
+            window.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+            done = step + 1
+            if done % config.log_every == 0 or done == end:
+                logger.log(done, sum(window) / len(window), lr_at(step, config), grad_norm, time.perf_counter() - t0)
+                window = []
+            if rank == 0 and run_dir is not None and (
+                    (config.ckpt_every and done % config.ckpt_every == 0) or done == end):
+                last_ckpt = _save(run, run_dir, done)
+    finally:
+        bar.close()
+        logger.close()
+    return TrainResult(run.model, run.ema, history, max(start, end), run_dir, last_ckpt)
+
+
+__all__ = ["TrainConfig", "TrainResult", "train", "NonFiniteLossError", "lr_at", "ema_decay_at", "update_ema",
+           "make_optimizer", "init_distributed", "dist_info", "BatchIndexer", "derived_seed", "read_log",
+           "RunLogger"]
