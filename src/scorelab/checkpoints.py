@@ -142,7 +142,7 @@ def model_meta(model: nn.Module) -> dict[str, Any]:
         meta["net_config"] = jsonable(net.config())
     if process is not None and hasattr(process, "config"):
         meta["process_config"] = jsonable(process.config())
-    for name in ("parameterization", "time_input", "sigma_data"):
+    for name in ("parameterization", "time_input", "sigma_data", "event_shape"):
         if hasattr(model, name):
             meta[name] = jsonable(getattr(model, name))
     return meta
@@ -282,6 +282,8 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device: str | t
     if weights == "ema" and not ckpt.ema:
         warnings.warn(f"checkpoint {path} has no EMA weights; loading the raw model weights", stacklevel=2)
     model.load_state_dict(state)
+    if ckpt.meta.get("event_shape") is not None:
+        model.event_shape = tuple(ckpt.meta["event_shape"])
     return model.to(device).eval()
 
 
