@@ -86,3 +86,16 @@ def test_train_then_sample_from_checkpoint(capsys, tmp_path):
     assert np.load(tmp_path / "s" / "samples.npy").shape == (100, 2)
     code, out, _ = run(capsys, "evaluate", "--samples", str(tmp_path / "s" / "samples.npy"), "--reference", "moons")
     assert code == 0 and "sliced_w2" in out
+
+
+def test_hodsm_objective_trains_from_config(tmp_path):
+    from scorelab.experiment import run_training
+
+    exp = experiment_from_dict({"run_dir": str(tmp_path / "r"), "data": {"name": "moons", "n": 500},
+                                "model": {"net": {"name": "mlp", "width": 16, "depth": 1}},
+                                "objective": {"name": "hodsm", "order": 2},
+                                "train": {"steps": 5, "batch_size": 32, "log_every": 5}})
+    res = run_training(exp, progress=False)
+    assert res["step"] == 5 and np.isfinite(res["final_loss"])
+    with pytest.raises(ValueError, match="objective name"):
+        experiment_from_dict({"objective": {"name": "foo"}})

@@ -8,6 +8,7 @@ A config has five sections (every key optional except where noted)::
                                                                      # {name: discrete, schedule: linear, n: 1000}
     model:   {net: {name: mlp, width: 256, depth: 3}, parameterization: eps}   # net dims are filled from the data
     loss:    {proposal: uniform, weighting: eps}                     # losses.LossConfig
+    objective: {name: dsm}       # or {name: hodsm, order: 2|3, trace: true, lambda2: 1, lambda3: 1} (Lu et al. 2022a)
     train:   {steps: 5000, batch_size: 512, lr: 1e-3}                # training.TrainConfig
 
 Unknown sections or keys are errors (``ValueError`` naming the key and the allowed ones).
@@ -27,7 +28,7 @@ import yaml
 from .losses import LossConfig
 from .training import TrainConfig
 
-SECTIONS = ("run_dir", "data", "process", "model", "loss", "train")
+SECTIONS = ("run_dir", "data", "process", "model", "loss", "objective", "train")
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,43 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ObjectiveConfig:
+    """``dsm`` (the ``loss`` section's proposal x weighting) or ``hodsm``: high-order DSM of Lu et al. 2022a
+    (``hodsm.hodsm_loss``; first-order term plus lambda2 x second-order (+ lambda3 x third-order))."""
+
+    name: str = "dsm"
+    order: int = 2
+    trace: bool = True
+    lambda2: float = 1.0
+    lambda3: float = 1.0
+    divergence: str = "exact"
+
+    def __post_init__(self):
+        if self.name not in ("dsm", "hodsm"):
+            raise ValueError(f"objective name must be 'dsm' or 'hodsm', got {self.name!r}")
+        if self.order not in (1, 2, 3):
+            raise ValueError(f"objective order must be 1, 2 or 3, got {self.order!r}")
+
+    def loss_fn(self, loss: LossConfig):
+        from functools import partial
+
+        from .hodsm import hodsm_loss
+        from .losses import DSMLoss
+
+        if self.name == "dsm":
+            return DSMLoss(loss)
+        return partial(hodsm_loss, order=self.order, trace=self.trace, lambda2=self.lambda2, lambda3=self.lambda3,
+                       divergence=self.divergence)
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     run_dir: str = "runs/experiment"
     data: DataConfig = field(default_factory=DataConfig)
     process: dict = field(default_factory=lambda: {"name": "vp"})
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,7 +132,8 @@ def experiment_from_dict(raw: dict, overrides: dict[str, Any] | None = None) -> 
     return ExperimentConfig(
         run_dir=str(raw.get("run_dir", "runs/experiment")), data=_build(DataConfig, raw.get("data"), "data"),
         process=process, model=_build(ModelConfig, raw.get("model"), "model"),
-        loss=_build(LossConfig, raw.get("loss"), "loss"), train=_build(TrainConfig, raw.get("train"), "train"))
+        loss=_build(LossConfig, raw.get("loss"), "loss"),
+        objective=_build(ObjectiveConfig, raw.get("objective"), "objective"), train=_build(TrainConfig, raw.get("train"), "train"))
 
 
 def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
@@ -147,7 +180,6 @@ def run_training(exp: ExperimentConfig, run_dir: str | os.PathLike | None = None
                  progress: bool = True) -> dict[str, Any]:
     """Load data, build the model, train; the run folder gets config.yaml, log.csv and checkpoints."""
     from .data import load_dataset
-    from .losses import DSMLoss
     from .training import train
 
     run_dir = Path(run_dir or exp.run_dir)
@@ -158,8 +190,20 @@ def run_training(exp: ExperimentConfig, run_dir: str | os.PathLike | None = None
         yaml.safe_dump(exp.to_dict(), f, sort_keys=False)
     use_labels = labels if exp.model.net.get("num_classes", 0) else None
     t0 = time.perf_counter()
-    res = train(model, x.float(), exp.train, run_dir=run_dir, resume=resume, loss_fn=DSMLoss(exp.loss),
+    res = train(model, x.float(), exp.train, run_dir=run_dir, resume=resume, loss_fn=exp.objective.loss_fn(exp.loss),
                 progress=progress, labels=use_labels)
+    _plot_log(run_dir)
     tail = res.history[-min(len(res.history), 100):] if res.history else []
     return {"model": res.ema_model, "run_dir": str(run_dir), "step": res.step, "wall_s": time.perf_counter() - t0,
             "final_loss": sum(tail) / len(tail) if tail else None, "checkpoint": str(res.checkpoint)}
+
+
+def _plot_log(run_dir: Path) -> None:
+    """``loss.png`` from the run's CSV log (rank 0 wrote it)."""
+    from .plotting import line_plot
+    from .training import read_log
+
+    rows = read_log(run_dir) if (run_dir / "log.csv").exists() else []
+    if rows:
+        line_plot([r["step"] for r in rows], {"training loss (window mean)": [r["loss"] for r in rows]},
+                  str(run_dir / "loss.png"), xlabel="step", ylabel="loss", logy=True)
