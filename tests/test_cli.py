@@ -99,3 +99,15 @@ def test_hodsm_objective_trains_from_config(tmp_path):
     assert res["step"] == 5 and np.isfinite(res["final_loss"])
     with pytest.raises(ValueError, match="objective name"):
         experiment_from_dict({"objective": {"name": "foo"}})
+
+
+def test_density_command_and_bad_targets(capsys, tmp_path):
+    code, out, err = run(capsys, "density", "--target", "gauss", "--method", "pis", "--loss", "lv", "--steps", "10",
+                         "--iterations", "20", "--batch", "64", "--out", str(tmp_path))
+    assert code == 0, err
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert "log_Z" in json.dumps(rep)
+    code, _, err = run(capsys, "density", "--target", "nope")
+    assert code == 2 and "unknown target" in err
+    code, _, err = run(capsys, "density", "--target", "os.path:nothing_here", "--dim", "2")
+    assert code == 2 and "scorelab: error:" in err

@@ -300,10 +300,13 @@ def cmd_density(args) -> int:
     from .densities import DensityConfig, run
 
     cfg = DensityConfig(target=args.target, method=args.method, loss=args.loss, steps=args.steps,
-                        iterations=args.iterations, batch=args.batch, seed=args.seed, dim=args.dim,
-                        out=args.out or os.path.join("runs", f"density_{args.target}_{args.method}_{args.loss}"))
-    res = run(cfg)
+                        iterations=args.iterations, batch=args.batch, seed=args.seed, dim=args.dim, lr=args.lr,
+                        time_limit=args.time_limit, method_kwargs=parse_options(args.opt))
+    name = args.target.replace(":", "_").replace("/", "_")
+    out = args.out or os.path.join("runs", f"density_{name}_{args.method}_{args.loss}")
+    res = run(cfg, out)
     print(json.dumps(res, indent=2, default=float))
+    print(f"wrote {out}/samples.safetensors, samples.png, report.json")
     return 0
 
 
@@ -374,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--iterations", type=positive_int, default=2000)
     sp.add_argument("--batch", type=positive_int, default=512)
     sp.add_argument("--dim", type=positive_int, default=None, help="dimension of a user target")
+    sp.add_argument("--lr", type=float, default=5e-3)
+    sp.add_argument("--time-limit", type=float, default=None, help="cap on training wall time (s)")
+    sp.add_argument("--opt", nargs="*", metavar="KEY=VALUE", help="sampler options, e.g. sigma=3 (PIS/DDS)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out")
 
