@@ -111,3 +111,35 @@ def test_density_command_and_bad_targets(capsys, tmp_path):
     assert code == 2 and "unknown target" in err
     code, _, err = run(capsys, "density", "--target", "os.path:nothing_here", "--dim", "2")
     assert code == 2 and "scorelab: error:" in err
+
+
+def test_refinement_commands_end_to_end(capsys, tmp_path):
+    """train a tiny DDPM, then SFT-PG, discriminator training, guided sampling and rejection from the CLI."""
+    cfg = {"run_dir": str(tmp_path / "ddpm"), "data": {"name": "moons", "n": 1000},
+           "process": {"name": "discrete", "schedule": "sigmoid", "n": 10},
+           "model": {"net": {"name": "mlp", "width": 32, "depth": 1, "time_scale": 1.0}},
+           "loss": {"proposal": "discrete"}, "train": {"steps": 20, "batch_size": 64, "log_every": 10}}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    assert run(capsys, "train", "--config", str(p), "--quiet")[0] == 0
+    ck = str(tmp_path / "ddpm")
+    code, out, err = run(capsys, "finetune", "sft-pg", "--checkpoint", ck, "--out", str(tmp_path / "sft"), "--quiet",
+                         "--set", "dataset=moons", "data_n=500", "epochs=1", "epoch_size=128", "eval_samples=200",
+                         "eval_every=0")
+    assert code == 0, err
+    assert json.loads((tmp_path / "sft" / "sft_pg_result.json").read_text())["metric_after"] is not None
+    code, out, err = run(capsys, "guidance", "train-discriminator", "--checkpoint", ck, "--data", "moons", "--quiet",
+                         "--objective", "mse+ce", "--gamma", "0.1", "--out", str(tmp_path / "disc"),
+                         "--set", "data_n=256", "n_generated=128", "sampler=ddpm", "nfe=10", "train.steps=5",
+                         "train.batch_size=64")
+    assert code == 0, err
+    disc = str(tmp_path / "disc" / "discriminator")
+    code, out, err = run(capsys, "sample", "--checkpoint", ck, "--sampler", "ddim", "--nfe", "10", "--n", "64",
+                         "--guidance", f"discriminator:{disc}", "--scale", "1.0", "--window", "0.0,0.5",
+                         "--out", str(tmp_path / "guided"))
+    assert code == 0, err
+    assert np.isfinite(np.load(tmp_path / "guided" / "samples.npy")).all()
+    code, out, err = run(capsys, "reject", "--checkpoint", ck, "--discriminator", disc, "--method", "budget", "--K", "2",
+                         "--n", "50", "--out", str(tmp_path / "rej"), "--set", "sampler=ddpm", "nfe=10")
+    assert code == 0, err
+    assert np.load(tmp_path / "rej" / "samples.npy").shape == (50, 2)

@@ -110,6 +110,21 @@ def load_any_model(args) -> Any:
     raise CLIError("give --checkpoint DIR or --model gmm:NAME")
 
 
+def config_from_options(cls, options: dict[str, Any], **fixed: Any):
+    """Build the frozen dataclass ``cls`` from ``--set key=value`` options (unknown keys are errors)."""
+    import dataclasses
+
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise CLIError(f"unknown option(s) {unknown} for {cls.__name__}; allowed: {sorted(allowed)}")
+    vals = {k: (tuple(v) if isinstance(v, list) else v) for k, v in {**options, **fixed}.items()}
+    try:
+        return cls(**vals)
+    except TypeError as e:
+        raise CLIError(f"bad option for {cls.__name__}: {e}") from None
+
+
 def write_json(path: str, obj: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
@@ -171,6 +186,31 @@ def run_sampler(model, sampler: str, nfe: int, n: int, *, grid: str | None = Non
                "options": options or {}}
 
 
+def apply_guidance(model, args):
+    """``--guidance discriminator:PATH`` or ``cfg:LABEL`` (classifier-free, class-conditional checkpoints),
+    with ``--scale`` and ``--window lo,hi``; guidance wrappers keep the model currency, so any sampler works."""
+    spec = getattr(args, "guidance", None)
+    if not spec:
+        return model
+    from .guidance import ClassifierFreeGuidance, guidance_from_spec, parse_window
+
+    kind, _, value = spec.partition(":")
+    if kind == "cfg":
+        try:
+            label = int(value)
+        except ValueError:
+            raise CLIError(f"--guidance cfg:LABEL needs an integer class label, got {value!r}") from None
+        guided = ClassifierFreeGuidance(model, y=label, scale=args.scale, window=parse_window(args.window))
+    elif kind == "discriminator":
+        if not os.path.exists(value) and not os.path.exists(value + ".json"):
+            raise CLIError(f"discriminator {value!r} does not exist")
+        guided = guidance_from_spec(model, spec, args.scale, args.window)
+    else:
+        raise CLIError(f"unknown guidance {spec!r}; expected discriminator:PATH or cfg:LABEL")
+    guided.event_shape = getattr(model, "event_shape", None)
+    return guided
+
+
 def model_event_shape(model, args) -> tuple[int, ...]:
     if hasattr(model, "mixture"):
         return tuple(model.mixture.event_shape)
@@ -188,6 +228,7 @@ def cmd_sample(args) -> int:
 
     model = load_any_model(args)
     shape = model_event_shape(model, args)
+    model = apply_guidance(model, args)
     opts = parse_options(args.opt)
     dtype = torch.float64 if hasattr(model, "mixture") else torch.float32
     x, info = run_sampler(model, args.sampler, args.nfe, args.n, grid=args.grid, seed=args.seed, options=opts,
@@ -310,6 +351,53 @@ def cmd_density(args) -> int:
     return 0
 
 
+def cmd_finetune_sft_pg(args) -> int:
+    from .finetune.sft_pg import SFTPGConfig, finetune_sft_pg
+
+    if not os.path.exists(args.checkpoint):
+        raise CLIError(f"checkpoint {args.checkpoint!r} does not exist")
+    cfg = config_from_options(SFTPGConfig, parse_options(args.set))
+    out = args.out or os.path.join("runs", "sft_pg")
+    res = finetune_sft_pg(cfg, args.checkpoint, out, resume=args.resume, progress=not args.quiet)
+    print(json.dumps({k: v for k, v in res.items() if k != "history"}, indent=2, default=float))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_train_discriminator(args) -> int:
+    from .finetune.discriminator import DiscriminatorConfig, TrainDiscriminatorCLIConfig, train_discriminator_cli
+
+    if not os.path.exists(args.checkpoint):
+        raise CLIError(f"checkpoint {args.checkpoint!r} does not exist")
+    train_opts = {k[len("train."):]: v for k, v in parse_options(args.set).items() if k.startswith("train.")}
+    top_opts = {k: v for k, v in parse_options(args.set).items() if not k.startswith("train.")}
+    train_opts.setdefault("objective", args.objective)
+    train_opts.setdefault("gamma", args.gamma)
+    tcfg = config_from_options(DiscriminatorConfig, train_opts)
+    cfg = config_from_options(TrainDiscriminatorCLIConfig, {"data": args.data, **top_opts}, train=tcfg,
+                              progress=not args.quiet)
+    out = args.out or os.path.join("runs", f"discriminator_{tcfg.objective.replace('+', '_')}")
+    res = train_discriminator_cli(cfg, args.checkpoint, out)
+    print(json.dumps({k: v for k, v in res.items() if k != "history"}, indent=2, default=float))
+    print(f"wrote {out}/discriminator.safetensors, discriminator.json, train_discriminator.json")
+    return 0
+
+
+def cmd_reject(args) -> int:
+    from .finetune.rejection import RejectConfig, reject_cli
+
+    for path in (args.checkpoint, args.discriminator):
+        if not os.path.exists(path) and not os.path.exists(path + ".json"):
+            raise CLIError(f"{path!r} does not exist")
+    opts = parse_options(args.set)
+    opts.update({k: v for k, v in (("n", args.n), ("method", args.method), ("K", args.K)) if v is not None})
+    cfg = config_from_options(RejectConfig, opts)
+    out = args.out or os.path.join("runs", "reject")
+    res = reject_cli(cfg, args.checkpoint, args.discriminator, out)
+    print(json.dumps(res, indent=2, default=float))
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scorelab", description="Score-based diffusion models: train, sample, measure, "
@@ -351,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--grid", help="uniform|log_snr|karras|quadratic|li (default: the sampler's)")
     sp.add_argument("--n", type=positive_int, default=5000, help="number of samples")
     sp.add_argument("--opt", nargs="*", metavar="KEY=VALUE", help="sampler options, e.g. eta=1.0")
+    sp.add_argument("--guidance", help="discriminator:PATH (discriminator guidance) or cfg:LABEL (classifier-free)")
+    sp.add_argument("--scale", type=float, default=1.0, help="guidance scale w")
+    sp.add_argument("--window", help="guidance time window t_lo,t_hi (default: all times)")
     sp.add_argument("--out")
 
     sp = add("evaluate", cmd_evaluate, "compare samples with a reference (data set name or file)",
@@ -381,6 +472,50 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--time-limit", type=float, default=None, help="cap on training wall time (s)")
     sp.add_argument("--opt", nargs="*", metavar="KEY=VALUE", help="sampler options, e.g. sigma=3 (PIS/DDS)")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out")
+
+    sp = add("finetune", None, "refine a pretrained model without retraining it")
+    fsub = sp.add_subparsers(dest="method", required=True)
+    fp = fsub.add_parser("sft-pg", help="shortcut fine-tuning with policy gradient (Fan & Lee 2023, Alg. 1)",
+                         description="Fine-tune a few-step sampler of a pretrained model with SFT-PG.",
+                         epilog="example:\n  scorelab finetune sft-pg --checkpoint runs/ddpm10 --set dataset=swiss_roll "
+                         "n_steps=10 epochs=50\n(options: the fields of scorelab.finetune.sft_pg.SFTPGConfig)",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    fp.set_defaults(fn=cmd_finetune_sft_pg)
+    fp.add_argument("--checkpoint", required=True, help="pretrained model (checkpoint or run folder)")
+    fp.add_argument("--out", help="run folder (default runs/sft_pg)")
+    fp.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="SFTPGConfig fields, e.g. lam=1 epochs=100")
+    fp.add_argument("--resume", action="store_true")
+    fp.add_argument("--quiet", action="store_true")
+
+    sp = add("guidance", None, "train guidance networks (discriminator guidance)")
+    gsub = sp.add_subparsers(dest="what", required=True)
+    gp = gsub.add_parser("train-discriminator", help="train a time-conditioned discriminator for a pretrained model",
+                         description="Discriminator guidance (Kim et al. 2023) trained with J_CE, J_MSE or "
+                         "J_MSE + gamma J_CE (the thesis' objective).",
+                         epilog="example:\n  scorelab guidance train-discriminator --checkpoint runs/digits_unet "
+                         "--data digits --objective mse+ce --gamma 0.1\n  then: scorelab sample --checkpoint "
+                         "runs/digits_unet --sampler heun --nfe 35 --guidance discriminator:runs/discriminator_mse_ce/"
+                         "discriminator --scale 1", formatter_class=argparse.RawDescriptionHelpFormatter)
+    gp.set_defaults(fn=cmd_train_discriminator)
+    gp.add_argument("--checkpoint", required=True, help="pretrained model (checkpoint or run folder)")
+    gp.add_argument("--data", default="digits", help="real data: data set name or path")
+    gp.add_argument("--objective", choices=["ce", "mse", "mse+ce"], default="mse+ce")
+    gp.add_argument("--gamma", type=float, default=1.0, help="weight of J_CE in J_MSE + gamma J_CE")
+    gp.add_argument("--set", nargs="*", metavar="KEY=VALUE",
+                    help="TrainDiscriminatorCLIConfig fields (n_generated=..., sampler=...) or train.FIELD=...")
+    gp.add_argument("--out")
+    gp.add_argument("--quiet", action="store_true")
+
+    sp = add("reject", cmd_reject, "rejection sampling with a discriminator's density-ratio estimate",
+             "example:\n  scorelab reject --checkpoint runs/digits_unet --discriminator runs/disc/discriminator "
+             "--method budget --K 2 --n 1000\n")
+    sp.add_argument("--checkpoint", required=True)
+    sp.add_argument("--discriminator", required=True)
+    sp.add_argument("--method", choices=["exact", "drs", "budget"], default=None)
+    sp.add_argument("--K", type=float, default=None, help="budget: on average K proposals per accepted sample")
+    sp.add_argument("--n", type=positive_int, default=None)
+    sp.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="RejectConfig fields (sampler=..., nfe=...)")
     sp.add_argument("--out")
 
     sp = add("demo", cmd_demo, "the main job on built-in data: train on the swiss roll, sample, report")

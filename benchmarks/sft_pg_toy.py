@@ -1,0 +1,233 @@
+"""SFT-PG toy protocol (Fan & Lee, ICML 2023, Table 1; official ``toy_exp``): DDPM T = 10, 100, 1000 vs SFT-PG (B)
+at T = 10 on swiss roll and two moons.
+
+Protocol (as in the official code): data ``make_swiss_roll(10000, noise=0.05)[:, [0, 2]] / 20`` and
+``make_moons(10000, noise=0.05) / 2``; sigmoid betas 1e-5 .. 1e-2 for every T; ``StepEmbedMLP`` 2-128-128-128-2
+(softplus, per-step embeddings); eps loss with antithetic steps, RMSprop lr 1e-3, clip 1, batch 128, 158k steps
+(2000 epochs); ancestral sampler with variance beta_t and noise at every step.  Fine-tuning: critic 2-256-256-1
+(ReLU), step-conditioned baseline 2-256-256-1, Adam 5e-5 / 1e-3 / 1e-3, n_critic 5, one generator step per outer
+step on 128 transitions, lambda 1, 300 epochs of batch 128.
+
+Metrics (mean +- std over seeds): (a) the paper's: POT sliced W2, 100 projections, 10,000 samples vs the 10,000
+training points; (b) sliced W2, 1,000 fixed projections, vs 10,000 fresh held-out points; (c) exact W2 (POT emd),
+5,000 vs 5,000 fresh points.  Two-sample floors of each metric from independent data draws (moons: an i.i.d. sampler,
+since ``make_moons`` puts points on a fixed grid of angles; the moons held-out sets use it too).
+Anchor (paper, swiss roll, x1e-2): DDPM T=10 8.29, T=100 2.36, T=1000 1.78, SFT-PG (B) T=10 0.64.
+
+    python benchmarks/sft_pg_toy.py --quick          # minutes: short pretraining / fine-tuning, 1 seed
+    python benchmarks/sft_pg_toy.py                  # full protocol, 3 seeds (hours on 2 CPU cores)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.datasets import make_moons, make_swiss_roll
+
+from scorelab.denoisers import NetworkModel
+from scorelab.finetune.sft_pg import SFTPGConfig, pg_variance, sample_policy, sft_pg
+from scorelab.losses import DSMLoss, LossConfig
+from scorelab.metrics import sliced_w2, subsample, w2_exact
+from scorelab.nets import StepEmbedMLP
+from scorelab.processes import Discrete
+from scorelab.training import TrainConfig, train
+
+RESULTS = Path(__file__).parent / "results"
+ANCHOR = {"DDPM T=10": 8.29e-2, "DDPM T=100": 2.36e-2, "DDPM T=1000": 1.78e-2, "SFT-PG(B) T=10": 0.64e-2}
+
+
+# -- data ---------------------------------------------------------------------------------------------------------
+def swiss_train(n: int, seed: int) -> torch.Tensor:
+    x, _ = make_swiss_roll(n, noise=0.05, random_state=seed)
+    return torch.from_numpy(x[:, [0, 2]] / 20).float()
+
+
+def moons_train(n: int, seed: int) -> torch.Tensor:
+    x, _ = make_moons(n, noise=0.05, random_state=seed)
+    return torch.from_numpy(x / 2).float()
+
+
+def moons_iid(n: int, seed: int) -> torch.Tensor:
+    """Two moons with i.i.d. uniform angles (make_moons' distribution without its fixed angle grid), / 2."""
+    rng = np.random.default_rng(seed)
+    th = rng.uniform(0, math.pi, n)
+    outer = rng.random(n) < 0.5
+    x = np.where(outer[:, None], np.c_[np.cos(th), np.sin(th)], np.c_[1 - np.cos(th), 0.5 - np.sin(th)])
+    return torch.from_numpy((x + 0.05 * rng.standard_normal((n, 2))) / 2).float()
+
+
+DATA = {"swiss_roll": (swiss_train, swiss_train), "moons": (moons_train, moons_iid)}
+
+
+# -- models -------------------------------------------------------------------------------------------------------
+def pretrain(data: torch.Tensor, T: int, steps: int, seed: int) -> NetworkModel:
+    """The official DDPM: sigmoid betas, StepEmbedMLP, eps loss (mean over coordinates), antithetic discrete steps,
+    RMSprop 1e-3, clip 1, batch 128, constant lr; the raw (non-EMA) weights are used, as in the official code."""
+    torch.manual_seed(seed)
+    model = NetworkModel(StepEmbedMLP(T), Discrete.from_schedule("sigmoid", T, start=1e-5, end=1e-2), "eps", "index")
+    cfg = TrainConfig(steps=steps, batch_size=128, optimizer="rmsprop", lr=1e-3, grad_clip=1.0, lr_schedule="constant",
+                      ema_decay=0.9, seed=seed, log_every=10**9)
+    res = train(model, data, cfg, loss_fn=DSMLoss(LossConfig(proposal="discrete", reduction="mean")), progress=False)
+    return res.model.eval()
+
+
+def metrics(samples: torch.Tensor, train_x: torch.Tensor, held_out: torch.Tensor, held_small: torch.Tensor,
+            n_exact: int, seed: int) -> dict:
+    return {"paper_sw2": sliced_w2(samples, train_x, 100, seed=seed),
+            "sw2_1000_heldout": sliced_w2(samples, held_out, 1000, seed=12345),
+            "w2_exact_heldout": w2_exact(subsample(samples, n_exact, seed), held_small)}
+
+
+def floors(train_fn, held_fn, n: int, n_exact: int, repeats: int) -> dict:
+    out = {k: [] for k in ("paper_sw2", "sw2_1000_heldout", "w2_exact_heldout")}
+    for r in range(repeats):
+        a, b = train_fn(n, 1000 + 2 * r), held_fn(n, 1001 + 2 * r)
+        out["paper_sw2"].append(sliced_w2(a, b, 100, seed=r))
+        out["sw2_1000_heldout"].append(sliced_w2(held_fn(n, 5000 + r), b, 1000, seed=12345))
+        out["w2_exact_heldout"].append(w2_exact(held_fn(n_exact, 7000 + r), held_fn(n_exact, 8000 + r)))
+    return {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+            for k, v in out.items()}
+
+
+def run_one(name: str, seed: int, args) -> dict:
+    train_fn, held_fn = DATA[name]
+    x = train_fn(10_000, seed)
+    held, held_small = held_fn(10_000, 100 + seed), held_fn(args.n_exact, 200 + seed)
+    rows, samples = {}, {}
+    eval_cfg = SFTPGConfig()
+    for T in args.Ts:
+        t0 = time.perf_counter()
+        model = pretrain(x, T, args.pretrain_steps, seed)
+        t_train = time.perf_counter() - t0
+        s = sample_policy(model, 10_000, eval_cfg, torch.Generator().manual_seed(seed), (2,))
+        rows[f"DDPM T={T}"] = {**metrics(s, x, held, held_small, args.n_exact, seed), "pretrain_s": t_train}
+        samples[f"DDPM T={T}"] = s
+        if T == 10:
+            base10 = model
+    cfg = SFTPGConfig(epochs=args.epochs, seed=seed, eval_every=max(1, args.epochs // 10), lam=args.lam,
+                      gp_weight=args.gp_weight, ema_decay=args.ema_decay)
+    res = sft_pg(base10, x, cfg, run_dir=args.work / f"{name}_seed{seed}", progress=args.progress)
+    s = sample_policy(res.ema_model, 10_000, eval_cfg, torch.Generator().manual_seed(seed), (2,))
+    var = pg_variance(res.model, res.critic, res.baseline, lambda n, g: torch.randn(n, 2, generator=g), cfg,
+                      n_batches=16, generator=torch.Generator().manual_seed(seed))
+    rows["SFT-PG(B) T=10"] = {**metrics(s, x, held, held_small, args.n_exact, seed), "finetune_s": res.wall_time,
+                              "pg_variance": var, "history": res.history}
+    samples["SFT-PG(B) T=10"] = s
+    return {"rows": rows, "samples": {k: v[:3000].tolist() for k, v in samples.items()}, "train": x[:3000].tolist()}
+
+
+def summarise(runs: list[dict]) -> dict:
+    out = {}
+    for key in runs[0]["rows"]:
+        out[key] = {}
+        for m in ("paper_sw2", "sw2_1000_heldout", "w2_exact_heldout", "pretrain_s", "finetune_s"):
+            vals = [r["rows"][key][m] for r in runs if m in r["rows"][key]]
+            if vals:
+                out[key][m] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1
+                               else 0.0, "values": vals}
+        if "pg_variance" in runs[0]["rows"][key]:
+            out[key]["pg_variance_ratio"] = [r["rows"][key]["pg_variance"].get("ratio") for r in runs]
+    return out
+
+
+def markdown(summary: dict, fl: dict, args) -> str:
+    lines = [f"# SFT-PG toy benchmark ({'quick' if args.quick else 'full'} run)", "",
+             f"Command: `python benchmarks/sft_pg_toy.py {' '.join(args.argv)}`; seeds {args.seeds}; "
+             f"pretraining {args.pretrain_steps} steps, fine-tuning {args.epochs} epochs.", "",
+             "Values x1e-2, mean +- std over seeds.  (a) paper metric: sliced W2 (100 proj.) vs the training points; "
+             "(b) sliced W2 (1000 proj.) vs 10k held-out; (c) exact W2, "
+             f"{args.n_exact} vs {args.n_exact} held-out.", ""]
+    for name, summ in summary.items():
+        lines += [f"## {name}", "", "| model | (a) paper | (b) SW2 held-out | (c) W2 exact | anchor (a) | time s |",
+                  "|---|---|---|---|---|---|"]
+        for key, r in summ.items():
+            cells = [f"{100 * r[m]['mean']:.3f} +- {100 * r[m]['std']:.3f}" for m in
+                     ("paper_sw2", "sw2_1000_heldout", "w2_exact_heldout")]
+            anchor = f"{100 * ANCHOR[key]:.2f}" if name == "swiss_roll" and key in ANCHOR else "-"
+            tkey = "finetune_s" if "finetune_s" in r else "pretrain_s"
+            lines.append(f"| {key} | {' | '.join(cells)} | {anchor} | {r[tkey]['mean']:.0f} |")
+        f = fl[name]
+        cells = [f"{100 * f[m]['mean']:.3f} +- {100 * f[m]['std']:.3f}" for m in
+                 ("paper_sw2", "sw2_1000_heldout", "w2_exact_heldout")]
+        lines.append("| two-sample floor | " + " | ".join(cells) + " | | |")
+        ratios = summ["SFT-PG(B) T=10"].get("pg_variance_ratio")
+        lines += ["", f"PG-estimate variance with / without baseline (after fine-tuning): {ratios}", ""]
+    return "\n".join(lines)
+
+
+def plot(runs_by_data: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["train", "DDPM T=10", "SFT-PG(B) T=10", "DDPM T=1000"]
+    fig, axes = plt.subplots(len(runs_by_data), 4, figsize=(13, 3.3 * len(runs_by_data)), squeeze=False)
+    for i, (name, run) in enumerate(runs_by_data.items()):
+        for j, key in enumerate(keys):
+            pts = np.asarray(run["train"] if key == "train" else run["samples"].get(key, [[0, 0]]))
+            axes[i, j].scatter(pts[:, 0], pts[:, 1], s=1)
+            axes[i, j].set_title(f"{name}: {key}", fontsize=9)
+            axes[i, j].set_xlim(-1.1, 1.1)
+            axes[i, j].set_ylim(-1.1, 1.1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--datasets", nargs="+", default=["swiss_roll", "moons"], choices=list(DATA))
+    p.add_argument("--Ts", type=int, nargs="+")
+    p.add_argument("--pretrain-steps", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lam", type=float, default=1.0)
+    p.add_argument("--gp-weight", type=float, default=0.0)
+    p.add_argument("--ema-decay", type=float, default=0.0)
+    p.add_argument("--floor-repeats", type=int)
+    p.add_argument("--tag", default="")
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args(argv)
+    args.argv = argv if argv is not None else __import__("sys").argv[1:]
+    q = args.quick
+    args.seeds = args.seeds or ([0] if q else [0, 1, 2])
+    args.Ts = args.Ts or [10, 100, 1000]
+    args.pretrain_steps = args.pretrain_steps or (3000 if q else 158_000)
+    args.epochs = args.epochs or (20 if q else 300)
+    args.floor_repeats = args.floor_repeats or (3 if q else 10)
+    args.n_exact = 2000 if q else 5000
+    stem = "sft_pg_toy" + ("_quick" if q else "") + (f"_{args.tag}" if args.tag else "")
+    args.work = RESULTS / f".{stem}_runs"
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    out = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "anchor": ANCHOR,
+           "versions": {"torch": torch.__version__, "python": platform.python_version()},
+           "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                        cwd=Path(__file__).parent).stdout.strip(),
+           "floors": {}, "summary": {}, "runs": {}}
+    for name in args.datasets:
+        out["floors"][name] = floors(*DATA[name], 10_000, args.n_exact, args.floor_repeats)
+        runs = [run_one(name, s, args) for s in args.seeds]
+        out["summary"][name] = summarise(runs)
+        out["runs"][name] = [{"seed": s, "rows": r["rows"]} for s, r in zip(args.seeds, runs, strict=True)]
+        out.setdefault("_plot", {})[name] = runs[0]
+    out["wall_time_s"] = time.perf_counter() - t0
+    plot(out.pop("_plot"), RESULTS / f"{stem}.png")
+    md = markdown(out["summary"], out["floors"], args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"{stem}.md").write_text(md + f"\nTotal wall time {out['wall_time_s']:.0f} s.\n")
+    print(md)
+    return out
+
+
+if __name__ == "__main__":
+    main()
