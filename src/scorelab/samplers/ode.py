@@ -1,1 +1,231 @@
-"""(being written)"""
+r"""Probability-flow ODE samplers: Euler in t, Heun (Karras Alg. 1), adaptive dopri5, and Karras' stochastic Alg. 2.
+
+The probability-flow ODE (Song et al. 2021, eq. 13) of x_t = alpha x_0 + sigma eps is
+
+    dx/dt = f(t) x - g(t)^2 / 2 * score(x, t).
+
+In the scaled variable x_hat = x / alpha with sigma_hat = sigma / alpha it is dx_hat/dsigma_hat = eps(x, t)
+(Karras et al. 2022, eq. 4 with s(t) = alpha), which is where Heun's method (Alg. 1) and the stochastic sampler
+(Alg. 2) are run on every process; a churned sigma_hat is mapped back to a process time with ``t_from_log_snr``.
+
+Notation
+--------
+===================  ==========================================================================================
+``t -> s``           one step from time t to the smaller time s (s = 0 allowed: final "denoise" step)
+``a, sg``            alpha(t), sigma(t) broadcast against x
+``sh``               sigma_hat = sigma / alpha = exp(-lambda/2)
+``eps, x0_hat``      the model's noise and data predictions at (x, t)
+``gamma``            churn factor of Alg. 2: sigma_hat -> sigma_hat (1 + gamma)
+===================  ==========================================================================================
+
+Every sample function follows the contract of ``samplers/base.py`` and is built from a pure step function;
+``run_steps`` is the shared loop (NFE measured through ``counted``, trajectory, callback, progress bar).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torchdiffeq import odeint
+from tqdm.auto import tqdm
+
+from .._utils import bcast
+from ..denoisers import CountingModel, DiffusionModel
+from .base import Callback, TrajectoryRecorder, check_grid, counted, register, step_times
+
+# step(i, x, t, s, state) -> (x_next, x0_hat, mean, std, state); mean/std None for deterministic steps
+StepFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, object], tuple]
+
+
+def coefs(model: DiffusionModel, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha(t), sigma(t)) broadcast against x; t scalar or ``[B]``."""
+    p = model.process
+    return bcast(p.alpha(t), x), bcast(p.sigma(t), x)
+
+
+def half_lam(model: DiffusionModel, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """lambda(t)/2 = log(alpha/sigma) (DPM-Solver's lambda), broadcast against x; +inf at t = 0."""
+    return bcast(0.5 * model.process.log_snr(t), x)
+
+
+def reaches_zero(s: torch.Tensor) -> bool:
+    """True when (any sample of) the step ends at t = 0, where 2nd-order corrections are skipped (Karras Alg. 1)."""
+    return bool(torch.any(s == 0))
+
+
+def prepare(model: DiffusionModel, x_T: torch.Tensor, ts) -> tuple[CountingModel, torch.Tensor]:
+    """Wrap the model for NFE counting and validate the grid (1-D, or ``[n+1, B]`` matching x_T's batch)."""
+    if not isinstance(x_T, torch.Tensor) or x_T.ndim < 1:
+        raise ValueError("x_T must be a tensor of shape [B, ...]")
+    ts = check_grid(ts, model.process)
+    if ts.ndim == 2 and ts.shape[1] != x_T.shape[0]:
+        raise ValueError(f"per-sample grid must have shape [n+1, B] with B={x_T.shape[0]}, got {tuple(ts.shape)}")
+    return counted(model), ts.to(x_T.device)
+
+
+def run_steps(model: CountingModel, x_T: torch.Tensor, ts: torch.Tensor, step: StepFn, *, state=None,
+              callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False):
+    """Loop ``step`` over the grid ``ts`` (already validated) and return x at ts[-1] or a ``Trajectory``.
+
+    ``state`` is explicit multistep history: it goes into each step and comes back out of it."""
+    nfe0, x = model.nfe, x_T
+    rec = TrajectoryRecorder(x_T, ts, return_trajectory)
+    for i in tqdm(range(ts.shape[0] - 1), disable=not progress, leave=False):
+        t, s = step_times(ts, i, x)
+        x, x0_hat, mean, std, state = step(i, x, t, s, state)
+        rec.add(x, mean, std)
+        if callback is not None:
+            callback(dict(i=i, t=s, x=x, x0_hat=x0_hat))
+    return rec.finish(x, model.nfe - nfe0)
+
+
+# -- step functions ---------------------------------------------------------------------------------------------
+def ddim_zero_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor):
+    """First-order step alpha_s x0_hat + sigma_s eps_hat used by every sampler into s = 0 (sigma_s = 0 there on
+    all processes but VE, where sigma(0) = sigma_min).  One evaluation.  Returns (x_s, x0_hat)."""
+    a_t, sg_t = coefs(model, t, x)
+    a_s, sg_s = coefs(model, s, x)
+    eps = model.eps(x, t)
+    x0 = (x - sg_t * eps) / a_t
+    return a_s * x0 + sg_s * eps, x0
+
+
+def pf_ode_drift(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Song et al. 2021, eq. 13: (dx/dt = f x - g^2/2 score, score) at (x, t); one evaluation."""
+    p = model.process
+    score = model.score(x, t)
+    return bcast(p.drift_coef(t), x) * x - 0.5 * bcast(p.diffusion_sq(t), x) * score, score
+
+
+def euler_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor):
+    """Euler step of the PF-ODE in t: x_s = x + (s - t) dx/dt.  Returns (x_s, x0_hat) with Tweedie's
+    x0_hat = (x + sigma^2 score) / alpha (no extra evaluation)."""
+    a, sg = coefs(model, t, x)
+    d, score = pf_ode_drift(model, x, t)
+    return x + bcast(s - t, x) * d, (x + sg**2 * score) / a
+
+
+def heun_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, second_order: bool = True):
+    """Karras et al. 2022, Alg. 1 (lines 4-8) in x_hat = x/alpha vs sigma_hat = sigma/alpha, where
+    dx_hat/dsigma_hat = eps.  The correction is skipped when s = 0 (Alg. 1, line 6).  Returns (x_s, x0_hat)."""
+    a_t, sg_t = coefs(model, t, x)
+    a_s, sg_s = coefs(model, s, x)
+    dsh = sg_s / a_s - sg_t / a_t
+    eps = model.eps(x, t)  # d_i (line 5)
+    x_hat_next = x / a_t + dsh * eps  # Euler (line 5)
+    if not second_order or reaches_zero(s):
+        return a_s * x_hat_next, (x - sg_t * eps) / a_t
+    eps_next = model.eps(a_s * x_hat_next, s)  # d'_i (line 7)
+    return a_s * (x / a_t + dsh * 0.5 * (eps + eps_next)), (x - sg_t * eps) / a_t  # line 8
+
+
+def dopri5_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
+                rtol: float = 1e-5, atol: float = 1e-5) -> torch.Tensor:
+    """Integrate the PF-ODE from t to s with torchdiffeq's dopri5, in tau in [0, 1] with t(tau) = t + tau (s - t)
+    (one parameterisation serves per-sample times).  A step into s = 0 is the first-order (DDIM) step
+    alpha_s x0_hat + sigma_s eps_hat (= x0_hat where sigma(0) = 0)."""
+    if reaches_zero(s):
+        return ddim_zero_step(model, x, t, s)[0]
+    dt = s - t
+
+    def f(tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # tau clamped: dopri5's first-step probe may overshoot
+        return bcast(dt, y) * pf_ode_drift(model, y, t + tau.clamp(0, 1) * dt)[0]
+
+    taus = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
+    opts = dict(step_t=taus[1:])  # never step past tau = 1 (no evaluations beyond s)
+    return odeint(f, x, taus, method="dopri5", rtol=rtol, atol=atol, options=opts)[-1]
+
+
+def edm_churn_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, gamma: torch.Tensor,
+                   S_noise: float = 1.0, generator: torch.Generator | None = None):
+    """Karras et al. 2022, Alg. 2 (lines 4-10) on a general process: raise sigma_hat to sigma_hat (1 + gamma)
+    (time t_hat = t_from_log_snr(-2 log sigma_hat), capped at t_max), add fresh noise in x_hat, then a Heun step
+    from t_hat to s.  ``gamma``: scalar or ``[B]``.  Returns (x_s, x0_hat)."""
+    p, gamma = model.process, torch.as_tensor(gamma, dtype=x.dtype, device=x.device)
+    if not torch.any(gamma > 0):
+        return heun_step(model, x, t, s)
+    a_t, sg_t = coefs(model, t, x)
+    sh_t = sg_t / a_t
+    lam_hat = p.log_snr(t) - 2.0 * torch.log1p(gamma)  # sigma_hat -> sigma_hat (1 + gamma)
+    t_hat = torch.where(gamma > 0, p.t_from_log_snr(lam_hat).clamp(max=p.t_max), t)  # line 4-5
+    a_h, sg_h = coefs(model, t_hat, x)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    x_hat = x / a_t + torch.sqrt((sg_h / a_h) ** 2 - sh_t**2).clamp(min=0) * S_noise * noise  # line 6
+    return heun_step(model, a_h * x_hat, t_hat, s)  # lines 7-10
+
+
+# -- samplers ---------------------------------------------------------------------------------------------------
+@register("euler", order=1, evals_per_step=1, stochastic=False, options=(),
+          reference="Song et al. 2021, eq. 13 (probability-flow ODE), Euler in t", default_grid="uniform_t")
+def sample_euler(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
+                 callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False):
+    """Euler on the probability-flow ODE in t over the grid ``ts`` (``[n+1]`` or ``[n+1, B]``); x_T ``[B, ...]``.
+    NFE = n.  Returns x at ts[-1] ``[B, ...]`` or a ``Trajectory``."""
+    m, ts = prepare(model, x_T, ts)
+
+    def step(i, x, t, s, state):
+        x_s, x0 = euler_step(m, x, t, s)
+        return x_s, x0, None, None, state
+
+    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress)
+
+
+@register("heun", order=2, evals_per_step=2, stochastic=False, options=(),
+          reference="Karras et al. 2022, Alg. 1", default_grid="karras")
+def sample_heun(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
+                callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False):
+    """Heun's 2nd-order method (Karras Alg. 1) in the scaled variable.  NFE = 2n, or 2n - 1 when ts[-1] = 0."""
+    m, ts = prepare(model, x_T, ts)
+
+    def step(i, x, t, s, state):
+        x_s, x0 = heun_step(m, x, t, s)
+        return x_s, x0, None, None, state
+
+    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress)
+
+
+@register("dopri5", order=5, evals_per_step=math.nan, stochastic=False, options=("rtol", "atol"),
+          reference="Dormand & Prince 1980 via torchdiffeq; Song et al. 2021, eq. 13", default_grid="uniform_t")
+def sample_dopri5(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
+                  callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False,
+                  rtol: float = 1e-5, atol: float = 1e-5):
+    """Adaptive dopri5 on the PF-ODE between consecutive grid points (a 2-point grid integrates in one go).
+    NFE is measured (adaptive).  The reference solver of the tests (float64, rtol = atol = 1e-9)."""
+    if not (rtol > 0 and atol > 0):
+        raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
+    m, ts = prepare(model, x_T, ts)
+
+    def step(i, x, t, s, state):
+        return dopri5_step(m, x, t, s, rtol, atol), None, None, None, state
+
+    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress)
+
+
+def edm_gamma(model: DiffusionModel, t: torch.Tensor, n: int, S_churn: float, S_tmin: float,
+              S_tmax: float) -> torch.Tensor:
+    """Alg. 2, line 4: gamma = min(S_churn/n, sqrt 2 - 1) where sigma_hat(t) in [S_tmin, S_tmax], else 0."""
+    sh = torch.exp(-0.5 * model.process.log_snr(t))
+    inside = (sh >= S_tmin) & (sh <= S_tmax)
+    return torch.where(inside, min(S_churn / n, math.sqrt(2) - 1), 0.0).to(t.dtype)
+
+
+@register("edm", order=2, evals_per_step=2, stochastic=True, options=("S_churn", "S_tmin", "S_tmax", "S_noise"),
+          reference="Karras et al. 2022, Alg. 2", default_grid="karras")
+def sample_edm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
+               callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False,
+               S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = math.inf, S_noise: float = 1.0):
+    """Karras' stochastic sampler (Alg. 2); S_tmin/S_tmax are in sigma_hat = sigma/alpha units.  S_churn = 0 is
+    Heun (Alg. 1).  NFE = 2n (2n - 1 when ts[-1] = 0).  The churned step is not a Gaussian transition of x_i, so
+    the trajectory records no log-probabilities."""
+    if S_churn < 0 or S_noise < 0 or S_tmin < 0 or S_tmax < S_tmin:
+        raise ValueError("need S_churn >= 0, S_noise >= 0 and 0 <= S_tmin <= S_tmax")
+    m, ts = prepare(model, x_T, ts)
+    n = ts.shape[0] - 1
+
+    def step(i, x, t, s, state):
+        gamma = edm_gamma(m, t, n, S_churn, S_tmin, S_tmax)
+        x_s, x0 = edm_churn_step(m, x, t, s, gamma, S_noise, generator)
+        return x_s, x0, None, None, state
+
+    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress)
