@@ -74,6 +74,23 @@ class ForwardProcess:
         """lambda(t) = log(alpha^2/sigma^2), decreasing in t."""
         return 2.0 * (self.log_alpha(t) - self.log_sigma(t))
 
+    def coefs(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(alpha(t), sigma(t), lambda(t)/2) in one call.
+
+        Samplers ask for the same few grid times many times per step; for a scalar CPU time that needs no gradient
+        the triple is memoised (keyed by value and dtype, bounded size), which removes most per-step overhead."""
+        t = _t(t)
+        if t.ndim != 0 or t.device.type != "cpu" or t.requires_grad:
+            return self.alpha(t), self.sigma(t), 0.5 * self.log_snr(t)
+        cache = self.__dict__.setdefault("_coef_cache", {})
+        key = (float(t), t.dtype)
+        hit = cache.get(key)
+        if hit is None:
+            if len(cache) >= 4096:
+                cache.clear()
+            hit = cache[key] = (self.alpha(t), self.sigma(t), 0.5 * self.log_snr(t))
+        return hit
+
     def marginal_sample(
         self, x0: torch.Tensor, t: TimeLike, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

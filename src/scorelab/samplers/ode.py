@@ -40,13 +40,13 @@ StepFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, object], tuple
 
 def coefs(model: DiffusionModel, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(alpha(t), sigma(t)) broadcast against x; t scalar or ``[B]``."""
-    p = model.process
-    return bcast(p.alpha(t), x), bcast(p.sigma(t), x)
+    a, s, _ = model.process.coefs(t)
+    return bcast(a, x), bcast(s, x)
 
 
 def half_lam(model: DiffusionModel, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """lambda(t)/2 = log(alpha/sigma) (DPM-Solver's lambda), broadcast against x; +inf at t = 0."""
-    return bcast(0.5 * model.process.log_snr(t), x)
+    return bcast(model.process.coefs(t)[2], x)
 
 
 def reaches_zero(s: torch.Tensor) -> bool:
