@@ -78,7 +78,8 @@ class Trajectory:
 
     xs: states [x_{t_0}, ..., x_{t_n}], each ``[B, ...]``; ts: the grid; means/stds: the Gaussian transition of each
     step (None for deterministic steps); log_probs: ``[n_steps, B]`` log p(x_{i+1} | x_i) (NaN for deterministic
-    steps); nfe: network evaluations used (counted, not assumed)."""
+    steps); nfe: network evaluations used (counted, not assumed); extras: sampler-specific per-step values (e.g.
+    ``"x_plus"``: the intermediate states of a two-stage stochastic step)."""
 
     xs: list[torch.Tensor]
     ts: torch.Tensor
@@ -86,6 +87,7 @@ class Trajectory:
     stds: list[torch.Tensor | float | None] = field(default_factory=list)
     log_probs: torch.Tensor | None = None
     nfe: int = 0
+    extras: dict = field(default_factory=dict)
 
     @property
     def x0(self) -> torch.Tensor:

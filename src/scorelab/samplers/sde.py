@@ -1,1 +1,175 @@
-"""(being written)"""
+r"""Stochastic samplers: DDPM ancestral sampling on any grid and Euler-Maruyama on the reverse SDE.
+
+DDPM ancestral sampling (Ho et al. 2020, Alg. 2) is generalised to any process and grid through the forward-process
+posterior q(x_s | x_t, x_0) between consecutive grid times s < t, with x_0 replaced by the model's x0_hat (Kingma et
+al. 2021, eqs. 29-33).  Euler-Maruyama discretises the reverse SDE dx = [f x - g^2 score] dt + g dW_bar
+(Song et al. 2021, eq. 6) with the "reverse diffusion" drift evaluated at the start of each step.
+
+Notation (one step from time t to the smaller time s; x_t = alpha_t x_0 + sigma_t eps)
+======================  ==========================================================================================
+``alpha_{t|s}``         alpha_t / alpha_s: forward transition x_t | x_s ~ N(alpha_{t|s} x_s, sigma_{t|s}^2 I)
+``r``                   exp(lambda_t - lambda_s) = alpha_{t|s}^2 sigma_s^2 / sigma_t^2 in [0, 1) (lambda = log-SNR)
+``sigma_{t|s}^2``       sigma_t^2 - alpha_{t|s}^2 sigma_s^2 = (1 - r) sigma_t^2
+posterior mean          (alpha_{t|s} sigma_s^2/sigma_t^2) x_t + (alpha_s sigma_{t|s}^2/sigma_t^2) x0_hat
+                        = r (alpha_s/alpha_t) x_t + alpha_s (1 - r) x0_hat
+``"small"`` variance    beta_tilde = sigma_{t|s}^2 sigma_s^2 / sigma_t^2 = (1 - r) sigma_s^2  (the exact posterior's)
+``"large"`` variance    beta = sigma_{t|s}^2 = (1 - r) sigma_t^2  (the forward step's variance)
+``f``, ``g^2``          ``process.drift_coef``, ``process.diffusion_sq``
+======================  ==========================================================================================
+
+Why ``"large"`` is sigma_{t|s}^2: on a ``Discrete`` chain's own grid (t = i/N, s = (i-1)/N) alpha_{t|s}^2 = 1 - beta_i
+and sigma_{t|s}^2 = (1 - abar_i) - (1 - beta_i)(1 - abar_{i-1}) = beta_i, which is DDPM's sigma_t^2 = beta_t
+(Ho et al. 2020, Sec. 3.2).  (sigma_{t|s}^2 / alpha_{t|s}^2 = beta/(1 - beta) is the variance of the reverse Euler
+step written in the x_{t-1} scale, as in Li et al.'s DDPM-type sampler; it is not Ho's choice.)  On the same grid the
+posterior mean reduces to 1/sqrt(alpha_i) (x_i - beta_i/sqrt(1 - abar_i) eps_hat), Ho et al.'s Alg. 2, line 4.
+All coefficients are computed in float64 from log-SNR differences (``expm1``), so they stay exact for tiny steps
+and at a final time with sigma = 0 (r = 0).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .._utils import bcast
+from ..denoisers import DiffusionModel
+from .base import (
+    Callback,
+    TrajectoryRecorder,
+    check_grid,
+    counted,
+    gaussian_sample,
+    register,
+    step_times,
+)
+
+VARIANCES = ("small", "large")
+
+
+# -- shared helpers (also used by pc.py) --------------------------------------------------------
+def prepare(model: DiffusionModel, x_T: torch.Tensor, ts) -> tuple:
+    """Validate the grid against the model's process and the batch; return ``(counted model, grid)``."""
+    if not isinstance(x_T, torch.Tensor) or x_T.ndim < 1:
+        raise ValueError("x_T must be a tensor of shape [B, ...]")
+    ts = check_grid(ts, model.process)
+    if ts.ndim == 2 and ts.shape[1] != x_T.shape[0]:
+        raise ValueError(f"a per-sample grid must have shape [n+1, B] with B={x_T.shape[0]}, got {tuple(ts.shape)}")
+    return counted(model), ts
+
+
+def draw(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """``gaussian_sample`` with a scalar or ``[B]`` std broadcast against ``mean`` ``[B, ...]``."""
+    return gaussian_sample(mean, bcast(std, mean), generator)
+
+
+def is_positive(std: torch.Tensor) -> bool:
+    return bool(torch.all(torch.as_tensor(std) > 0))
+
+
+def posterior_coefs(process, t: torch.Tensor, s: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Coefficients of q(x_s | x_t, x_0) for times s < t (scalars or ``[B]``), computed in float64, cast to t's dtype.
+
+    Returns dict with ``c_x`` (on x_t), ``c_0`` (on x_0), ``var_small`` (beta_tilde), ``var_large`` (sigma_{t|s}^2)."""
+    t64, s64 = t.to(torch.float64), s.to(torch.float64)
+    one_minus_r = -torch.expm1(process.log_snr(t64) - process.log_snr(s64))
+    alpha_s = process.alpha(s64)
+    out = {
+        "c_x": (1 - one_minus_r) * torch.exp(process.log_alpha(s64) - process.log_alpha(t64)),
+        "c_0": alpha_s * one_minus_r,
+        "var_small": one_minus_r * process.sigma(s64) ** 2,
+        "var_large": one_minus_r * process.sigma(t64) ** 2,
+    }
+    return {k: v.to(t.dtype) for k, v in out.items()}
+
+
+# -- DDPM ancestral sampling ----------------------------------------------------------------------
+def _ddpm_step(model, x, t, s, variance: str):
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; expected one of {VARIANCES}")
+    c = posterior_coefs(model.process, t, s)
+    x0_hat = model.x0(x, t)
+    mean = bcast(c["c_x"], x) * x + bcast(c["c_0"], x) * x0_hat
+    return mean, torch.sqrt(c["var_" + variance]), x0_hat
+
+
+def ddpm_transition(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, *,
+                    variance: str = "large") -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDPM ancestral step t -> s < t as a Gaussian (Ho et al. 2020, Alg. 2, line 4; eqs. 6-7).
+
+    x: ``[B, ...]``; t, s: scalars or ``[B]``.  Returns ``(mean [B, ...], std)`` with std a scalar or ``[B]``:
+    mean = posterior mean with x0_hat = model.x0(x, t), std^2 = beta_tilde (``"small"``) or sigma_{t|s}^2
+    (``"large"``, = beta_t on a Discrete chain's own grid).  Pure in (model, x, t, s): differentiable in the model."""
+    mean, std, _ = _ddpm_step(model, x, t, s, variance)
+    return mean, std
+
+
+def run_chain(model, x_T, ts, step: Callable, *, generator, callback, return_trajectory, noise_last: bool,
+              progress: bool, desc: str):
+    """Loop over the grid with ``step(model, x, t, s) -> (mean, std, x0_hat)``; add noise unless it is the last step
+    and ``noise_last`` is False (or std is 0).  Records each Gaussian transition in the trajectory."""
+    model, ts = prepare(model, x_T, ts)
+    x, n = x_T, ts.shape[0] - 1
+    rec = TrajectoryRecorder(x_T, ts, return_trajectory)
+    for i in tqdm(range(n), desc=desc, disable=not progress, leave=False):
+        t, s = step_times(ts, i, x)
+        mean, std, x0_hat = step(model, x, t, s)
+        if (i < n - 1 or noise_last) and is_positive(std):
+            x = draw(mean, std, generator)
+            rec.add(x, mean, std)
+        else:
+            x = mean
+            rec.add(x)
+        if callback is not None:
+            callback(dict(i=i, t=s, x=x, x0_hat=x0_hat))
+    return rec.finish(x, model.nfe)
+
+
+@register("ddpm", order=1, evals_per_step=1, stochastic=True, options=("variance", "noise_last"),
+          reference="Ho et al. 2020, Alg. 2 (posterior q(x_s|x_t,x_0) on any grid)")
+def sample_ddpm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
+                callback: Callback | None = None, return_trajectory: bool = False, variance: str = "large",
+                noise_last: bool = False, progress: bool = False):
+    """DDPM ancestral sampling over the grid ``ts`` (``[n+1]`` or ``[n+1, B]``, strictly decreasing).
+
+    x_T: ``[B, ...]``.  ``variance``: ``"large"`` (sigma_{t|s}^2, DDPM's beta_t) or ``"small"`` (beta_tilde).
+    ``noise_last``: add noise on the last step too (Ho et al.'s Alg. 2 does not: z = 0 at t = 1; the SFT-PG toy
+    sampler does, so every step is a Gaussian policy).  NFE = n.  Returns x at ts[-1] ``[B, ...]`` or a Trajectory."""
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; expected one of {VARIANCES}")
+    return run_chain(model, x_T, ts, lambda m, x, t, s: _ddpm_step(m, x, t, s, variance), generator=generator,
+                     callback=callback, return_trajectory=return_trajectory, noise_last=noise_last,
+                     progress=progress, desc="ddpm")
+
+
+# -- Euler-Maruyama on the reverse SDE -------------------------------------------------------------
+def _em_step(model, x, t, s):
+    p = model.process
+    h = t - s
+    f, g2 = bcast(p.drift_coef(t).to(x.dtype), x), p.diffusion_sq(t).to(x.dtype)
+    score = model.score(x, t)
+    mean = x - (f * x - bcast(g2, x) * score) * bcast(h, x)
+    a, sig = bcast(p.alpha(t).to(x.dtype), x), bcast(p.sigma(t).to(x.dtype), x)
+    return mean, torch.sqrt(g2 * h), (x + sig**2 * score) / a
+
+
+def euler_maruyama_transition(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor,
+                              s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Euler-Maruyama step t -> s < t of the reverse SDE (Song et al. 2021, eq. 6), h = t - s:
+    mean = x - [f(t) x - g^2(t) score(x, t)] h, std = sqrt(g^2(t) h).  x ``[B, ...]``; std scalar or ``[B]``."""
+    mean, std, _ = _em_step(model, x, t, s)
+    return mean, std
+
+
+@register("euler_maruyama", order=1, evals_per_step=1, stochastic=True, options=("noise_last",),
+          reference="Song et al. 2021, eq. 6 (reverse SDE), Euler-Maruyama")
+def sample_euler_maruyama(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
+                          callback: Callback | None = None, return_trajectory: bool = False,
+                          noise_last: bool = False, progress: bool = False):
+    """Euler-Maruyama on the reverse SDE over ``ts``; strong order 1/2, weak order 1.  NFE = n.
+
+    ``noise_last=False`` returns the last step's mean (Song et al.'s code: no noise on the final step).
+    Returns x at ts[-1] ``[B, ...]`` or a Trajectory."""
+    return run_chain(model, x_T, ts, _em_step, generator=generator, callback=callback,
+                     return_trajectory=return_trajectory, noise_last=noise_last, progress=progress,
+                     desc="euler_maruyama")
