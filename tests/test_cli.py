@@ -139,7 +139,7 @@ def test_refinement_commands_end_to_end(capsys, tmp_path):
                          "--out", str(tmp_path / "guided"))
     assert code == 0, err
     assert np.isfinite(np.load(tmp_path / "guided" / "samples.npy")).all()
-    code, out, err = run(capsys, "reject", "--checkpoint", ck, "--discriminator", disc, "--method", "budget", "--K", "2",
-                         "--n", "50", "--out", str(tmp_path / "rej"), "--set", "sampler=ddpm", "nfe=10")
+    code, out, err = run(capsys, "reject", "--checkpoint", ck, "--discriminator", disc, "--method", "budget",
+                         "--K", "2", "--n", "50", "--out", str(tmp_path / "rej"), "--set", "sampler=ddpm", "nfe=10")
     assert code == 0, err
     assert np.load(tmp_path / "rej" / "samples.npy").shape == (50, 2)

@@ -7,7 +7,14 @@ from torch import nn
 
 from scorelab.analytic import GaussianMixture, random_mixture, ring_mixture
 from scorelab.denoisers import (
-    CountingModel, DiffusionModel, FunctionModel, NetworkModel, edm_coefs, eps_from_v, v_from_eps_x0, x0_from_v,
+    CountingModel,
+    DiffusionModel,
+    FunctionModel,
+    NetworkModel,
+    edm_coefs,
+    eps_from_v,
+    v_from_eps_x0,
+    x0_from_v,
 )
 from scorelab.processes import EDM, VE, VP, Discrete, SubVP, VPCosine
 
@@ -103,7 +110,8 @@ def test_image_shaped_mixture_and_covariance_forms():
 def test_conversions_round_trip():
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
-    a, s = torch.rand(5, 1, generator=g, dtype=torch.float64) + 0.1, torch.rand(5, 1, generator=g, dtype=torch.float64) * 3
+    a = torch.rand(5, 1, generator=g, dtype=torch.float64) + 0.1
+    s = torch.rand(5, 1, generator=g, dtype=torch.float64) * 3
     x = a * x0 + s * eps
     v = v_from_eps_x0(eps, x0, a, s)
     torch.testing.assert_close(x0_from_v(x, v, a, s), x0)
@@ -127,7 +135,10 @@ class _OracleNet(nn.Module):
             x = a * xin / c_in
             c_skip = 0.25 / (s_hat[:, None] ** 2 + 0.25)
             return (self.m.x0(x, t) - c_skip * x / a) / c_out
-        t = p.t_from_log_snr(t_in) if self.time_input == "log_snr" else (t_in / p.N if self.time_input == "index" else t_in)
+        if self.time_input == "log_snr":
+            t = p.t_from_log_snr(t_in)
+        else:
+            t = t_in / p.N if self.time_input == "index" else t_in
         x = xin
         a, s = p.alpha(t)[:, None], p.sigma(t)[:, None]
         return {"eps": self.m.eps(x, t), "x0": self.m.x0(x, t), "score": self.m.score(x, t),

@@ -7,7 +7,17 @@ import torch
 from scipy.integrate import solve_ivp
 
 from scorelab.processes import (
-    EDM, VE, VP, Discrete, SubVP, VPCosine, cosine_betas, li_betas, linear_betas, process_from_config, sigmoid_betas,
+    EDM,
+    VE,
+    VP,
+    Discrete,
+    SubVP,
+    VPCosine,
+    cosine_betas,
+    li_betas,
+    linear_betas,
+    process_from_config,
+    sigmoid_betas,
 )
 
 CONTINUOUS = [VP(), SubVP(), VPCosine(), VE(), EDM(), Discrete.from_schedule("linear", 100)]

@@ -109,7 +109,8 @@ class GaussianMixture:
             g = (r.unsqueeze(-1) * cinv_diff).sum(1)  # sum_k r_k C_k^{-1}(x - a mu_k)
             out["score"], out["eps"] = -g, s[:, 0, 0] * g
             if "x0" in need:
-                post = self.means.unsqueeze(0) + a[..., 0] * (self.covs.unsqueeze(0) @ cinv_diff.unsqueeze(-1)).squeeze(-1)
+                sc = (self.covs.unsqueeze(0) @ cinv_diff.unsqueeze(-1)).squeeze(-1)  # Sigma_k C_k^{-1}(x - a mu_k)
+                post = self.means.unsqueeze(0) + a[..., 0] * sc
                 out["x0"] = (r.unsqueeze(-1) * post).sum(1)
         return logp, out
 

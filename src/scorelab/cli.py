@@ -152,7 +152,7 @@ def cmd_samplers(args) -> int:
                      ",".join(s.options) or "-", s.reference))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
     return 0
 
 
@@ -478,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     fsub = sp.add_subparsers(dest="method", required=True)
     fp = fsub.add_parser("sft-pg", help="shortcut fine-tuning with policy gradient (Fan & Lee 2023, Alg. 1)",
                          description="Fine-tune a few-step sampler of a pretrained model with SFT-PG.",
-                         epilog="example:\n  scorelab finetune sft-pg --checkpoint runs/ddpm10 --set dataset=swiss_roll "
+                         epilog="example:\n  scorelab finetune sft-pg --checkpoint runs/ddpm10 "
+                         "--set dataset=swiss_roll "
                          "n_steps=10 epochs=50\n(options: the fields of scorelab.finetune.sft_pg.SFTPGConfig)",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     fp.set_defaults(fn=cmd_finetune_sft_pg)

@@ -156,7 +156,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", quick: bool = False, seed: in
     _plots(res_oracle, tables["ring8_oracle"], gref, out, floors["ring8_oracle"], "ring8_oracle", nfes[1])
     meta = {"command": "make demo" if not quick else "scorelab demo --quick", "wall_s": time.perf_counter() - t0,
             "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
-            "scorelab": __version__, "train_steps": trained["step"], "final_loss": trained["final_loss"] or float("nan"),
+            "scorelab": __version__, "train_steps": trained["step"],
+            "final_loss": trained["final_loss"] or float("nan"),
             "train_wall_s": trained["wall_s"], "n_ref": n, "seed": seed}
     metrics = {"meta": meta, "floors": floors, "tables": tables}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))

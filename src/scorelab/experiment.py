@@ -133,7 +133,8 @@ def experiment_from_dict(raw: dict, overrides: dict[str, Any] | None = None) -> 
         run_dir=str(raw.get("run_dir", "runs/experiment")), data=_build(DataConfig, raw.get("data"), "data"),
         process=process, model=_build(ModelConfig, raw.get("model"), "model"),
         loss=_build(LossConfig, raw.get("loss"), "loss"),
-        objective=_build(ObjectiveConfig, raw.get("objective"), "objective"), train=_build(TrainConfig, raw.get("train"), "train"))
+        objective=_build(ObjectiveConfig, raw.get("objective"), "objective"),
+        train=_build(TrainConfig, raw.get("train"), "train"))
 
 
 def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> ExperimentConfig:

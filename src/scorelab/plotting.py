@@ -36,9 +36,10 @@ def scatter_panels(panels: Mapping[str, torch.Tensor], path: str, *, reference: 
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows), squeeze=False)
     ref = _np(reference)[:max_points] if reference is not None else None
     if lim is None:
-        allx = np.concatenate([_np(v)[:max_points, :2] for v in panels.values()] + ([ref[:, :2]] if ref is not None else []))
+        clouds = [_np(v)[:max_points, :2] for v in panels.values()] + ([ref[:, :2]] if ref is not None else [])
+        allx = np.concatenate(clouds)
         lim = float(np.quantile(np.abs(allx), 0.995)) * 1.15
-    for ax, (name, x) in zip(axes.flat, panels.items()):
+    for ax, (name, x) in zip(axes.flat, panels.items(), strict=False):
         if ref is not None:
             ax.scatter(ref[:, 0], ref[:, 1], s=1, c="0.8", rasterized=True)
         xs = _np(x)[:max_points]

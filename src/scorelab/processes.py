@@ -136,7 +136,8 @@ def _t(t: TimeLike) -> torch.Tensor:
 class VP(ForwardProcess):
     """Variance-preserving SDE with linear beta(t) = beta_min + t (beta_max - beta_min) (Song et al. 2021, eq. 11).
 
-    B(t) = beta_min t + (beta_max - beta_min) t^2 / 2, alpha = exp(-B/2), sigma^2 = 1 - exp(-B), f = -beta/2, g^2 = beta.
+    B(t) = beta_min t + (beta_max - beta_min) t^2 / 2, alpha = exp(-B/2), sigma^2 = 1 - exp(-B),
+    f = -beta/2, g^2 = beta.
     """
 
     name = "vp"

@@ -25,9 +25,10 @@ which is checked.
 
 A Langevin step x' = x + eps score(x, t) + sqrt(2 eps) z is the Gaussian N(x + eps score, 2 eps I) when eps does not
 depend on z; ``langevin_transition`` exposes it.  Corrector step rules (``step_norm``):
-``"sample"`` (default): Alg. 4/5 per sample, eps depends on the sample's own ||z|| and ||score||, so samples stay
-independent but a step is a Gaussian only given ||z||; ``"batch"``: batch means of ||z|| and ||score|| (Song et al.'s
-released code: one eps for the batch); ``"expected"``: per sample with ||z||^2 replaced by E||z||^2 = d, which makes
+``"sample"``: Alg. 4/5 per sample, eps depends on the sample's own ||z|| and ||score||, so samples stay
+independent but a step is a Gaussian only given ||z||; ``"batch"`` (default): batch means of ||z|| and ||score||
+(Song et al.'s released code: one eps for the batch; stable in any dimension); ``"expected"``: per sample with
+||z||^2 replaced by E||z||^2 = d, which makes
 every corrector step an exact Gaussian transition.  In low dimension the per-sample rules are heavy-tailed (eps ~
 1/||score||^2 blows up for samples near a mode centre): with snr = 0.16 on 2-D data the sample variance grows with the
 number of steps, while ``"batch"`` (or snr ~ 0.01) is stable; snr = 0.16 was tuned for images (d ~ 3000), where the
@@ -118,7 +119,7 @@ def _predict(model, x, t, s, predictor, add_noise, generator):
           reference="Song et al. 2021, Alg. 1/2 and App. G Alg. 4/5")
 def sample_pc(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
               callback: Callback | None = None, return_trajectory: bool = False, predictor: str = "euler_maruyama",
-              snr: float = 0.16, n_corrector: int = 1, step_norm: str = "sample", noise_last: bool = False,
+              snr: float = 0.16, n_corrector: int = 1, step_norm: str = "batch", noise_last: bool = False,
               progress: bool = False):
     """Predictor-corrector sampling over ``ts``. x_T ``[B, ...]``.
 
