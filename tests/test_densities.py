@@ -266,3 +266,39 @@ def test_estimators_known_values():
     assert abs(log_Z_is(lw) - math.log(2.0)) < 1e-12 and abs(ess(lw) - 16 / (2 * 10)) < 1e-12
     with pytest.raises(ValueError):
         ess(torch.zeros(2, 2))
+
+
+# ---------------------------------------------------------------------------------------------- fast paths
+@pytest.mark.parametrize("cls", [DIS, PIS, DDS])
+def test_precomputed_time_features_give_the_same_rollout(cls):
+    """The rollout's per-grid time features (ControlNet.time_features / step) reproduce the plain per-step network
+    call: same generator -> the same path and log-weights as with the network wrapped in FunctionControl."""
+    t = gmm9()
+    torch.manual_seed(3)
+    s = cls(2, 12, hidden=16).double()
+    for p in s.net.parameters():  # leave the zero initialization so that every head matters
+        torch.nn.init.normal_(p, std=0.3)
+    fast = s.simulate(t, 64, torch.Generator().manual_seed(1), F64)
+    net = s.net
+    s.net = FunctionControl(lambda x, u: net(x, u, s.target_score(t, x)))
+    slow = s.simulate(t, 64, torch.Generator().manual_seed(1), F64)
+    assert torch.allclose(fast.xs, slow.xs, atol=1e-10) and torch.allclose(fast.log_w, slow.log_w, atol=1e-9)
+
+
+def test_diagonal_mixture_fast_path_matches_full_covariance_path():
+    t = gmm9()
+    x = 4 * torch.randn(50, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    lp, sc = t.log_prob_unnorm(x), t.score(x)
+    t._diag = None  # force the batched-matmul path
+    assert torch.allclose(lp, t.log_prob_unnorm(x), atol=1e-12) and torch.allclose(sc, t.score(x), atol=1e-12)
+
+
+def test_train_time_limit_on_cpu_clock():
+    t = gaussian(**G2)
+    s = PIS(2, 5, hidden=8)
+    h = train(s, t, iterations=50, batch=8, time_limit=0.0, clock="cpu", progress=False)
+    assert h.iterations == 1 and h.cpu_time > 0
+    with pytest.raises(ValueError, match="clock"):
+        train(s, t, iterations=1, batch=8, clock="gpu", progress=False)
+    with pytest.raises(ValueError, match="time_clock"):
+        DensityConfig(time_clock="gpu")

@@ -86,6 +86,25 @@ class ControlNet(nn.Module):
             out = out + (self.a0(s) + self.A(h)) * score
         return out
 
+    def time_features(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything that depends on time only, for a grid s ``[K]``, computed once per rollout (one batched call
+        instead of K): (zb ``[K, hidden]`` first-layer bias, cx ``[K, d]`` coefficient of x, cs ``[K, d]``
+        coefficient of the score).  ``step(x, (zb[k], cx[k], cs[k]), score)`` equals ``forward(x, s[k], score)``."""
+        s = s.reshape(-1, 1)
+        h = self.time_mlp(self.emb(s.reshape(-1)))
+        zb = self.in_h(h) + self.in_x.bias
+        return zb, self.b0(s) + self.B(h), self.a0(s) + self.A(h)
+
+    def step(self, x: torch.Tensor, feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+             score: torch.Tensor | None = None) -> torch.Tensor:
+        """v(x, s_k) from precomputed ``time_features`` rows (zb ``[hidden]``, cx ``[d]``, cs ``[d]``); x ``[B, d]``."""
+        zb, cx, cs = feats
+        z = torch.nn.functional.gelu(torch.nn.functional.linear(x, self.in_x.weight, zb))
+        out = torch.addcmul(self.nn(z), cx, x)
+        if self.use_score and score is not None:
+            out = torch.addcmul(out, cs, score)
+        return out
+
 
 class ZeroControl(nn.Module):
     """v = 0: the uncontrolled reference dynamics (for tests and baselines)."""

@@ -34,7 +34,7 @@ class DensityConfig:
 
     ``target``: a name from ``targets.TARGETS`` or ``package.module:function`` (then ``dim`` is required).
     ``method_kwargs``: extra sampler options, e.g. ``{"sigma": 2.0}`` for PIS/DDS, ``{"prior_std": 2.0}`` for DIS.
-    ``time_limit``: optional cap on training wall time (seconds).
+    ``time_limit``: optional cap on training time (seconds) on ``time_clock`` ("wall" or "cpu", see ``train``).
     """
 
     target: str = "gmm9"
@@ -51,6 +51,7 @@ class DensityConfig:
     layers: int = 2
     eval_samples: int = 4096
     time_limit: float | None = None
+    time_clock: str = "wall"
     progress: bool = True
     method_kwargs: dict = field(default_factory=dict)
 
@@ -62,6 +63,8 @@ class DensityConfig:
         for k in ("steps", "batch", "eval_samples"):
             if int(getattr(self, k)) != getattr(self, k) or getattr(self, k) < 1:
                 raise ValueError(f"{k} must be a positive integer, got {getattr(self, k)}")
+        if self.time_clock not in ("wall", "cpu"):
+            raise ValueError(f"time_clock must be 'wall' or 'cpu', got {self.time_clock!r}")
         if self.iterations < 0 or not self.lr > 0:
             raise ValueError(f"need iterations >= 0 and lr > 0, got {self.iterations}, {self.lr}")
 
@@ -87,10 +90,12 @@ def run(config: DensityConfig, out_dir: str | os.PathLike | None = None) -> dict
     target, sampler = build(config)
     gen = torch.Generator().manual_seed(config.seed)
     hist = train(sampler, target, loss=config.loss, iterations=config.iterations, batch=config.batch, lr=config.lr,
-                 lr_final=config.lr_final, generator=gen, progress=config.progress, time_limit=config.time_limit)
+                 lr_final=config.lr_final, generator=gen, progress=config.progress, time_limit=config.time_limit,
+                 clock=config.time_clock)
     t0 = time.perf_counter()
     metrics, x = evaluate(sampler, target, config.eval_samples, gen)
     report = {"config": asdict(config), "metrics": metrics, "train_time_s": hist.wall_time,
+              "train_cpu_s": hist.cpu_time, "threads": torch.get_num_threads(),
               "iterations_done": hist.iterations, "it_per_s": hist.iterations / max(hist.wall_time, 1e-9),
               "eval_time_s": time.perf_counter() - t0, "torch": torch.__version__, "python": platform.python_version()}
     if out_dir is not None:

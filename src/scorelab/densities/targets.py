@@ -88,11 +88,16 @@ class MixtureTarget(Target):
         self._Linv = torch.linalg.solve_triangular(L, eye, upper=False)  # [K, d, d]
         logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
         self._c = torch.log(mixture.weights) - 0.5 * logdet - 0.5 * mixture.d * math.log(2 * math.pi) + self.log_Z
+        diag = torch.diagonal(self._Linv, dim1=-2, dim2=-1)
+        self._diag = diag if torch.equal(torch.diag_embed(diag), self._Linv) else None  # [K, d] 1/std, fast path
 
     def _terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(x)
-        Linv, mu = self._Linv.to(x), self.mixture.means.to(x)
-        z = torch.einsum("kij,bkj->bki", Linv, x[:, None, :] - mu)  # [B, K, d]
+        mu = self.mixture.means.to(x)
+        if self._diag is not None:  # diagonal covariances: elementwise, no batched matmul
+            z = (x[:, None, :] - mu) * self._diag.to(x)
+        else:
+            z = torch.einsum("kij,bkj->bki", self._Linv.to(x), x[:, None, :] - mu)  # [B, K, d]
         return self._c.to(x) - 0.5 * z.pow(2).sum(-1), z
 
     def log_prob_unnorm(self, x):
@@ -101,6 +106,8 @@ class MixtureTarget(Target):
     def score(self, x):
         logw, z = self._terms(x)
         r = torch.softmax(logw, dim=1)  # responsibilities [B, K]
+        if self._diag is not None:
+            return -torch.einsum("bk,bkd->bd", r, z * self._diag.to(x))
         g = torch.einsum("kji,bkj->bki", self._Linv.to(x), z)  # Sigma_k^{-1} (x - mu_k)
         return -(r[..., None] * g).sum(1)
 
