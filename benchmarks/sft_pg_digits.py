@@ -11,9 +11,7 @@ against the T = 1000 ancestral sampler, plus CPU wall times.  Anchor (paper, Tab
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +27,8 @@ from scorelab.nets import UNet
 from scorelab.processes import Discrete
 from scorelab.training import TrainConfig, train
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, write_results  # noqa: E402
 
 
 def pretrain(x: torch.Tensor, steps: int, seed: int) -> NetworkModel:
@@ -86,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ema-decay", type=float, default=0.0)
     p.add_argument("--n-eval", type=int, default=1797)
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--tag", default="")
     args = p.parse_args(argv)
     q = args.quick
     args.seeds = args.seeds or ([0] if q else [0, 1, 2])
@@ -97,11 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
     keys = ["DDPM T=1000", "DDPM T'=10 quad", "SFT-PG(B) T'=10 quad"]
     summary = {k: {m: {"mean": float(np.mean([r[k][m] for r in runs])), "std": float(np.std([r[k][m] for r in runs]))}
                    for m in ("fid_digits", "precision", "recall")} for k in keys}
-    stem = "sft_pg_digits" + ("_quick" if q else "")
-    out = {"config": vars(args), "summary": summary, "runs": runs, "wall_time_s": time.perf_counter() - t0,
-           "versions": {"torch": torch.__version__, "python": platform.python_version()},
-           "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                        cwd=Path(__file__).parent).stdout.strip()}
+    stem = "sft_pg_digits" + ("_quick" if q else "") + (f"_{args.tag}" if args.tag else "")
+    out = {"config": vars(args), "summary": summary, "runs": runs, "wall_time_s": time.perf_counter() - t0}
     lines = [f"# SFT-PG on digits ({'quick' if q else 'full'} run)", "",
              f"Seeds {args.seeds}; UNet pretraining {args.pretrain_steps} steps; fine-tuning {args.epochs} epochs "
              f"(lr {args.lr}); {args.n_eval} samples vs the 1797 digits.", "",
@@ -112,11 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
                      f"{s['precision']['mean']:.3f} | {s['recall']['mean']:.3f} |")
     ft = [round(r[keys[2]]["finetune_s"]) for r in runs]
     lines.append(f"\nFine-tuning wall time per seed: {ft} s; total {out['wall_time_s']:.0f} s.")
-    md = "\n".join(lines)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1))
-    (RESULTS / f"{stem}.md").write_text(md + "\n")
-    print(md)
+    write_results(stem, out, "\n".join(lines))
     return out
 
 

@@ -50,7 +50,7 @@ from ..processes import Discrete, ForwardProcess
 from ..samplers.accelerated import accel_stoch_noise, accel_stoch_transition
 from ..samplers.base import check_grid, transition_log_prob
 from ..samplers.multistep import ddim_transition
-from ..samplers.sde import VARIANCES, ddpm_transition
+from ..samplers.sde import VARIANCES, ddpm_transition, posterior_coefs
 
 PG_SAMPLERS = ("ddpm", "ddim", "accel_stoch")
 METHODS = ("sft_pg_b", "sft_pg", "sft")
@@ -203,13 +203,18 @@ def rollout(model: DiffusionModel, x_T: torch.Tensor, ts: torch.Tensor, config: 
     called under grad (the reparameterised SFT gradient); wrap in ``torch.no_grad()`` for SFT-PG rollouts."""
     ts = check_grid(ts, model.process)
     x, xs, inputs, stds, T = x_T, [x_T], [], [], ts.shape[0] - 1
+    # DDPM: the posterior coefficients of all T steps in one call (ddpm_transition recomputes them per step)
+    c = posterior_coefs(model.process, ts[:-1].to(x), ts[1:].to(x)) if config.sampler == "ddpm" else None
     for k in range(T):
         t, s = ts[k].to(x), ts[k + 1].to(x)
         x_in = x
         if config.sampler == "accel_stoch":
             m0, s0 = accel_stoch_noise(model.process, x, t, s)
             x_in = m0 + s0 * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        mean, std = policy_transition(model, x_in, t, s, config)
+        if c is not None:  # = ddpm_transition(model, x, t, s, variance=config.variance)
+            mean, std = c["c_x"][k] * x + c["c_0"][k] * model.x0(x, t), torch.sqrt(c["var_" + config.variance][k])
+        else:
+            mean, std = policy_transition(model, x_in, t, s, config)
         std_v = _std_vector(std, x)
         if (k < T - 1 or config.noise_last) and bool(torch.all(std_v > 0)):
             z = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
