@@ -1,0 +1,203 @@
+r"""UniPC: multistep unified predictor (UniP-p) and corrector (UniC-p), data prediction.
+
+Zhao, Bai, Rao, Zhou & Lu 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion
+Models", Alg. 2 (multistep UniP-p), Alg. 3 (UniC-p) in the data-prediction (x0) form, with B(h) = h ("bh1") or
+B(h) = e^h - 1 ("bh2"), the warm-up, ``lower_order_final`` and the coefficient rules (rho = 1/2 for UniP-2 and
+UniC-1, R rho = b otherwise) of their reference code (``uni_pc.py``, and diffusers' ``UniPCMultistepScheduler``).
+
+One step t_i -> t_{i+1} costs one evaluation:
+
+1. m_i = x0_hat(x_i, t_i) at the *predicted* x_i;
+2. UniC (Alg. 3): re-do the previous step from x_{i-1} with m_i as an extra point, giving the corrected x_i^c
+   (the evaluation of step 1 is reused, so the corrector is free; it is never applied after the last step);
+3. UniP (Alg. 2): predict x_{i+1} from x_i^c with m_i and the p - 1 earlier data predictions.
+
+Both updates are (data prediction, h = lambda_s - lambda_t > 0, hh = -h)
+
+    x_s = (sigma_s/sigma_t) x - alpha_s (e^{hh} - 1) m_0 - alpha_s B(hh) sum_k rho_k D_k,   D_k = (m_k - m_0)/r_k,
+
+with r_k = (lambda_k - lambda_t)/h of the earlier points (r = 1 and D = m_new - m_0 for UniC's new point) and
+rho solving sum_k rho_k r_k^{i-1} = b_i = i! h phi_{i+1}(hh)/B(hh), i = 1..p (solved here with Lagrange
+polynomials, which broadcast over per-sample grids).
+
+Notation
+--------
+================  ==============================================================================================
+``t -> s``        one step from time t to s < t; lam = log(alpha/sigma) (half the log-SNR), h = lam_s - lam_t
+``m0, m_k``       data predictions x0_hat at t and at earlier grid times (history, oldest first)
+``r_k``           (lam_k - lam_t)/h: relative positions of earlier points (negative; r = 1 is the new point)
+``b_i, rho``      right-hand side and solution of R rho = b (R_{ik} = r_k^{i-1}); B(h) the variant's scale
+``k``             order of the step: UniP-k predicts with k points, UniC-k corrects with k + 1 (order k + 1)
+================  ==============================================================================================
+
+A step into s = 0 (lam_s = inf) is of order 1, i.e. x_0 = x0_hat where sigma(0) = 0.  Trajectories record the
+predicted states x_{i+1}; the corrected x_{i+1}^c is what the next step starts from.
+
+Facts checked in ``tests/test_samplers_unipc.py``: UniP-1 = DDIM and UniP-2 with "bh2" = DPM-Solver++(2M); a solved
+rho scales as 1/B(h), so "bh1" and "bh2" differ only in the steps with rho = 1/2 fixed (UniP-2, UniC-1); measured
+orders (lower_order_final off) are p for UniP-p and p + 1 for UniPC-p, p = 1..3.  ``lower_order_final`` (on by
+default, as in the reference code, for every number of steps) ends with an uncorrected UniP-1 step, which makes the
+global order 2 asymptotically but is more stable at 5-10 steps.  Registered: ``unipc`` (UniPC-3, "bh1": best of
+orders 2-3 x {bh1, bh2} at NFE 5-20 in ``benchmarks/samplers.py``'s dev sweep) and ``unipc_bh2`` (UniPC-2, "bh2":
+diffusers' default).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .._utils import bcast
+from ..denoisers import DiffusionModel
+from .base import Callback, register
+from .ode import prepare, reaches_zero, run_steps
+
+VARIANTS = ("bh1", "bh2")
+_F64 = torch.float64
+
+
+class UniPCState(NamedTuple):
+    """Explicit multistep history: ``history`` holds (x0_hat, lam) of earlier grid times, oldest first (at most 3);
+    ``last`` is (x at the start of the previous step, (alpha, sigma, lam) there, that step's order, (alpha, sigma,
+    lam) at its end) for UniC, or None."""
+
+    history: tuple = ()
+    last: tuple | None = None
+
+
+def _coefs64(model: DiffusionModel, t: torch.Tensor) -> tuple:
+    """(alpha, sigma, lam) at t in float64: python floats for a scalar time (scalar arithmetic on floats is ~50x
+    cheaper than on 0-d tensors, which is most of a step's overhead), ``[B]`` tensors for per-sample times."""
+    a, sg, lam = model.process.coefs(t.to(_F64))
+    return (a.item(), sg.item(), lam.item()) if t.ndim == 0 else (a, sg, lam)
+
+
+def _expm1(v):
+    return math.expm1(v) if isinstance(v, float) else torch.expm1(v)
+
+
+def _combine(x: torch.Tensor, terms: list) -> torch.Tensor:
+    """sum_j c_j v_j for (c_j, v_j) in ``terms``; c_j a float or a scalar / ``[B]`` tensor broadcast against x."""
+    out = None
+    for c, v in terms:
+        if isinstance(c, float):
+            out = c * v if out is None else torch.add(out, v, alpha=c)
+        else:
+            out = bcast(c, x) * v if out is None else out + bcast(c, x) * v
+    return out
+
+
+def _lagrange_solve(nodes: list, rhs: list) -> list:
+    """rho with sum_k rho_k nodes_k^{i-1} = rhs_i (i = 1..K): rho_k = sum_i c_{k,i} rhs_i, where c_{k,.} are the
+    coefficients of the Lagrange polynomial L_k (L_k(nodes_j) = delta_kj).  Entries: floats or tensors."""
+    rhos = []
+    for k, r_k in enumerate(nodes):
+        coef, den = [1.0], 1.0  # polynomial coefficients, lowest degree first
+        for j, r_j in enumerate(nodes):
+            if j != k:
+                coef = [(coef[i - 1] if i > 0 else 0.0) - (r_j * coef[i] if i < len(coef) else 0.0)
+                        for i in range(len(coef) + 1)]
+                den = den * (r_k - r_j)
+        rhos.append(sum(c * b for c, b in zip(coef, rhs, strict=True)) / den)
+    return rhos
+
+
+def unipc_b(h, k: int, variant: str = "bh1") -> tuple[list, object]:
+    """Right-hand sides b_i = i! h phi_{i+1}(hh) / B(hh), i = 1..k, hh = -h (data prediction), and B(hh):
+    B = hh ("bh1") or e^{hh} - 1 ("bh2").  phi by the reference code's recursion h phi_{i+1} = h phi_i / hh - 1/i!.
+    h: float or tensor (float64)."""
+    hh = -h
+    B = hh if variant == "bh1" else _expm1(hh)
+    h_phi, fact, b = _expm1(hh) / hh - 1.0, 1.0, []
+    for i in range(1, k + 1):
+        b.append(h_phi * fact / B)
+        fact *= i + 1
+        h_phi = h_phi / hh - 1.0 / fact
+    return b, B
+
+
+def uni_update(x: torch.Tensor, c_t: tuple, c_s: tuple, history: tuple, k: int, variant: str = "bh1",
+               m_new: torch.Tensor | None = None) -> torch.Tensor:
+    """UniP-k (``m_new`` None; Alg. 2) or UniC-k (``m_new`` = x0_hat at s; Alg. 3) from x at t to s.
+
+    c_t, c_s: (alpha, sigma, lam) at t and s from ``_coefs64``; ``history``: ((x0_hat, lam), ...) oldest first,
+    whose last entry is m0 at t; uses its last k entries.  x ``[B, ...]``.  No evaluation.  Returns x_s."""
+    (a_s, sg_s, lam_s), sg_t = c_s, c_t[1]
+    m0, lam_t = history[-1]
+    h = lam_s - lam_t
+    older = history[-k:-1][::-1]  # m_1, m_2, ...: most recent first
+    n_terms = len(older) + (m_new is not None)
+    rks = [(lam_k - lam_t) / h for _, lam_k in older]
+    b, B = unipc_b(h, n_terms if n_terms > 1 else 0, variant) if n_terms else ([], 0.0)
+    if m_new is None:  # UniP: R[:-1, :-1] rho = b[:-1]; the reference code fixes rho = 1/2 for k = 2
+        rhos = [0.5] if k == 2 else _lagrange_solve(rks, b)
+        points = [m for m, _ in older]
+    else:  # UniC: nodes r_1.. and r = 1 for the new point; rho = 1/2 for k = 1
+        rhos = [0.5] if k == 1 else _lagrange_solve(rks + [1.0], b)
+        points, rks = [m for m, _ in older] + [m_new], rks + [1.0]
+    w = [a_s * B * rho / r for rho, r in zip(rhos, rks, strict=True)]  # x_s -= sum_k w_k (m_k - m0)
+    c0 = sum(w, -a_s * _expm1(-h))
+    return _combine(x, [(sg_s / sg_t, x), (c0, m0)] + [(-w_k, m_k) for w_k, m_k in zip(w, points, strict=True)])
+
+
+def unipc_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, state: UniPCState,
+               order: int = 3, variant: str = "bh1", use_corrector: bool = True):
+    """One UniPC step t -> s: evaluate x0_hat(x, t), correct x with UniC of the previous step's order (when
+    ``state.last`` holds that step and ``use_corrector``), predict with UniP of ``order`` (capped by the history;
+    1 into s = 0).  One evaluation.  Returns (x_s, x0_hat, new_state)."""
+    x0 = model.x0(x, t)
+    c_t, c_s = (state.last[3] if state.last is not None else _coefs64(model, t)), _coefs64(model, s)
+    if use_corrector and state.last is not None:
+        x_prev, c_prev, k_prev = state.last[:3]
+        x = uni_update(x_prev, c_prev, c_t, state.history, k_prev, variant, m_new=x0)
+    history = (tuple(state.history) + ((x0, c_t[2]),))[-3:]
+    k = 1 if _is_zero(s) else min(order, len(history))
+    return uni_update(x, c_t, c_s, history, k, variant), x0, UniPCState(history, (x, c_t, k, c_s))
+
+
+def _is_zero(s: torch.Tensor) -> bool:
+    """``reaches_zero`` without a tensor reduction for a scalar time."""
+    return s.item() == 0 if s.ndim == 0 else reaches_zero(s)
+
+
+def _step_order(i: int, n: int, order: int, lower_order_final: bool) -> int:
+    """Warm-up (order <= i + 1) and lower_order_final (order <= n - i, on every run) of the reference code."""
+    return min(order, i + 1, n - i) if lower_order_final else min(order, i + 1)
+
+
+@register("unipc", order=4, evals_per_step=1, stochastic=False,
+          options=("order", "variant", "lower_order_final", "use_corrector"),
+          reference="Zhao et al. 2023 (UniPC), Algs. 2-3; default UniPC-3 with B(h) = h", default_grid="uniform_t")
+def sample_unipc(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
+                 callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False,
+                 order: int = 3, variant: str = "bh1", lower_order_final: bool = True, use_corrector: bool = True):
+    """Multistep UniPC (UniP-``order`` + UniC, data prediction) over ``ts`` (``[n+1]`` or ``[n+1, B]``); x_T
+    ``[B, ...]``.  ``variant``: "bh1" (B(h) = h) or "bh2" (B(h) = e^h - 1).  NFE = n (the corrector reuses the
+    next step's evaluation).  Returns x at ts[-1] ``[B, ...]`` or a ``Trajectory``."""
+    if order not in (1, 2, 3):
+        raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
+    if variant not in VARIANTS:
+        raise ValueError(f"UniPC variant must be one of {VARIANTS}, got {variant!r}")
+    m, ts = prepare(model, x_T, ts)
+    n = ts.shape[0] - 1
+
+    def step(i, x, t, s, state):
+        k = _step_order(i, n, order, lower_order_final)
+        x_s, x0, state = unipc_step(m, x, t, s, state, k, variant, use_corrector)
+        return x_s, x0, None, None, state
+
+    return run_steps(m, x_T, ts, step, state=UniPCState(), callback=callback, return_trajectory=return_trajectory,
+                     progress=progress)
+
+
+@register("unipc_bh2", order=3, evals_per_step=1, stochastic=False,
+          options=("order", "lower_order_final", "use_corrector"),
+          reference="Zhao et al. 2023 (UniPC), Algs. 2-3, UniPC-2 with B(h) = e^h - 1", default_grid="uniform_t")
+def sample_unipc_bh2(model, x_T, ts, *, generator=None, callback=None, return_trajectory=False, progress=False,
+                     order=2, lower_order_final=True, use_corrector=True):
+    """UniPC-2, B(h) = e^h - 1 ("bh2", diffusers' default); see ``sample_unipc``."""
+    return sample_unipc(model, x_T, ts, generator=generator, callback=callback, progress=progress,
+                        return_trajectory=return_trajectory, order=order, variant="bh2",
+                        lower_order_final=lower_order_final, use_corrector=use_corrector)
+
