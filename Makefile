@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.scorelab-installed
 PYTEST_ARGS ?=
-export OMP_NUM_THREADS ?= 2
+# One intra-op thread: the nets here are small, and two threads thrash when anything else shares the 2 cores.
+export OMP_NUM_THREADS ?= 1
 
 .PHONY: setup demo test test-slow bench lint clean
 

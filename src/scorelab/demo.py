@@ -24,12 +24,12 @@ SKIP_IN_DEMO = {"dopri5"}  # adaptive: reported separately with its measured NFE
 def _demo_experiment(out: Path, quick: bool):
     from .experiment import experiment_from_dict
 
-    steps = 400 if quick else 6000
+    steps = 400 if quick else 5000
     return experiment_from_dict({
         "run_dir": str(out / "model"),
         "data": {"name": "swiss_roll", "n": 50_000, "seed": 0},
         "process": {"name": "vp"},
-        "model": {"net": {"name": "mlp", "width": 256, "depth": 3}, "parameterization": "eps"},
+        "model": {"net": {"name": "mlp", "width": 128, "depth": 3}, "parameterization": "eps"},
         "loss": {"proposal": "uniform", "weighting": "eps"},
         "train": {"steps": steps, "batch_size": 512, "lr": 2e-3, "warmup_steps": min(200, steps // 10),
                   "ema_decay": 0.995, "log_every": 100, "seed": 0},
@@ -104,7 +104,8 @@ def _best(table, nfe):
 def _report(out: Path, meta: dict, tables: dict, floors: dict, nfes) -> None:
     lines = ["# scorelab demo", "", f"Command: `{meta['command']}` — wall time {meta['wall_s']:.0f} s on "
              f"{meta['machine']}.", "",
-             f"Trained a VP-SDE eps-model (MLP 256x3) on the swiss roll for {meta['train_steps']} steps "
+             "Trained a VP-SDE eps-model (residual MLP, width 128, 3 blocks) on the swiss roll for "
+             f"{meta['train_steps']} steps "
              f"(final loss {meta['final_loss']:.4f}, {meta['train_wall_s']:.0f} s).", ""]
     for tag, table in tables.items():
         lines += [f"## {tag}", "", f"Sliced W2 to {meta['n_ref']} held-out points "
@@ -138,7 +139,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", quick: bool = False, seed: in
     trained = run_training(exp, progress=True)
     model = trained["model"].eval()
     nfes = (5, 10, 20, 50) if not quick else (5, 10)
-    n = 10_000 if not quick else 2000
+    n = 5000 if not quick else 2000
     ref, _ = load_dataset("swiss_roll", n=n, seed=12345)
     ref2, _ = load_dataset("swiss_roll", n=n, seed=54321)
     floors = {"swiss_roll": sliced_w2(ref, ref2)}

@@ -79,16 +79,23 @@ class ForwardProcess:
 
         Samplers ask for the same few grid times many times per step; for a scalar CPU time that needs no gradient
         the triple is memoised (keyed by value and dtype, bounded size), which removes most per-step overhead."""
+        return self._memo("coefs", t, lambda u: (self.alpha(u), self.sigma(u), 0.5 * self.log_snr(u)))
+
+    def sde_coefs(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f(t), g^2(t)), memoised like ``coefs``."""
+        return self._memo("sde", t, lambda u: (self.drift_coef(u), self.diffusion_sq(u)))
+
+    def _memo(self, kind: str, t: TimeLike, fn):
         t = _t(t)
         if t.ndim != 0 or t.device.type != "cpu" or t.requires_grad:
-            return self.alpha(t), self.sigma(t), 0.5 * self.log_snr(t)
+            return fn(t)
         cache = self.__dict__.setdefault("_coef_cache", {})
-        key = (float(t), t.dtype)
+        key = (kind, float(t), t.dtype)
         hit = cache.get(key)
         if hit is None:
             if len(cache) >= 4096:
                 cache.clear()
-            hit = cache[key] = (self.alpha(t), self.sigma(t), 0.5 * self.log_snr(t))
+            hit = cache[key] = fn(t)
         return hit
 
     def marginal_sample(

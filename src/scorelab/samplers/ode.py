@@ -93,9 +93,9 @@ def ddim_zero_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: t
 
 def pf_ode_drift(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Song et al. 2021, eq. 13: (dx/dt = f x - g^2/2 score, score) at (x, t); one evaluation."""
-    p = model.process
+    f, g2 = model.process.sde_coefs(t)
     score = model.score(x, t)
-    return bcast(p.drift_coef(t), x) * x - 0.5 * bcast(p.diffusion_sq(t), x) * score, score
+    return bcast(f, x) * x - 0.5 * bcast(g2, x) * score, score
 
 
 def euler_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor):
