@@ -35,10 +35,9 @@ def scatter_panels(panels: Mapping[str, torch.Tensor], path: str, *, reference: 
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows), squeeze=False)
     ref = _np(reference)[:max_points] if reference is not None else None
-    if lim is None:
-        clouds = [_np(v)[:max_points, :2] for v in panels.values()] + ([ref[:, :2]] if ref is not None else [])
-        allx = np.concatenate(clouds)
-        lim = float(np.quantile(np.abs(allx), 0.995)) * 1.15
+    if lim is None:  # frame the reference when there is one, so a diverged panel cannot shrink the others
+        clouds = [ref[:, :2]] if ref is not None else [_np(v)[:max_points, :2] for v in panels.values()]
+        lim = float(np.quantile(np.abs(np.concatenate(clouds)), 0.995)) * 1.3
     for ax, (name, x) in zip(axes.flat, panels.items(), strict=False):
         if ref is not None:
             ax.scatter(ref[:, 0], ref[:, 1], s=1, c="0.8", rasterized=True)
