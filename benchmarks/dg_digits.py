@@ -1,33 +1,35 @@
 """Discriminator guidance on a deliberately under-trained digits model (thesis "Boosting methods for refining
 diffusion models", 2024, Table 3.2 format): base model vs DG trained with J_CE (Kim et al. 2023) vs DG trained with
-J_MSE + gamma J_CE; FID-digits, precision and recall (k = 5), mean +- std over 3 discriminator seeds.
+J_MSE + gamma J_CE; FID-digits, precision and recall (k = 5), mean +- std over 3 seeds.
 
 Protocol: sklearn digits (1797 8x8 images in [-1, 1]); VP process; ``nets.UNet`` (32 channels, mults (1, 2)) trained
-with the eps loss for only ``--pretrain-steps`` updates (default 1500, batch 128, lr 1e-3: under-trained on
-purpose); EMA weights.  The pretrained model's samples (Heun, 35 NFE, Karras grid) are generated once and cached.
-Discriminators: ``nets.ImageHead`` (32 channels, mults (1, 2)), Adam 1e-3, batch 128, uniform t, lambda = sigma^2 for
-J_MSE and 1 for J_CE.  Guided sampling: the same Heun grid on s_theta + w grad log r_phi (w = 1, whole interval).
-Metrics: FID-digits (``metrics.fid_digits``: Frechet distance on the 64-d features of scorelab's digits CNN, NOT
-Inception FID) against all 1797 digits, improved precision / recall (k = 5) on the same features; the base model is
-sampled with 3 sampling seeds, each DG variant with 3 discriminator seeds (and the same sampling seeds).
+with the eps loss for only ``--pretrain-steps`` updates (batch 128, lr 1e-3: under-trained on purpose); EMA weights.
+The pretrained model's samples (Heun, ``--nfe`` NFE) are generated once and cached (``generate_samples``), and so are
+the base model's evaluation samples.  Discriminators: ``nets.ImageHead`` (``--head-channels``, mults (1, 2)), Adam
+1e-3, batch 128, uniform t, lambda = sigma^2 for J_MSE and 1 for J_CE.  Guided sampling: the same Heun grid on
+s_theta + w grad log r_phi (w = ``--scale``, whole interval).  Metrics: FID-digits (Frechet distance on the 64-d
+features of scorelab's digits CNN, NOT Inception FID) against all 1797 digits, improved precision / recall (k = 5) on
+the same features.  Seed s = sampling seed s for the base model and (discriminator seed s, sampling seed s) for DG.
 
 Anchor: thesis Table 3.2 (EDM CIFAR-10 FID): EDM 2.03, EDM + DG 3.03 +- 0.05, EDM + ours 2.00 +- 0.01; Kim et al. 2023
 report DG improving EDM CIFAR-10 2.03 -> 1.77.  Values here are FID-digits: compare the ratios, not the numbers.
 
-    python benchmarks/dg_digits.py --quick     # short pretraining / discriminator training, fewer samples
-    python benchmarks/dg_digits.py             # full protocol (tens of minutes on 2 CPU cores)
+    python benchmarks/dg_digits.py --quick                     # 1 seed, short training, 500 samples
+    python benchmarks/dg_digits.py                             # 3 seeds in this process
+    for s in 0 1 2; do python benchmarks/dg_digits.py --seed-list $s --part & done; wait
+    python benchmarks/dg_digits.py --merge                     # the same 3 seeds, run as 3 processes
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 
 from scorelab import checkpoints as ckpts
@@ -48,10 +50,13 @@ from scorelab.samplers import SAMPLERS
 from scorelab.schedules import grid_for_nfe
 from scorelab.training import TrainConfig, train
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, write_results  # noqa: E402
+
 CACHE = Path(tempfile.gettempdir()) / "scorelab_dg_digits_cache"
-SAMPLER, NFE = "heun", 35
+SAMPLER = "heun"
 ANCHOR = {"EDM": 2.03, "EDM+DG": 3.03, "EDM+ours": 2.00, "Kim et al. EDM+DG": 1.77}
+BASE = "base (under-trained UNet)"
 
 
 def pretrained_model(steps: int, progress: bool) -> NetworkModel:
@@ -62,22 +67,29 @@ def pretrained_model(steps: int, progress: bool) -> NetworkModel:
     x, _ = load_digits()
     torch.manual_seed(0)
     model = NetworkModel(UNet(1, base_channels=32, channel_mults=(1, 2)), VP(), "eps")
-    cfg = TrainConfig(steps=steps, batch_size=128, lr=1e-3, warmup_steps=100, ema_decay=0.995, seed=0,
-                      log_every=10**9)
+    cfg = TrainConfig(steps=steps, batch_size=128, lr=1e-3, warmup_steps=min(100, steps // 3), ema_decay=0.995,
+                      seed=0, log_every=10**9)
     res = train(model, x, cfg, progress=progress)
     ckpts.save_checkpoint(path, res.model, ema_model=res.ema_model, step=steps)
     return ckpts.load_model(path)
 
 
-def sample(model, n: int, seed: int, batch: int = 500) -> torch.Tensor:
-    ts, _ = grid_for_nfe(SAMPLER, model.process, NFE)
+def sample(model, n: int, seed: int, nfe: int, batch: int = 500, cache: str | None = None) -> torch.Tensor:
+    """Heun samples ``[n, 1, 8, 8]`` clamped to [-1, 1]; with ``cache`` (a file stem) stored and reused."""
+    path = None if cache is None else CACHE / f"{cache}.safetensors"
+    if path is not None and path.is_file():
+        return safetensors.torch.load(path.read_bytes())["x"]
+    ts, _ = grid_for_nfe(SAMPLER, model.process, nfe)
     g = torch.Generator().manual_seed(1000 + seed)
     out = []
     with torch.no_grad():
         for i in range(0, n, batch):
             x_T = model.process.prior_sample((min(batch, n - i), 1, 8, 8), generator=g)
             out.append(SAMPLERS[SAMPLER].fn(model, x_T, ts.float(), generator=g, progress=False))
-    return torch.cat(out).clamp(-1, 1)
+    x = torch.cat(out).clamp(-1, 1)
+    if path is not None:
+        ckpts.atomic_write_bytes(path, safetensors.torch.save({"x": x.contiguous()}))
+    return x
 
 
 def evaluate(x: torch.Tensor, ref_feat: torch.Tensor) -> dict:
@@ -91,74 +103,133 @@ def train_disc(model, x_real, x_fake, objective: str, seed: int, args):
     cfg = DiscriminatorConfig(**kw, steps=args.disc_steps, batch_size=128, lr=1e-3, seed=seed,
                               log_every=max(1, args.disc_steps // 10))
     torch.manual_seed(seed)
-    disc = make_discriminator((1, 8, 8), model.process, base_channels=32, channel_mults=(1, 2))
+    disc = make_discriminator((1, 8, 8), model.process, base_channels=args.head_channels, channel_mults=(1, 2))
     return train_discriminator(disc, model, x_real, x_fake, cfg, progress=args.progress)
 
 
-def ms(v) -> str:
+def methods(args) -> dict[str, str | None]:
+    return {BASE: None, "DG, J_CE (Kim et al.)": "ce", f"DG, J_MSE + {args.gamma:g} J_CE": "mse+ce"}
+
+
+def run_seed(seed: int, model, x_real, x_fake, ref_feat, args) -> list[dict]:
+    """All methods at one seed -> rows (method, seed, metrics, training history); grids of seed 0 saved."""
+    rows = []
+    for name, obj in methods(args).items():
+        if obj is None:
+            x, extra = sample(model, args.n_eval, seed, args.nfe, cache=f"base_p{args.pretrain_steps}_nfe{args.nfe}"
+                              f"_n{args.n_eval}_s{seed}"), {}
+        else:
+            res = train_disc(model, x_real, x_fake, obj, seed, args)
+            x = sample(DiscriminatorGuidance(model, res.discriminator, scale=args.scale), args.n_eval, seed, args.nfe)
+            extra = {"history": res.history, "train_wall_s": res.wall_s}
+        rows.append({"method": name, "seed": seed, **evaluate(x, ref_feat), **extra})
+        if seed == 0:
+            ckpts.atomic_write_bytes(CACHE / f"grid_{obj}.safetensors", safetensors.torch.save({"x": x[:64]}))
+        print(f"{name} seed {seed}: FID-digits {rows[-1]['fid_digits']:.3f} P {rows[-1]['precision']:.3f} "
+              f"R {rows[-1]['recall']:.3f}", flush=True)
+    return rows
+
+
+def ms(v, f: str = ".3f") -> str:
     v = np.asarray(v, dtype=float)
-    return f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if v.size > 1 else f"{v.mean():.4f}"
+    return f"{v.mean():{f}} ± {v.std(ddof=1):{f}}" if v.size > 1 else f"{v.mean():{f}}"
 
 
-def markdown(table: dict, args, wall: float, base_fid: float) -> str:
-    lines = [f"# Discriminator guidance on under-trained digits ({args.pretrain_steps} pretraining steps), "
-             f"{args.seeds} seed(s){' --quick' if args.quick else ''}", "",
-             f"{SAMPLER}, {NFE} NFE, guidance scale {args.scale}, {args.n_eval} samples vs 1797 digits; "
-             f"gamma = {args.gamma}; discriminator steps {args.disc_steps}", "",
-             "| method | FID-digits | FID ratio to base | precision | recall |", "|---|---|---|---|---|"]
-    for name, rows in table.items():
-        fid = [r["fid_digits"] for r in rows]
-        lines.append(f"| {name} | {ms(fid)} | {np.mean(fid) / base_fid:.3f} | {ms([r['precision'] for r in rows])} "
-                     f"| {ms([r['recall'] for r in rows])} |")
-    lines += ["", "Anchor (thesis Table 3.2, EDM CIFAR-10 FID): EDM 2.03, EDM+DG 3.03 ± 0.05 (ratio 1.49), EDM+ours "
-              "2.00 ± 0.01 (ratio 0.985); Kim et al. 2023: 2.03 -> 1.77 (ratio 0.872).", "",
-              f"Wall time {wall:.0f} s. Command: `python benchmarks/dg_digits.py{' --quick' if args.quick else ''}`"]
+def markdown(rows: list[dict], args, wall: float) -> str:
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    base_fid = float(np.mean([r["fid_digits"] for r in rows if r["method"] == BASE]))
+    seeds = sorted({r["seed"] for r in rows})
+    opts = (f" --pretrain-steps {args.pretrain_steps} --disc-steps {args.disc_steps} --n-gen {args.n_gen} "
+            f"--n-eval {args.n_eval} --gamma {args.gamma:g} --scale {args.scale:g}")
+    lines = [f"# Discriminator guidance on an under-trained digits model ({args.pretrain_steps} pretraining steps), "
+             f"{len(seeds)} seed(s)", "",
+             f"{SAMPLER}, {args.nfe} NFE, guidance scale {args.scale}, {args.n_eval} samples vs the 1797 digits; "
+             f"gamma = {args.gamma}; {args.disc_steps} discriminator steps (batch 128), head {args.head_channels} ch; "
+             f"{args.n_gen} generated samples for J_CE", "",
+             "| method | FID-digits | FID ratio to base | precision (k=5) | recall (k=5) | ΔFID vs base (paired) "
+             "| Δrecall vs base (paired) |", "|---|---|---|---|---|---|---|"]
+    base = {r["seed"]: r for r in rows if r["method"] == BASE}
+    for name in names:
+        rs = [r for r in rows if r["method"] == name]
+        fid = [r["fid_digits"] for r in rs]
+        d_fid = [r["fid_digits"] - base[r["seed"]]["fid_digits"] for r in rs if r["seed"] in base]
+        d_rec = [r["recall"] - base[r["seed"]]["recall"] for r in rs if r["seed"] in base]
+        lines.append(f"| {name} | {ms(fid)} | {np.mean(fid) / base_fid:.3f} | {ms([r['precision'] for r in rs])} "
+                     f"| {ms([r['recall'] for r in rs])} | {ms(d_fid)} | {ms(d_rec)} |")
+    lines += ["", "Paired Δ: method minus base at the same seed (same x_T; the discriminator seed equals the sampling "
+              "seed), mean ± std over seeds."]
+    lines += ["", "Per seed (FID-digits / precision / recall): " + "; ".join(
+        f"{r['method']} s{r['seed']}: {r['fid_digits']:.3f} / {r['precision']:.3f} / {r['recall']:.3f}"
+        for r in rows), "",
+        "Anchor (thesis Table 3.2, EDM CIFAR-10 FID): EDM 2.03, EDM+DG 3.03 ± 0.05 (ratio 1.49), EDM+ours "
+        "2.00 ± 0.01 (ratio 0.985); Kim et al. 2023: 2.03 -> 1.77 (ratio 0.872).", "",
+        f"Wall time {wall:.0f} s (summed over the parts when run as parallel parts).", "",
+        "Commands: `for s in 0 1 2; do python benchmarks/dg_digits.py --seed-list $s --part" + opts + " & done; wait`, "
+        "then `python benchmarks/dg_digits.py --merge" + opts + "`."]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def finish(rows: list[dict], args, wall: float) -> None:
+    stem = args.stem or ("dg_digits_quick" if args.quick else "dg_digits")
+    pngs = []
+    for obj in ("None", "ce", "mse+ce"):
+        p = CACHE / f"grid_{obj}.safetensors"
+        if p.is_file():
+            x = safetensors.torch.load(p.read_bytes())["x"]
+            tag = {"None": "base", "ce": "dg_ce", "mse+ce": "dg_mse_ce"}[obj]
+            pngs.append(image_grid(x, str(RESULTS / f"{stem}_{tag}.png"), title=tag))
+    payload = {"benchmark": "dg_digits", "args": vars(args), "rows": rows, "anchor": ANCHOR, "wall_s": wall,
+               "plots": pngs}
+    write_results(stem, payload, markdown(rows, args, wall))
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="1 seed, 300 pretraining / 200 discriminator steps")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed-list", type=int, nargs="*", default=None, help="run only these seeds")
+    ap.add_argument("--part", action="store_true", help="write the rows to the cache (merge later with --merge)")
+    ap.add_argument("--merge", action="store_true", help="collect the parts written with --part and report")
     ap.add_argument("--gamma", type=float, default=1.0)
     ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--pretrain-steps", type=int, default=None)
+    ap.add_argument("--disc-steps", type=int, default=None)
+    ap.add_argument("--n-gen", type=int, default=None)
+    ap.add_argument("--n-eval", type=int, default=None)
+    ap.add_argument("--nfe", type=int, default=35)
+    ap.add_argument("--head-channels", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: best on a shared CPU)")
+    ap.add_argument("--stem", default=None)
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
-    args.pretrain_steps = 300 if args.quick else 1500
-    args.disc_steps = 200 if args.quick else 1500
-    args.n_gen, args.n_eval = (500, 500) if args.quick else (2000, 1797)
+    torch.set_num_threads(args.threads)
+    args.pretrain_steps = args.pretrain_steps or (300 if args.quick else 1500)
+    args.disc_steps = args.disc_steps or (200 if args.quick else 1500)
+    args.n_gen = args.n_gen or (500 if args.quick else 2000)
+    args.n_eval = args.n_eval or (500 if args.quick else 1797)
+    seeds = args.seed_list if args.seed_list is not None else list(range(1 if args.quick else args.seeds))
+    key = f"p{args.pretrain_steps}_d{args.disc_steps}_g{args.gamma:g}_w{args.scale:g}_n{args.n_eval}"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        parts = [json.loads(p.read_text()) for p in sorted(CACHE.glob(f"part_{key}_s*.json"))]
+        if not parts:
+            raise SystemExit(f"no parts matching {CACHE}/part_{key}_s*.json")
+        finish([r for p in parts for r in p["rows"]], args, sum(p["wall_s"] for p in parts))
+        return
     t0 = time.perf_counter()
-    RESULTS.mkdir(parents=True, exist_ok=True)
     model = pretrained_model(args.pretrain_steps, args.progress)
     x_real = load_digits()[0]
     ref_feat = digits_features(x_real)
-    x_fake = generate_samples(model, args.n_gen, (1, 8, 8), sampler=SAMPLER, nfe=NFE, seed=12345, batch_size=500,
-                              cache_dir=CACHE, progress=args.progress)
-    table, grids, extra = {"base (under-trained UNet)": []}, {}, {}
-    for s in range(args.seeds):
-        x = sample(model, args.n_eval, s)
-        table["base (under-trained UNet)"].append(evaluate(x, ref_feat))
-        grids.setdefault("base", x[:64])
-    for obj, name in (("ce", "DG, J_CE (Kim et al.)"), ("mse+ce", f"DG, J_MSE + {args.gamma} J_CE")):
-        table[name], extra[name] = [], []
-        for s in range(args.seeds):
-            res = train_disc(model, x_real, x_fake, obj, s, args)
-            x = sample(DiscriminatorGuidance(model, res.discriminator, scale=args.scale), args.n_eval, s)
-            table[name].append(evaluate(x, ref_feat))
-            extra[name].append({"history": res.history, "train_wall_s": res.wall_s})
-            grids.setdefault(obj, x[:64])
-            print(name, s, table[name][-1], f"({res.wall_s:.0f} s)", flush=True)
-    stem = "dg_digits_quick" if args.quick else "dg_digits"
-    pngs = [image_grid(v, str(RESULTS / f"{stem}_{k.replace('+', '_')}.png"), title=k) for k, v in grids.items()]
-    wall = time.perf_counter() - t0
-    md = markdown(table, args, wall, float(np.mean([r["fid_digits"] for r in table["base (under-trained UNet)"]])))
-    out = {"benchmark": "dg_digits", "args": vars(args), "results": table, "training": extra, "anchor": ANCHOR,
-           "wall_s": wall, "plots": pngs, "torch": torch.__version__, "python": platform.python_version(),
-           "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()}
-    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1))
-    (RESULTS / f"{stem}.md").write_text(md + "\n")
-    print(md)
-    return out
+    x_fake = generate_samples(model, args.n_gen, (1, 8, 8), sampler=SAMPLER, nfe=args.nfe, seed=12345,
+                              batch_size=500, cache_dir=CACHE, progress=args.progress)
+    rows = []
+    for s in seeds:
+        rows += run_seed(s, model, x_real, x_fake, ref_feat, args)
+        if args.part:
+            (CACHE / f"part_{key}_s{s}.json").write_text(json.dumps(
+                {"rows": rows[-3:], "wall_s": time.perf_counter() - t0}, default=float))
+    if not args.part:
+        finish(rows, args, time.perf_counter() - t0)
 
 
 if __name__ == "__main__":
