@@ -1,12 +1,12 @@
 """Accelerated samplers of Li, Huang, Efimov, Wei, Chi & Chen 2024 (source 003, Part 2) against float64 oracles."""
 import math
 
-import ot
 import pytest
 import torch
+from _sampler_oracles import F64, lam_grid, mixture, prior, sliced_w2  # noqa: E402
 from torchdiffeq import odeint
 
-from scorelab.analytic import GaussianMixture, ring_mixture
+from scorelab.analytic import ring_mixture
 from scorelab.processes import EDM, VP, Discrete
 from scorelab.samplers import SAMPLERS
 from scorelab.samplers.accelerated import (
@@ -18,31 +18,6 @@ from scorelab.samplers.accelerated import (
     step_alpha,
 )
 from scorelab.samplers.sde import sample_ddpm
-
-F64 = torch.float64
-
-
-def mixture():
-    means = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]], dtype=F64)
-    return GaussianMixture(torch.tensor([0.5, 0.3, 0.2]), means, torch.tensor([0.1, 0.05, 0.15]))
-
-
-def lam_grid(p, n, t0=None, t1=None):
-    t0 = p.t_max if t0 is None else t0
-    t1 = p.t_min if t1 is None else t1
-    lam = torch.linspace(float(p.log_snr(torch.tensor(t0, dtype=F64))), float(p.log_snr(torch.tensor(t1, dtype=F64))),
-                         n + 1, dtype=F64)
-    ts = p.t_from_log_snr(lam)
-    ts[0], ts[-1] = t0, t1
-    return ts
-
-
-def prior(p, b, seed, d=2):
-    return p.prior_sample((b, d), generator=torch.Generator().manual_seed(seed), dtype=F64)
-
-
-def sliced_w2(x, y):
-    return float(ot.sliced_wasserstein_distance(x.numpy(), y.numpy(), n_projections=200, seed=0))
 
 
 def ode_reference(model, x, t0, t1):

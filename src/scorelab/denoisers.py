@@ -92,6 +92,19 @@ class DiffusionModel(nn.Module):
         return v_from_eps_x0(eps, x0_from_eps(x, eps, a, s), a, s)
 
 
+def net_time_input(process: ForwardProcess, time_input: str, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+    """What a network (or a time-conditioned head) sees as time: ``[B]`` process time ``"t"``, DDPM step index
+    ``"index"`` (t N), ``"log_snr"``, or EDM's ``"c_noise"`` = log(sigma/alpha)/4."""
+    t = batch_time(t, x)
+    if time_input == "t":
+        return t
+    if time_input == "index":
+        return process.index(t)
+    if time_input == "log_snr":
+        return process.log_snr(t)
+    return 0.25 * torch.log(process.sigma(t) / process.alpha(t))
+
+
 def default_time_input(process: ForwardProcess, parameterization: str) -> str:
     if parameterization == "edm":
         return "c_noise"
@@ -126,14 +139,7 @@ class NetworkModel(DiffusionModel):
 
     def net_time(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         """The ``[B]`` time input of the network for process time t."""
-        t = batch_time(t, x)
-        if self.time_input == "t":
-            return t
-        if self.time_input == "index":
-            return self.process.index(t)
-        if self.time_input == "log_snr":
-            return self.process.log_snr(t)
-        return 0.25 * torch.log(self.process.sigma(t) / self.process.alpha(t))
+        return net_time_input(self.process, self.time_input, x, t)
 
     def forward(self, x: torch.Tensor, t: TimeLike, **cond) -> torch.Tensor:
         """Raw network output in its own parameterization (what the training loss compares)."""

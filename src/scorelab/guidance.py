@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ._utils import TimeLike, as_tensor, batch_time, bcast
-from .denoisers import DiffusionModel
+from .denoisers import DiffusionModel, net_time_input
 from .processes import EDM, Discrete, ForwardProcess
 
 HEAD_TIME_INPUTS = ("t", "index", "log_snr", "c_noise")
@@ -108,14 +108,7 @@ class TimeConditionedHead(nn.Module):
         self.net, self.process, self.time_input = net, process, time_input
 
     def net_time(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        t = batch_time(t, x)
-        if self.time_input == "t":
-            return t
-        if self.time_input == "index":
-            return self.process.index(t)
-        if self.time_input == "log_snr":
-            return self.process.log_snr(t)
-        return 0.25 * torch.log(self.process.sigma(t) / self.process.alpha(t))
+        return net_time_input(self.process, self.time_input, x, t)
 
     def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
         return self.net(x, self.net_time(x, t).to(x.dtype))
