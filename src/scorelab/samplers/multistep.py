@@ -64,7 +64,7 @@ def ddim_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.
 
 
 @register("ddim", order=1, evals_per_step=1, stochastic=True, options=("eta",),
-          reference="Song, Meng & Ermon 2021, eq. 12", default_grid="uniform_t")
+          reference="Song, Meng & Ermon 2021, eq. 12", default_grid="uniform_log_snr")
 def sample_ddim(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                 callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False,
                 eta: float = 0.0):
@@ -235,7 +235,7 @@ def sample_dpm_solver_pp(model: DiffusionModel, x_T: torch.Tensor, ts, *, genera
 
 
 @register("dpm_solver_pp_2m", order=2, evals_per_step=1, stochastic=False, options=("lower_order_final",),
-          reference="Lu et al. 2022b (DPM-Solver++), Alg. 2", default_grid="uniform_t")
+          reference="Lu et al. 2022b (DPM-Solver++), Alg. 2", default_grid="uniform_log_snr")
 def sample_dpm_solver_pp_2m(model, x_T, ts, *, generator=None, callback=None, return_trajectory=False,
                             progress=False, lower_order_final=True):
     """DPM-Solver++(2M); see ``sample_dpm_solver_pp``."""
@@ -245,7 +245,7 @@ def sample_dpm_solver_pp_2m(model, x_T, ts, *, generator=None, callback=None, re
 
 @register("dpm_solver_pp_3m", order=3, evals_per_step=1, stochastic=False, options=("lower_order_final",),
           reference="Lu et al. 2022b (DPM-Solver++), 3M multistep update of the reference code",
-          default_grid="uniform_t")
+          default_grid="uniform_log_snr")
 def sample_dpm_solver_pp_3m(model, x_T, ts, *, generator=None, callback=None, return_trajectory=False,
                             progress=False, lower_order_final=True):
     """DPM-Solver++(3M); see ``sample_dpm_solver_pp``."""
@@ -255,7 +255,7 @@ def sample_dpm_solver_pp_3m(model, x_T, ts, *, generator=None, callback=None, re
 
 @register("dpm_solver_pp_2m_sde", order=1, evals_per_step=1, stochastic=True, options=("lower_order_final",),
           reference="Lu et al. 2022b, SDE-DPM-Solver++(2M) (midpoint) of the reference code",
-          default_grid="uniform_t")
+          default_grid="uniform_log_snr")
 def sample_dpm_solver_pp_2m_sde(model, x_T, ts, *, generator=None, callback=None, return_trajectory=False,
                                 progress=False, lower_order_final=True):
     """SDE-DPM-Solver++(2M): Gaussian steps (recorded with log-probs); see ``sample_dpm_solver_pp``."""

@@ -157,7 +157,7 @@ def edm_churn_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: t
 
 # -- samplers ---------------------------------------------------------------------------------------------------
 @register("euler", order=1, evals_per_step=1, stochastic=False, options=(),
-          reference="Song et al. 2021, eq. 13 (probability-flow ODE), Euler in t", default_grid="uniform_t")
+          reference="Song et al. 2021, eq. 13 (probability-flow ODE), Euler in t", default_grid="uniform_log_snr")
 def sample_euler(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                  callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False):
     """Euler on the probability-flow ODE in t over the grid ``ts`` (``[n+1]`` or ``[n+1, B]``); x_T ``[B, ...]``.
