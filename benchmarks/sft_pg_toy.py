@@ -160,7 +160,7 @@ def run_one(name: str, seed: int, args) -> dict:
             base10 = model.requires_grad_(True)
     cfg = SFTPGConfig(epochs=args.epochs, seed=seed, eval_every=max(1, args.epochs // 10), lam=args.lam,
                       gp_weight=args.gp_weight, ema_decay=args.ema_decay, ckpt_every=max(1, args.epochs // 10),
-                      lr_generator=args.lr_generator)
+                      lr_generator=args.lr_generator, lr_generator_final=args.lr_generator_final)
     res = sft_pg(base10, x, cfg, run_dir=args.work / f"{name}_seed{seed}_ft", resume=True, progress=args.progress)
     s = sample_policy(res.ema_model, 10_000, eval_cfg, torch.Generator().manual_seed(seed), (2,))
     var = pg_variance(res.model, res.critic, res.baseline, lambda n, g: torch.randn(n, 2, generator=g), cfg,
@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--gp-weight", type=float, default=0.0)
     p.add_argument("--ema-decay", type=float, default=0.0)
     p.add_argument("--lr-generator", type=float, default=5e-5)
+    p.add_argument("--lr-generator-final", type=float, default=None, help="cosine decay of the generator lr to this")
     p.add_argument("--pretrained-from", default=None, help="reuse the cached DDPMs of the run with this --tag")
     p.add_argument("--floor-repeats", type=int)
     p.add_argument("--tag", default="")

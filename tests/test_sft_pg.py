@@ -11,6 +11,7 @@ from torch import nn
 from scorelab.denoisers import DiffusionModel
 from scorelab.finetune.sft_pg import (
     SFTPGConfig,
+    generator_lr,
     make_policy_grid,
     paper_metric,
     pg_surrogate,
@@ -215,9 +216,11 @@ def test_short_finetuning_reduces_sliced_w2(biased):
     assert [h["epoch"] for h in res.history] == list(range(1, 9)) and "metric" in res.history[3]
 
 
-def test_resume_is_exact(biased, tmp_path):
+@pytest.mark.parametrize("lr_final", [None, 1e-3])
+def test_resume_is_exact(biased, tmp_path, lr_final):
     process, data = biased
-    cfg = SFTPGConfig(epochs=2, epoch_size=7, lr_generator=1e-2, eval_every=0, ckpt_every=1, **SMALL_NETS)
+    cfg = SFTPGConfig(epochs=2, epoch_size=7, lr_generator=1e-2, lr_generator_final=lr_final, eval_every=0,
+                      ckpt_every=1, **SMALL_NETS)
     full = sft_pg(GaussianWithCorrection(process), data, cfg, run_dir=tmp_path, progress=False)
     (tmp_path / "ckpt_00000014.json").unlink()  # "crash" before the second epoch's checkpoint
     res = sft_pg(GaussianWithCorrection(process), data, cfg, run_dir=tmp_path, resume=True, progress=False)
@@ -226,6 +229,17 @@ def test_resume_is_exact(biased, tmp_path):
     for a, b in zip(full.critic.parameters(), res.critic.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert res.history == full.history
+
+
+def test_generator_lr_cosine():
+    cfg = SFTPGConfig(epochs=11, lr_generator=1e-3, lr_generator_final=1e-5)
+    lrs = [generator_lr(cfg, e) for e in range(11)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-5)
+    assert lrs[5] == pytest.approx(0.5 * (1e-3 + 1e-5))  # cosine midpoint
+    assert all(a > b for a, b in zip(lrs[:-1], lrs[1:], strict=True))
+    assert generator_lr(SFTPGConfig(epochs=11), 7) == SFTPGConfig().lr_generator  # constant by default
+    with pytest.raises(ValueError, match="lr_generator_final"):
+        SFTPGConfig(lr_generator=1e-4, lr_generator_final=1e-3)
 
 
 def test_config_rejects_bad_input():

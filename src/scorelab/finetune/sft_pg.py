@@ -66,7 +66,9 @@ class SFTPGConfig:
     Sampler: ``sampler`` in ``PG_SAMPLERS``; ``n_steps`` and ``grid`` choose the grid (``make_policy_grid``);
     ``eta`` (DDIM), ``variance`` (DDPM), ``noise_last`` (noise on the last step too, as the SFT-PG toy sampler).
     ``buffer_size``: keep at most this many most recent transitions (None: all since the last generator phase).
-    ``ema_decay`` 0 disables EMA (the EMA copy then equals the model).  ``epoch_size``: critic steps per epoch
+    ``ema_decay`` 0 disables EMA (the EMA copy then equals the model).  ``lr_generator_final``: if set, the generator
+    learning rate follows a cosine from ``lr_generator`` (epoch 0) to this value (last epoch), set once per epoch
+    (None: constant, the paper's protocol).  ``epoch_size``: critic steps per epoch
     (None: ceil(N_data / batch_size), the official loop).  ``eval_every``: epochs between sliced-W2 evaluations
     (100 projections, ``eval_samples`` samples against the training data, the paper's metric); 0 disables.
     ``dataset``, ``data_n``, ``data_seed``, ``weights`` are used by ``finetune_sft_pg`` only."""
@@ -86,6 +88,7 @@ class SFTPGConfig:
     epochs: int = 300
     epoch_size: int | None = None
     lr_generator: float = 5e-5
+    lr_generator_final: float | None = None
     lr_critic: float = 1e-3
     lr_baseline: float = 1e-3
     grad_clip: float | None = None
@@ -120,6 +123,8 @@ class SFTPGConfig:
                 raise ValueError(f"{name} must be None or a positive integer, got {v!r}")
         if min(self.lr_generator, self.lr_critic, self.lr_baseline) <= 0:
             raise ValueError("learning rates must be > 0")
+        if self.lr_generator_final is not None and not 0 <= self.lr_generator_final <= self.lr_generator:
+            raise ValueError(f"lr_generator_final must be in [0, lr_generator], got {self.lr_generator_final}")
         if self.lam < 0 or self.gp_weight < 0 or not 0 <= self.ema_decay < 1:
             raise ValueError("need lam >= 0, gp_weight >= 0 and 0 <= ema_decay < 1")
         if self.grad_clip is not None and self.grad_clip <= 0:
@@ -547,9 +552,19 @@ class SFTPGResult:
     wall_time: float = 0.0
 
 
+def generator_lr(config: SFTPGConfig, epoch: int) -> float:
+    """Generator learning rate in epoch ``epoch`` (0-based): constant, or a cosine to ``lr_generator_final``."""
+    if config.lr_generator_final is None or config.epochs == 1:
+        return config.lr_generator
+    c = 0.5 * (1 + math.cos(math.pi * epoch / (config.epochs - 1)))
+    return config.lr_generator_final + (config.lr_generator - config.lr_generator_final) * c
+
+
 def _epoch(state: SFTPGState, data: torch.Tensor, config: SFTPGConfig, bar) -> dict[str, float]:
     """One epoch of Alg. 1: ``epoch_size`` critic steps on fresh rollouts (filling the buffer); after every
     ``n_critic`` of them, ``n_generator`` generator steps, then the buffer is emptied."""
+    for group in state.opt_g.param_groups:
+        group["lr"] = generator_lr(config, state.epoch)
     n = data.shape[0]
     steps = config.epoch_size or math.ceil(n / config.batch_size)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100_003 + state.epoch))
