@@ -85,6 +85,38 @@ class ForwardProcess:
         """(f(t), g^2(t)), memoised like ``coefs``."""
         return self._memo("sde", t, lambda u: (self.drift_coef(u), self.diffusion_sq(u)))
 
+    def coefs_at(self, ts: torch.Tensor) -> list[tuple[float, float, float]]:
+        """``coefs`` at every time of a 1-D CPU grid as Python floats [(alpha, sigma, lambda/2), ...].
+
+        Reads and fills the same memo as scalar ``coefs(t)`` (misses are computed in one vectorised call), so a
+        sampler that precomputes its grid and a step function called time by time see bit-identical values."""
+        return self._memo_at("coefs", ts, lambda u: (self.alpha(u), self.sigma(u), 0.5 * self.log_snr(u)))
+
+    def sde_coefs_at(self, ts: torch.Tensor) -> list[tuple[float, float]]:
+        """``sde_coefs`` at every time of a 1-D CPU grid as floats [(f, g^2), ...], memoised like ``coefs_at``."""
+        return self._memo_at("sde", ts, lambda u: (self.drift_coef(u), self.diffusion_sq(u)))
+
+    def warm_coefs(self, ts: torch.Tensor) -> None:
+        """Fill the scalar memo of ``coefs`` for every time of a 1-D CPU tensor in one vectorised call (e.g. a grid in
+        the model's dtype, whose x0 / eps / score conversions then find their coefficients)."""
+        self._memo_at("coefs", ts, lambda u: (self.alpha(u), self.sigma(u), 0.5 * self.log_snr(u)), floats=False)
+
+    def _memo_at(self, kind: str, ts: torch.Tensor, fn, floats: bool = True) -> list[tuple[float, ...]] | None:
+        ts = _t(ts).detach()
+        if ts.ndim != 1 or ts.device.type != "cpu":
+            raise ValueError(f"coefs_at needs a 1-D CPU tensor of times, got shape {tuple(ts.shape)} on {ts.device}")
+        cache = self.__dict__.setdefault("_coef_cache", {})
+        keys = [(kind, v, ts.dtype) for v in ts.tolist()]
+        vals = [cache.get(k) for k in keys]
+        miss = [j for j, v in enumerate(vals) if v is None]
+        if miss:
+            new = fn(ts[miss])
+            if len(cache) + len(miss) > 4096:
+                cache.clear()
+            for c, j in enumerate(miss):
+                vals[j] = cache[keys[j]] = tuple(v[c] for v in new)
+        return [tuple(v.item() for v in tup) for tup in vals] if floats else None
+
     def _memo(self, kind: str, t: TimeLike, fn):
         t = _t(t)
         if t.ndim != 0 or t.device.type != "cpu" or t.requires_grad:

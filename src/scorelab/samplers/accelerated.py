@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from .._utils import bcast
 from ..denoisers import DiffusionModel
-from .base import Callback, TrajectoryRecorder, register, step_times
+from .base import Callback, GridCoefs, TrajectoryRecorder, combine, fexp, fexpm1, fsqrt, register
 from .sde import draw, is_positive, prepare
 
 
@@ -67,15 +67,44 @@ def score_vp(model: DiffusionModel, y: torch.Tensor, t: torch.Tensor) -> torch.T
     return c * model.score(c * y, t)
 
 
-def _scale(process, t, x, inverse=False):
-    log_c = vp_log_coefs(process, t)[0]
-    return bcast(torch.exp(-log_c if inverse else log_c).to(x.dtype), x)
+def _vp(process, t: torch.Tensor) -> tuple:
+    """(log c, log abar) at t: floats for a 0-d CPU time, float64 tensors otherwise (``vp_log_coefs``)."""
+    lc, lab = vp_log_coefs(process, t)
+    return (lc.item(), lab.item()) if lc.ndim == 0 and lc.device.type == "cpu" else (lc, lab)
 
 
-def _x0_hat(process, y, t, s_t):
-    """Tweedie in the VP variable: (y + (1 - abar) s)/sqrt(abar) (no evaluation)."""
-    log_abar = vp_log_coefs(process, t)[1]
-    return (y + bcast(-torch.expm1(log_abar).to(y.dtype), y) * s_t) * bcast(torch.exp(-0.5 * log_abar).to(y.dtype), y)
+def _step_coefs(vt: tuple, vs: tuple) -> tuple:
+    """k = (c_t, c_s, alpha, 1 - alpha, log abar_t) of the step t -> s from (log c, log abar) at t and s."""
+    la = vt[1] - vs[1]
+    return fexp(vt[0]), fexp(vs[0]), fexp(la), -fexpm1(la), vt[1]
+
+
+def _x0_terms(x, S, c_t, lab_t):
+    """Tweedie in the VP variable, (y + (1 - abar) s_vp)/sqrt(abar) with y = x/c, s_vp = c S (S: score of x)."""
+    r = fexp(-0.5 * lab_t)
+    return combine(x, [(r / c_t, x), (-fexpm1(lab_t) * r * c_t, S)])
+
+
+def _psi(x, S, k: tuple, up: tuple | None):
+    """Li et al. eq. (2), Psi_t, in x: c_s (y + b/2 s_t + b^2/(4 b_up) (s_t - sqrt(a_up) s_up))/sqrt(a) with
+    y = x/c_t, s_t = c_t S; ``up`` = (S_up, f_up, a_up, b_up) with s_up = f_up S_up, or None (Scheme 1)."""
+    c_t, c_s, a, b = k[:4]
+    q = c_s / fsqrt(a)
+    if up is None:
+        return combine(x, [(q / c_t, x), (q * (b / 2) * c_t, S)])
+    S_up, f_up, a_up, b_up = up
+    K = b * b / (4 * b_up)
+    return combine(x, [(q / c_t, x), (q * (b / 2 + K) * c_t, S), (-q * K * fsqrt(a_up) * f_up, S_up)])
+
+
+def _det_core(model, x, t, u, k: tuple, k_up: tuple):
+    """Deterministic step with precomputed k (``_step_coefs``) and k_up = (c_u, a_up, b_up): s_t at (x, t),
+    Phi_t (Y^- in x: c_u sqrt(a_up) (y - b_up/2 s_t)), s_up at (x^-, u), then Psi_t.  Returns (x_s, x0_hat)."""
+    c_t, (c_u, a_up, b_up) = k[0], k_up
+    S = model.score(x, t)
+    r = c_u * fsqrt(a_up)
+    S_up = model.score(combine(x, [(r / c_t, x), (-r * b_up / 2 * c_t, S)]), u)
+    return _psi(x, S, k, (S_up, c_u, a_up, b_up)), _x0_terms(x, S, c_t, k[4])
 
 
 def virtual_prev_time(process, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -84,15 +113,6 @@ def virtual_prev_time(process, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor
     log_abar_u = 2 * log_abar_t - vp_log_coefs(process, s)[1]
     lam_u = log_abar_u - torch.log(-torch.expm1(log_abar_u))
     return process.t_from_log_snr(lam_u).clamp(max=process.t_max).to(t.dtype)
-
-
-def _momentum_update(y, s_t, s_up, a, b, a_up, b_up):
-    """Li et al. eq. (2): Psi_t = (y + b/2 s_t + b^2/(4 b_up) (s_t - sqrt(a_up) s_up)) / sqrt(a)."""
-    c = lambda v: bcast(v.to(y.dtype), y)  # noqa: E731
-    out = y + c(b / 2) * s_t
-    if s_up is not None:
-        out = out + c(b**2 / (4 * b_up)) * (s_t - c(a_up.sqrt()) * s_up)
-    return out / c(a.sqrt())
 
 
 # -- deterministic samplers ------------------------------------------------------------------------
@@ -104,16 +124,15 @@ def accel_det_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: t
     None (first step) alpha_{t+1} := alpha_t and s_{t+1} is evaluated at ``virtual_prev_time``.
     Returns (x at time s, x0_hat at t)."""
     p = model.process
-    a, b = step_alpha(p, t, s)
+    vt, vs = _vp(p, t), _vp(p, s)
+    k = _step_coefs(vt, vs)
     if u is None:
-        u, (a_up, b_up) = virtual_prev_time(p, t, s), (a, b)
+        u = virtual_prev_time(p, t, s)
+        k_up = (fexp(_vp(p, u)[0]),) + k[2:4]
     else:
-        a_up, b_up = step_alpha(p, u, t)
-    y = x * _scale(p, t, x, inverse=True)
-    s_t = score_vp(model, y, t)
-    y_minus = bcast(a_up.sqrt().to(x.dtype), x) * (y - bcast((b_up / 2).to(x.dtype), x) * s_t)  # Phi_t
-    y_next = _momentum_update(y, s_t, score_vp(model, y_minus, u), a, b, a_up, b_up)  # Psi_t
-    return y_next * _scale(p, s, x), _x0_hat(p, y, t, s_t)
+        vu = _vp(p, u)
+        k_up = (fexp(vu[0]),) + _step_coefs(vu, vt)[2:4]
+    return _det_core(model, x, t, u.to(x), k, k_up)
 
 
 def accel_det_1eval_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
@@ -123,30 +142,47 @@ def accel_det_1eval_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor
     ``prev`` = (u, s_vp(y_u, u)) from the previous step, or None (first step: DDIM-like Scheme 1).
     Returns (x at s ``[B, ...]``, new prev (t, s_vp(y_t, t)), x0_hat at t)."""
     p = model.process
-    a, b = step_alpha(p, t, s)
-    y = x * _scale(p, t, x, inverse=True)
-    s_t = score_vp(model, y, t)
-    if prev is None:
-        y_next = _momentum_update(y, s_t, None, a, b, None, None)
-    else:
-        a_up, b_up = step_alpha(p, prev[0], t)
-        y_next = _momentum_update(y, s_t, prev[1], a, b, a_up, b_up)
-    return y_next * _scale(p, s, x), (t, s_t), _x0_hat(p, y, t, s_t)
+    vt = _vp(p, t)
+    k = _step_coefs(vt, _vp(p, s))
+    S = model.score(x, t)
+    up = None if prev is None else (prev[1], 1.0, *_step_coefs(_vp(p, prev[0]), vt)[2:4])
+    return _psi(x, S, k, up), (t, combine(x, [(k[0], S)])), _x0_terms(x, S, k[0], k[4])
+
+
+def _xdt(v, x: torch.Tensor):
+    """A float stays a float; a ``[B]`` coefficient goes to x's dtype (recorded stds are in x's dtype)."""
+    return v if isinstance(v, float) else v.to(x.dtype)
+
+
+def _grid_vp(p, g: GridCoefs) -> list:
+    """(log c, log abar) at every grid time: floats (1-D grid) or float64 ``[B]`` tensors."""
+    lc, lab = vp_log_coefs(p, g.ts64)
+    if g.per_sample:
+        return list(zip(lc.to(g.device).unbind(0), lab.to(g.device).unbind(0), strict=True))
+    return list(zip(lc.tolist(), lab.tolist(), strict=True))
 
 
 def _run_det(model, x_T, ts, name, generator, callback, return_trajectory, progress):
     model, ts = prepare(model, x_T, ts)
-    x, n, prev = x_T, ts.shape[0] - 1, None
+    x, n, prev, g = x_T, ts.shape[0] - 1, None, GridCoefs(model.process, ts, x_T)
+    v = _grid_vp(model.process, g)
+    ks = [_step_coefs(v[i], v[i + 1]) for i in range(n)]
     rec = TrajectoryRecorder(x_T, ts, return_trajectory)
     for i in tqdm(range(n), desc=name, disable=not progress, leave=False):
-        t, s = step_times(ts, i, x)
-        if name == "accel_det":
-            x, x0_hat = accel_det_step(model, x, t, s, None if i == 0 else ts[i - 1].to(x))
+        t, k = g.t[i], ks[i]
+        if name == "accel_det" and i == 0:
+            u = virtual_prev_time(model.process, g.ts64[0], g.ts64[1])
+            x, x0_hat = _det_core(model, x, t, u.to(x), k, (fexp(_vp(model.process, u)[0]),) + k[2:4])
+        elif name == "accel_det":
+            x, x0_hat = _det_core(model, x, t, g.t[i - 1], k, (ks[i - 1][0],) + ks[i - 1][2:4])
         else:
-            x, prev, x0_hat = accel_det_1eval_step(model, x, t, s, prev)
+            S = model.score(x, t)
+            x0_hat = _x0_terms(x, S, k[0], k[4]) if callback is not None else None
+            x = _psi(x, S, k, None if prev is None else (prev[0], prev[1], *ks[i - 1][2:4]))
+            prev = (S, k[0])
         rec.add(x)
         if callback is not None:
-            callback(dict(i=i, t=s, x=x, x0_hat=x0_hat))
+            callback(dict(i=i, t=g.t[i + 1], x=x, x0_hat=x0_hat))
     return rec.finish(x, model.nfe)
 
 
@@ -177,14 +213,20 @@ def accel_stoch_noise(process, x: torch.Tensor, t: torch.Tensor,
     return x, (torch.exp(vp_log_coefs(process, t)[0]) * torch.sqrt(b / 2)).to(x.dtype)
 
 
+def _stoch_core(model, x_plus, t, k: tuple):
+    """Psi_t of eq. (3) given x^+ with precomputed k: mean = c_s (y^+ + b s_t(y^+))/sqrt(a), std = c_s
+    sqrt(b/(2a)) (a float or ``[B]``), x0_hat.  One evaluation."""
+    c_t, c_s, a, b = k[:4]
+    S = model.score(x_plus, t)
+    q = c_s / fsqrt(a)
+    mean = combine(x_plus, [(q / c_t, x_plus), (q * b * c_t, S)])
+    return mean, c_s * fsqrt(b / (2 * a)), _x0_terms(x_plus, S, c_t, k[4])
+
+
 def _stoch_step(model, x_plus, t, s):
     p = model.process
-    a, b = step_alpha(p, t, s)
-    y_plus = x_plus * _scale(p, t, x_plus, inverse=True)
-    s_t = score_vp(model, y_plus, t)
-    c_s = torch.exp(vp_log_coefs(p, s)[0])
-    mean = (y_plus + bcast(b.to(x_plus.dtype), x_plus) * s_t) * bcast((c_s / a.sqrt()).to(x_plus.dtype), x_plus)
-    return mean, (c_s * torch.sqrt(b / (2 * a))).to(x_plus.dtype), _x0_hat(p, y_plus, t, s_t)
+    mean, std, x0_hat = _stoch_core(model, x_plus, t, _step_coefs(_vp(p, t), _vp(p, s)))
+    return mean, torch.as_tensor(std, dtype=x_plus.dtype, device=x_plus.device), x0_hat
 
 
 def accel_stoch_transition(model: DiffusionModel, x_plus: torch.Tensor, t: torch.Tensor,
@@ -204,12 +246,15 @@ def sample_accel_stoch(model: DiffusionModel, x_T: torch.Tensor, ts, *, generato
     """Accelerated stochastic sampler over ``ts``; x_T ``[B, ...]``.  NFE = n.  ``noise_last=False`` skips the
     second-stage noise Z^+ on the last step.  Returns x at ts[-1] or a Trajectory with ``extras["x_plus"]``."""
     model, ts = prepare(model, x_T, ts)
-    x, n, p = x_T, ts.shape[0] - 1, model.process
+    x, n, g = x_T, ts.shape[0] - 1, GridCoefs(model.process, ts, x_T)
+    v = _grid_vp(model.process, g)
+    ks = [_step_coefs(v[i], v[i + 1]) for i in range(n)]
     rec, x_plus_all = TrajectoryRecorder(x_T, ts, return_trajectory), []
     for i in tqdm(range(n), desc="accel_stoch", disable=not progress, leave=False):
-        t, s = step_times(ts, i, x)
-        x_plus = draw(*accel_stoch_noise(p, x, t, s), generator)  # eq. (3): Y^+ = Phi_t(Y_t, Z_t)
-        mean, std, x0_hat = _stoch_step(model, x_plus, t, s)  # eq. (3): Y_{t-1} = Psi_t(Y^+, Z^+)
+        t, k = g.t[i], ks[i]
+        x_plus = draw(x, _xdt(k[0] * fsqrt(k[3] / 2), x), generator)  # eq. (3): Y^+ = Phi_t(Y_t, Z_t)
+        mean, std, x0_hat = _stoch_core(model, x_plus, t, k)  # eq. (3): Y_{t-1} = Psi_t(Y^+, Z^+)
+        std = _xdt(std, x)
         if (i < n - 1 or noise_last) and is_positive(std):
             x = draw(mean, std, generator)
             rec.add(x, mean, std)
@@ -218,7 +263,7 @@ def sample_accel_stoch(model: DiffusionModel, x_T: torch.Tensor, ts, *, generato
             rec.add(x)
         x_plus_all.append(x_plus)
         if callback is not None:
-            callback(dict(i=i, t=s, x=x, x0_hat=x0_hat, x_plus=x_plus))
+            callback(dict(i=i, t=g.t[i + 1], x=x, x0_hat=x0_hat, x_plus=x_plus))
     out = rec.finish(x, model.nfe)
     if return_trajectory:
         out.extras["x_plus"] = x_plus_all

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 
+from .._utils import bcast
 from ..denoisers import CountingModel, DiffusionModel
 
 Callback = Callable[[dict], None]
@@ -53,7 +54,89 @@ def step_times(ts: torch.Tensor, i: int, x: torch.Tensor) -> tuple[torch.Tensor,
 def gaussian_sample(mean: torch.Tensor, std: torch.Tensor | float, generator: torch.Generator | None) -> torch.Tensor:
     """mean + std * z, z ~ N(0, I) drawn from ``generator``."""
     z = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-    return mean + std * z
+    return torch.add(mean, z, alpha=std) if isinstance(std, float) else mean + std * z
+
+
+# -- per-grid coefficients (the samplers' per-step overhead) ----------------------------------------------------------
+#: a step coefficient: a Python float (1-D grid) or a float64 ``[B]`` tensor (per-sample grid)
+Coef = Union[float, torch.Tensor]
+
+
+def fexp(v: Coef) -> Coef:
+    return math.exp(v) if isinstance(v, float) else torch.exp(v)
+
+
+def fexpm1(v: Coef) -> Coef:
+    return math.expm1(v) if isinstance(v, float) else torch.expm1(v)
+
+
+def fsqrt(v: Coef) -> Coef:
+    """sqrt of a coefficient, negative rounding errors clamped to 0."""
+    return math.sqrt(max(v, 0.0)) if isinstance(v, float) else torch.sqrt(v.clamp(min=0))
+
+
+def is_pos(v: Coef) -> bool:
+    """All entries > 0."""
+    return v > 0 if isinstance(v, float) else bool(torch.all(v > 0))
+
+
+def as_coef_tensor(v: Coef, x: torch.Tensor) -> torch.Tensor:
+    """A coefficient as a tensor in x's dtype/device that broadcasts against x (0-d, or ``[B, 1, ...]``)."""
+    return torch.tensor(v, dtype=x.dtype, device=x.device) if isinstance(v, float) else bcast(v, x)
+
+
+def combine(x: torch.Tensor, terms: list) -> torch.Tensor:
+    """sum_j c_j v_j for (c_j, v_j) in ``terms``; c_j a float (fused ``torch.add(..., alpha=c)``) or a scalar /
+    ``[B]`` tensor broadcast against x (cast to x's dtype).  ``x`` only gives the shape and dtype."""
+    out = None
+    for c, v in terms:
+        if isinstance(c, float):
+            out = c * v if out is None else torch.add(out, v, alpha=c)
+        else:
+            out = bcast(c, x) * v if out is None else out + bcast(c, x) * v
+    return out
+
+
+class GridCoefs:
+    """alpha, sigma and lambda/2 = log(alpha/sigma) at every grid time, computed once before a sampler's loop.
+
+    1-D grid: Python floats from ``process.coefs_at`` (the memo shared with step functions called per time, so both
+    paths see bit-identical values; float64 accuracy, no tensor ops or device syncs in the loop).  ``[n+1, B]`` grid:
+    float64 ``[B]`` tensors.  ``t[i]`` is grid time i in x's dtype/device (what the model is called with); ``zero[i]``
+    tells whether (some sample's) time i is 0."""
+
+    def __init__(self, process, ts: torch.Tensor, x: torch.Tensor):
+        self.process, self.per_sample = process, ts.ndim == 2
+        self.ts64 = ts.detach().to("cpu", torch.float64)
+        self.t = list(ts.to(device=x.device, dtype=x.dtype).unbind(0))
+        if self.per_sample:
+            self.a, self.sg, self.lam = (list(v.to(x.device).unbind(0)) for v in process.coefs(self.ts64))
+            self.zero = [bool(torch.any(r == 0)) for r in self.ts64]
+        else:
+            self.a, self.sg, self.lam = (list(v) for v in zip(*process.coefs_at(self.ts64), strict=True))
+            self.zero = [v == 0 for v in self.ts64.tolist()]
+            if x.dtype != torch.float64:  # the model's own x0 / eps / score conversions look up times in x's dtype
+                process.warm_coefs(ts.detach().to("cpu", x.dtype))
+        self.device = x.device
+
+    def c(self, i: int) -> tuple[Coef, Coef, Coef]:
+        """(alpha, sigma, lambda/2) at grid time i."""
+        return self.a[i], self.sg[i], self.lam[i]
+
+    def sde(self) -> tuple[list, list]:
+        """(f, g^2) at every grid time (``process.sde_coefs``), floats or float64 ``[B]`` tensors."""
+        if self.per_sample:
+            return tuple(list(v.to(self.device).unbind(0)) for v in self.process.sde_coefs(self.ts64))
+        return tuple(list(v) for v in zip(*self.process.sde_coefs_at(self.ts64), strict=True))
+
+
+def point_coefs(process, t: torch.Tensor) -> tuple[Coef, Coef, Coef]:
+    """(alpha, sigma, lambda/2) at one time for the step functions called per time: floats through the scalar memo
+    for a 0-d CPU time (the values ``GridCoefs`` sees), float64 tensors for ``[B]`` times."""
+    t64 = torch.as_tensor(t).detach().to(torch.float64)
+    if t64.ndim == 0 and t64.device.type == "cpu":
+        return tuple(v.item() for v in process.coefs(t64))
+    return process.coefs(t64)
 
 
 def transition_log_prob(x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | float) -> torch.Tensor:
@@ -104,6 +187,8 @@ class TrajectoryRecorder:
     def add(self, x_next: torch.Tensor, mean: torch.Tensor | None = None, std=None) -> None:
         if not self.enabled:
             return
+        if isinstance(std, float):  # a precomputed coefficient: recorded as a tensor in x's dtype
+            std = torch.tensor(std, dtype=x_next.dtype, device=x_next.device)
         self.xs.append(x_next)
         self.means.append(mean)
         self.stds.append(std)

@@ -24,22 +24,40 @@ from __future__ import annotations
 import torch
 
 from ..denoisers import DiffusionModel
-from .base import Callback, gaussian_sample, register
-from .ode import coefs, half_lam, prepare, reaches_zero, run_steps
+from .base import (
+    Callback,
+    GridCoefs,
+    as_coef_tensor,
+    combine,
+    fexp,
+    fexpm1,
+    fsqrt,
+    gaussian_sample,
+    is_pos,
+    point_coefs,
+    register,
+)
+from .ode import prepare, reaches_zero, run_steps
 
 LOWER_ORDER_FINAL_BELOW = 10  # reference code: `if lower_order_final and steps < 10`
 
 
 # -- DDIM ---------------------------------------------------------------------------------------------------------
-def _ddim(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, eta: float):
-    a_t, sg_t = coefs(model, t, x)
-    a_s, sg_s = coefs(model, s, x)
-    h = half_lam(model, s, x) - half_lam(model, t, x)
+def ddim_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, c_t: tuple, c_s: tuple, eta: float):
+    """eq. 12 with precomputed c_t, c_s = (alpha, sigma, lambda/2) at t and s: (mean, std, x0_hat); std a float
+    or ``[B]`` tensor.  One evaluation."""
+    (a_t, sg_t, lam_t), (a_s, sg_s, lam_s) = c_t, c_s
     eps = model.eps(x, t)
-    x0 = (x - sg_t * eps) / a_t
-    std = eta * sg_s * torch.sqrt(-torch.expm1(-2 * h))  # eq. 16 in (alpha, sigma) form
-    mean = a_s * x0 + torch.sqrt((sg_s**2 - std**2).clamp(min=0)) * eps  # eq. 12
+    x0 = combine(x, [(1 / a_t, x), (-sg_t / a_t, eps)])
+    std = eta * sg_s * fsqrt(-fexpm1(-2 * (lam_s - lam_t)))  # eq. 16 in (alpha, sigma) form
+    mean = combine(x, [(a_s, x0), (fsqrt(sg_s**2 - std**2), eps)])  # eq. 12
     return mean, std, x0
+
+
+def _ddim(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, eta: float):
+    p = model.process
+    mean, std, x0 = ddim_core(model, x, t, point_coefs(p, t), point_coefs(p, s), eta)
+    return mean, as_coef_tensor(std, x), x0
 
 
 def ddim_transition(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
@@ -54,13 +72,20 @@ def ddim_transition(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: 
     return mean, std
 
 
+def _ddim_out(mean, std, x0, eta, generator, x):
+    if eta == 0 or not is_pos(std):
+        return mean, x0, None, None
+    std = std if isinstance(std, float) else as_coef_tensor(std, x)  # float: recorded as a tensor by the recorder
+    return gaussian_sample(mean, std, generator), x0, mean, std
+
+
 def ddim_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, eta: float = 0.0,
               generator: torch.Generator | None = None):
     """One DDIM step.  Returns (x_s, x0_hat, mean, std); mean/std are None when the step is deterministic."""
-    mean, std, x0 = _ddim(model, x, t, s, eta)
-    if eta == 0 or not torch.all(std > 0):
-        return mean, x0, None, None
-    return gaussian_sample(mean, std, generator), x0, mean, std
+    p = model.process
+    x_s, x0, mean, std = _ddim_out(*ddim_core(model, x, t, point_coefs(p, t), point_coefs(p, s), eta), eta,
+                                   generator, x)
+    return x_s, x0, mean, None if std is None else as_coef_tensor(std, x)
 
 
 @register("ddim", order=1, evals_per_step=1, stochastic=True, options=("eta",),
@@ -73,26 +98,52 @@ def sample_ddim(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torc
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
     m, ts = prepare(model, x_T, ts)
+    g = GridCoefs(m.process, ts, x_T)
 
     def step(i, x, t, s, state):
-        return (*ddim_step(m, x, t, s, eta, generator), state)
+        return (*_ddim_out(*ddim_core(m, x, t, g.c(i), g.c(i + 1), eta), eta, generator, x), state)
 
-    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress)
+    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress,
+                     times=g.t)
 
 
 # -- DPM-Solver (singlestep, noise prediction) ---------------------------------------------------------------------
-def _to_lam(model: DiffusionModel, lam: torch.Tensor) -> torch.Tensor:
-    """Time whose lambda = log(alpha/sigma) is ``lam`` (lam broadcast against x; returns scalar or [B])."""
-    lam = lam.reshape(lam.shape[0]) if lam.ndim > 0 else lam
-    return model.process.t_from_log_snr(2.0 * lam)
+#: intermediate lambdas lambda_t + r h of each order (Alg. 1: r1 = 1/2; Alg. 2: r1 = 1/3, r2 = 2/3)
+MID_R = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
 
 
-def _first(model, x, t, s, eps):
-    """eq. 3.7 (k = 1): x_s = (alpha_s/alpha_t) x - sigma_s (e^h - 1) eps."""
-    a_t, _ = coefs(model, t, x)
-    a_s, sg_s = coefs(model, s, x)
-    h = half_lam(model, s, x) - half_lam(model, t, x)
-    return a_s / a_t * x - sg_s * torch.expm1(h) * eps
+def _mid_times(process, lam_t, lam_s, order: int):
+    """Times whose lambda is lambda_t + r h for the ``order``'s r's (floats in, 0-d float64 tensors out, or
+    float64 ``[B]`` in and out)."""
+    h = lam_s - lam_t
+    return [process.t_from_log_snr(2.0 * torch.as_tensor(lam_t + r * h, dtype=torch.float64)) for r in MID_R[order]]
+
+
+def _first_terms(x, eps, c_t, c_u):
+    """eq. 3.7 (k = 1) from t to u: x_u = (alpha_u/alpha_t) x - sigma_u (e^{h} - 1) eps, as ``combine`` terms."""
+    return [(c_u[0] / c_t[0], x), (-c_u[1] * fexpm1(c_u[2] - c_t[2]), eps)]
+
+
+def dpm_solver_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, c_t: tuple, c_s: tuple, s_zero: bool,
+                    order: int, mids: list):
+    """One singlestep DPM-Solver step with precomputed coefficients: c_t, c_s = (alpha, sigma, lambda/2);
+    ``mids`` = [(time in x's dtype, its coefficients)] at lambda_t + r h (``MID_R``).  ``order`` evaluations (1 into
+    s = 0).  Returns (x_s, x0_hat)."""
+    eps = model.eps(x, t)
+    x0 = combine(x, [(1 / c_t[0], x), (-c_t[1] / c_t[0], eps)])
+    if s_zero:
+        return combine(x, [(c_s[0], x0), (c_s[1], eps)]), x0
+    if order == 1:
+        return combine(x, _first_terms(x, eps, c_t, c_s)), x0
+    h, r1 = c_s[2] - c_t[2], MID_R[order][0]
+    (s1, c1) = mids[0]
+    D1 = model.eps(combine(x, _first_terms(x, eps, c_t, c1)), s1) - eps
+    if order == 2:  # Alg. 1, line 4
+        return combine(x, _first_terms(x, eps, c_t, c_s) + [(-c_s[1] / (2 * r1) * fexpm1(h), D1)]), x0
+    r2, (s2, c2) = MID_R[3][1], mids[1]  # Alg. 2
+    u2 = combine(x, _first_terms(x, eps, c_t, c2) + [(-c2[1] * (r2 / r1) * (fexpm1(r2 * h) / (r2 * h) - 1), D1)])
+    D2 = model.eps(u2, s2) - eps
+    return combine(x, _first_terms(x, eps, c_t, c_s) + [(-c_s[1] / r2 * (fexpm1(h) / h - 1), D2)]), x0
 
 
 def dpm_solver_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, order: int = 2):
@@ -101,28 +152,28 @@ def dpm_solver_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: 
     Returns (x_s, x0_hat)."""
     if order not in (1, 2, 3):
         raise ValueError(f"DPM-Solver order must be 1, 2 or 3, got {order}")
-    a_t, sg_t = coefs(model, t, x)
-    eps = model.eps(x, t)
-    x0 = (x - sg_t * eps) / a_t
-    if reaches_zero(s):
-        return coefs(model, s, x)[0] * x0 + coefs(model, s, x)[1] * eps, x0
-    if order == 1:
-        return _first(model, x, t, s, eps), x0
-    lam_t = half_lam(model, t, x)
-    h = half_lam(model, s, x) - lam_t
-    sg_s = coefs(model, s, x)[1]
-    r1 = 0.5 if order == 2 else 1.0 / 3.0
-    s1 = _to_lam(model, lam_t + r1 * h)
-    u1 = _first(model, x, t, s1, eps)
-    D1 = model.eps(u1, s1) - eps
-    if order == 2:  # Alg. 1, line 4
-        return _first(model, x, t, s, eps) - sg_s / (2 * r1) * torch.expm1(h) * D1, x0
-    r2 = 2.0 / 3.0  # Alg. 2
-    s2 = _to_lam(model, lam_t + r2 * h)
-    sg_2 = coefs(model, s2, x)[1]
-    u2 = _first(model, x, t, s2, eps) - sg_2 * (r2 / r1) * (torch.expm1(r2 * h) / (r2 * h) - 1) * D1
-    D2 = model.eps(u2, s2) - eps
-    return _first(model, x, t, s, eps) - sg_s / r2 * (torch.expm1(h) / h - 1) * D2, x0
+    p, zero = model.process, reaches_zero(s)
+    c_t, c_s = point_coefs(p, t), point_coefs(p, s)
+    u = [] if zero else _mid_times(p, c_t[2], c_s[2], order)
+    mids = [(v.to(device=x.device, dtype=x.dtype), point_coefs(p, v)) for v in u]
+    return dpm_solver_core(model, x, t, c_t, c_s, zero, order, mids)
+
+
+def _grid_mids(g: GridCoefs, orders: list[int], x: torch.Tensor) -> list[list]:
+    """Intermediate (time, coefficients) of every step, computed before the loop (1-D grid: one vectorised
+    ``t_from_log_snr`` and the coefficient memo; per-sample grid: per step)."""
+    p, n = g.process, len(orders)
+    need = [[] if g.zero[i + 1] or orders[i] == 1 else MID_R[orders[i]] for i in range(n)]
+    if g.per_sample:
+        return [[(u.to(device=x.device, dtype=x.dtype), p.coefs(u.to(x.device)))
+                 for u in _mid_times(p, g.lam[i].cpu(), g.lam[i + 1].cpu(), orders[i])] if need[i] else []
+                for i in range(n)]
+    lams = [g.lam[i] + r * (g.lam[i + 1] - g.lam[i]) for i in range(n) for r in need[i]]
+    if not lams:
+        return [[] for _ in range(n)]
+    u = p.t_from_log_snr(2.0 * torch.tensor(lams, dtype=torch.float64)).to(torch.float64)
+    cs, ux = iter(p.coefs_at(u)), iter(u.to(device=x.device, dtype=x.dtype).unbind(0))
+    return [[(next(ux), next(cs)) for _ in need[i]] for i in range(n)]
 
 
 def sample_dpm_solver(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
@@ -136,12 +187,15 @@ def sample_dpm_solver(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator
     orders = [order] * n if orders is None else [int(k) for k in orders]
     if len(orders) != n or any(k not in (1, 2, 3) for k in orders):
         raise ValueError(f"orders must list {n} values in (1, 2, 3) (one per step), got {orders}")
+    g = GridCoefs(m.process, ts, x_T)
+    mids = _grid_mids(g, orders, x_T)
 
     def step(i, x, t, s, state):
-        x_s, x0 = dpm_solver_step(m, x, t, s, orders[i])
+        x_s, x0 = dpm_solver_core(m, x, t, g.c(i), g.c(i + 1), g.zero[i + 1], orders[i], mids[i])
         return x_s, x0, None, None, state
 
-    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress)
+    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress,
+                     times=g.t)
 
 
 def _register_dpm_solver(k: int):
@@ -164,49 +218,55 @@ sample_dpm_solver_3 = _register_dpm_solver(3)
 
 
 # -- DPM-Solver++ (multistep, data prediction) -----------------------------------------------------------------------
-def _pp_derivatives(x0: torch.Tensor, lam_t: torch.Tensor, h: torch.Tensor, history: tuple, order: int):
-    """Finite differences (D1, D2) of the data prediction in lambda, scaled by h (reference code, 2M / 3M)."""
+def _pp_terms(x0: torch.Tensor, lam_t, h, history: tuple, order: int, A, B=None) -> list:
+    """``combine`` terms of A D1 - B D2, the finite differences (D1, D2) of the data prediction in lambda, scaled
+    by h (reference code, 2M / 3M), expanded onto x0 and the history's data predictions."""
     if order == 1:
-        return None, None
+        return []
     x0_1, lam_1 = history[-1]
     r0 = (lam_t - lam_1) / h
-    D1_0 = (x0 - x0_1) / r0
-    if order == 2:
-        return D1_0, None
+    if order == 2:  # D1 = (x0 - x0_1)/r0
+        return [(A / r0, x0), (-A / r0, x0_1)]
     x0_2, lam_2 = history[-2]
     r1 = (lam_1 - lam_2) / h
-    D1_1 = (x0_1 - x0_2) / r1
-    return D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1), (D1_0 - D1_1) / (r0 + r1)
+    q = r0 / (r0 + r1)  # D1 = (1 + q) u - q v, D2 = (u - v)/(r0 + r1); u = (x0 - x0_1)/r0, v = (x0_1 - x0_2)/r1
+    cu, cv = A * (1 + q) - B / (r0 + r1), B / (r0 + r1) - A * q
+    return [(cu / r0, x0), (cv / r1 - cu / r0, x0_1), (-cv / r1, x0_2)]
+
+
+def dpm_solver_pp_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, c_t: tuple, c_s: tuple,
+                       s_zero: bool, history: tuple, order: int = 2, sde: bool = False,
+                       generator: torch.Generator | None = None):
+    """``dpm_solver_pp_step`` with precomputed c_t, c_s = (alpha, sigma, lambda/2) at t and s."""
+    (sg_t, lam_t), (a_s, sg_s, lam_s) = c_t[1:], c_s
+    h = lam_s - lam_t
+    x0 = model.x0(x, t)
+    order = 1 if s_zero else min(order, len(history) + 1)
+    new_history = (tuple(history) + ((x0, lam_t),))[-2:]
+    if sde:  # mean = (sg_s/sg_t) e^{-h} x + alpha_s (1 - e^{-2h}) (x0 + D1/2)
+        one_m = -fexpm1(-2 * h)
+        mean = combine(x, [(sg_s / sg_t * fexp(-h), x), (a_s * one_m, x0)]
+                       + _pp_terms(x0, lam_t, h, history, order, 0.5 * a_s * one_m))
+        std = sg_s * fsqrt(one_m)
+        if not is_pos(std):
+            return mean, x0, None, None, new_history
+        std = std if isinstance(std, float) else as_coef_tensor(std, x)
+        return gaussian_sample(mean, std, generator), x0, mean, std, new_history
+    phi_1 = fexpm1(-h)  # x_s = (sg_s/sg_t) x - alpha_s phi_1 x0 - alpha_s phi_1 D1/2 (2M); + 3M's D1, D2 terms
+    A, B = (-0.5 * a_s * phi_1, None) if order == 2 else (a_s * (phi_1 / h + 1), a_s * ((phi_1 / h + 1) / h - 0.5))
+    terms = [(sg_s / sg_t, x), (-a_s * phi_1, x0)] + _pp_terms(x0, lam_t, h, history, order, A, B)
+    return combine(x, terms), x0, None, None, new_history
 
 
 def dpm_solver_pp_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, history: tuple,
                        order: int = 2, sde: bool = False, generator: torch.Generator | None = None):
     """One multistep DPM-Solver++ step (ODE: Lu et al. 2022b, Alg. 2 and 3M; ``sde``: SDE-DPM-Solver++ midpoint,
-    order <= 2).  ``history``: tuple of (x0_hat, lambda) of earlier steps; ``order`` is capped by its length + 1
+    order <= 2).  ``history``: tuple of (x0_hat, lambda/2) of earlier steps; ``order`` is capped by its length + 1
     and is 1 into s = 0.  One evaluation.  Returns (x_s, x0_hat, mean, std, new_history); mean/std None for ODE."""
-    a_t, sg_t = coefs(model, t, x)
-    a_s, sg_s = coefs(model, s, x)
-    lam_t = half_lam(model, t, x)
-    h = half_lam(model, s, x) - lam_t
-    x0 = model.x0(x, t)
-    order = 1 if reaches_zero(s) else min(order, len(history) + 1)
-    D1, D2 = _pp_derivatives(x0, lam_t, h, history, order)
-    new_history = (tuple(history) + ((x0, lam_t),))[-2:]
-    if sde:
-        one_m = -torch.expm1(-2 * h)  # 1 - e^{-2h}
-        mean = sg_s / sg_t * torch.exp(-h) * x + a_s * one_m * x0 + (0 if D1 is None else 0.5 * a_s * one_m * D1)
-        std = sg_s * torch.sqrt(one_m)
-        if not torch.all(std > 0):
-            return mean, x0, None, None, new_history
-        return gaussian_sample(mean, std, generator), x0, mean, std, new_history
-    phi_1 = torch.expm1(-h)
-    x_s = sg_s / sg_t * x - a_s * phi_1 * x0
-    if order == 2:
-        x_s = x_s - 0.5 * a_s * phi_1 * D1
-    elif order == 3:
-        phi_2 = phi_1 / h + 1
-        x_s = x_s + a_s * phi_2 * D1 - a_s * (phi_2 / h - 0.5) * D2
-    return x_s, x0, None, None, new_history
+    p = model.process
+    out = dpm_solver_pp_core(model, x, t, point_coefs(p, t), point_coefs(p, s), reaches_zero(s), history, order,
+                             sde, generator)
+    return out[:3] + (None if out[3] is None else as_coef_tensor(out[3], x),) + out[4:]
 
 
 def _step_order(i: int, n: int, order: int, lower_order_final: bool) -> int:
@@ -223,15 +283,14 @@ def sample_dpm_solver_pp(model: DiffusionModel, x_T: torch.Tensor, ts, *, genera
     if order not in (1, 2, 3) or (sde and order == 3):
         raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3 (1 or 2 with sde=True), got {order}")
     m, ts = prepare(model, x_T, ts)
-    n = ts.shape[0] - 1
+    n, g = ts.shape[0] - 1, GridCoefs(m.process, ts, x_T)
+    ks = [_step_order(i, n, order, lower_order_final) for i in range(n)]
 
     def step(i, x, t, s, history):
-        k = _step_order(i, n, order, lower_order_final)
-        x_s, x0, mean, std, history = dpm_solver_pp_step(m, x, t, s, history, k, sde, generator)
-        return x_s, x0, mean, std, history
+        return dpm_solver_pp_core(m, x, t, g.c(i), g.c(i + 1), g.zero[i + 1], history, ks[i], sde, generator)
 
     return run_steps(m, x_T, ts, step, state=(), callback=callback, return_trajectory=return_trajectory,
-                     progress=progress)
+                     progress=progress, times=g.t)
 
 
 @register("dpm_solver_pp_2m", order=2, evals_per_step=1, stochastic=False, options=("lower_order_final",),

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .._utils import bcast
 from ..denoisers import CountingModel, DiffusionModel
-from .base import Callback, TrajectoryRecorder, check_grid, counted, register, step_times
+from .base import Callback, GridCoefs, TrajectoryRecorder, check_grid, combine, counted, point_coefs, register
 
 # step(i, x, t, s, state) -> (x_next, x0_hat, mean, std, state); mean/std None for deterministic steps
 StepFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, object], tuple]
@@ -65,18 +65,20 @@ def prepare(model: DiffusionModel, x_T: torch.Tensor, ts) -> tuple[CountingModel
 
 
 def run_steps(model: CountingModel, x_T: torch.Tensor, ts: torch.Tensor, step: StepFn, *, state=None,
-              callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False):
+              callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False,
+              times: list | None = None):
     """Loop ``step`` over the grid ``ts`` (already validated) and return x at ts[-1] or a ``Trajectory``.
 
-    ``state`` is explicit multistep history: it goes into each step and comes back out of it."""
+    ``state`` is explicit multistep history: it goes into each step and comes back out of it.  ``times``: the grid
+    times in x's dtype (e.g. ``GridCoefs.t``), made here when not given."""
     nfe0, x = model.nfe, x_T
     rec = TrajectoryRecorder(x_T, ts, return_trajectory)
+    times = list(ts.to(x_T).unbind(0)) if times is None else times
     for i in tqdm(range(ts.shape[0] - 1), disable=not progress, leave=False):
-        t, s = step_times(ts, i, x)
-        x, x0_hat, mean, std, state = step(i, x, t, s, state)
+        x, x0_hat, mean, std, state = step(i, x, times[i], times[i + 1], state)
         rec.add(x, mean, std)
         if callback is not None:
-            callback(dict(i=i, t=s, x=x, x0_hat=x0_hat))
+            callback(dict(i=i, t=times[i + 1], x=x, x0_hat=x0_hat))
     return rec.finish(x, model.nfe - nfe0)
 
 
@@ -98,26 +100,41 @@ def pf_ode_drift(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor) -> tup
     return bcast(f, x) * x - 0.5 * bcast(g2, x) * score, score
 
 
+def euler_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, dt, c_t: tuple, sde_t: tuple):
+    """Euler step of the PF-ODE, x_s = x + dt (f x - g^2/2 score) with dt = s - t < 0, and Tweedie's
+    x0_hat = (x + sigma^2 score)/alpha; c_t = (alpha, sigma, .) and sde_t = (f, g^2) at t (floats or ``[B]``)."""
+    (a, sg), (f, g2) = c_t[:2], sde_t
+    score = model.score(x, t)
+    return combine(x, [(1 + dt * f, x), (-0.5 * dt * g2, score)]), combine(x, [(1 / a, x), (sg**2 / a, score)])
+
+
 def euler_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor):
     """Euler step of the PF-ODE in t: x_s = x + (s - t) dx/dt.  Returns (x_s, x0_hat) with Tweedie's
     x0_hat = (x + sigma^2 score) / alpha (no extra evaluation)."""
-    a, sg = coefs(model, t, x)
-    d, score = pf_ode_drift(model, x, t)
-    return x + bcast(s - t, x) * d, (x + sg**2 * score) / a
+    t64, s64 = torch.as_tensor(t).to(torch.float64), torch.as_tensor(s).to(torch.float64)
+    f, g2 = model.process.sde_coefs(t64)
+    return euler_core(model, x, t, s64 - t64, point_coefs(model.process, t64), (f, g2))
+
+
+def heun_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, c_t: tuple, c_s: tuple,
+              s_zero: bool, second_order: bool = True):
+    """Karras et al. 2022, Alg. 1 (lines 4-8) in x_hat = x/alpha vs sigma_hat = sigma/alpha, where
+    dx_hat/dsigma_hat = eps, with precomputed c_t, c_s = (alpha, sigma, .) at t and s.  Returns (x_s, x0_hat)."""
+    (a_t, sg_t), (a_s, sg_s) = c_t[:2], c_s[:2]
+    dsh = sg_s / a_s - sg_t / a_t
+    eps = model.eps(x, t)  # d_i (line 5)
+    x0 = combine(x, [(1 / a_t, x), (-sg_t / a_t, eps)])
+    if not second_order or s_zero:  # Euler (line 5); no correction into s = 0 (line 6)
+        return combine(x, [(a_s / a_t, x), (a_s * dsh, eps)]), x0
+    eps_next = model.eps(combine(x, [(a_s / a_t, x), (a_s * dsh, eps)]), s)  # d'_i (line 7)
+    return combine(x, [(a_s / a_t, x), (0.5 * a_s * dsh, eps), (0.5 * a_s * dsh, eps_next)]), x0  # line 8
 
 
 def heun_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, second_order: bool = True):
     """Karras et al. 2022, Alg. 1 (lines 4-8) in x_hat = x/alpha vs sigma_hat = sigma/alpha, where
     dx_hat/dsigma_hat = eps.  The correction is skipped when s = 0 (Alg. 1, line 6).  Returns (x_s, x0_hat)."""
-    a_t, sg_t = coefs(model, t, x)
-    a_s, sg_s = coefs(model, s, x)
-    dsh = sg_s / a_s - sg_t / a_t
-    eps = model.eps(x, t)  # d_i (line 5)
-    x_hat_next = x / a_t + dsh * eps  # Euler (line 5)
-    if not second_order or reaches_zero(s):
-        return a_s * x_hat_next, (x - sg_t * eps) / a_t
-    eps_next = model.eps(a_s * x_hat_next, s)  # d'_i (line 7)
-    return a_s * (x / a_t + dsh * 0.5 * (eps + eps_next)), (x - sg_t * eps) / a_t  # line 8
+    p = model.process
+    return heun_core(model, x, t, s, point_coefs(p, t), point_coefs(p, s), reaches_zero(s), second_order)
 
 
 def dopri5_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
@@ -163,12 +180,17 @@ def sample_euler(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: tor
     """Euler on the probability-flow ODE in t over the grid ``ts`` (``[n+1]`` or ``[n+1, B]``); x_T ``[B, ...]``.
     NFE = n.  Returns x at ts[-1] ``[B, ...]`` or a ``Trajectory``."""
     m, ts = prepare(model, x_T, ts)
+    g = GridCoefs(m.process, ts, x_T)
+    f, g2 = g.sde()
+    dts = list((g.ts64[1:] - g.ts64[:-1]).to(x_T.device).unbind(0)) if g.per_sample else \
+        [s - t for t, s in zip(g.ts64.tolist()[:-1], g.ts64.tolist()[1:], strict=True)]
 
     def step(i, x, t, s, state):
-        x_s, x0 = euler_step(m, x, t, s)
+        x_s, x0 = euler_core(m, x, t, dts[i], g.c(i), (f[i], g2[i]))
         return x_s, x0, None, None, state
 
-    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress)
+    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress,
+                     times=g.t)
 
 
 @register("heun", order=2, evals_per_step=2, stochastic=False, options=(),
@@ -177,12 +199,14 @@ def sample_heun(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torc
                 callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False):
     """Heun's 2nd-order method (Karras Alg. 1) in the scaled variable.  NFE = 2n, or 2n - 1 when ts[-1] = 0."""
     m, ts = prepare(model, x_T, ts)
+    g = GridCoefs(m.process, ts, x_T)
 
     def step(i, x, t, s, state):
-        x_s, x0 = heun_step(m, x, t, s)
+        x_s, x0 = heun_core(m, x, t, s, g.c(i), g.c(i + 1), g.zero[i + 1])
         return x_s, x0, None, None, state
 
-    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress)
+    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress,
+                     times=g.t)
 
 
 @register("dopri5", order=5, evals_per_step=math.nan, stochastic=False, options=("rtol", "atol"),
@@ -221,11 +245,15 @@ def sample_edm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch
     if S_churn < 0 or S_noise < 0 or S_tmin < 0 or S_tmax < S_tmin:
         raise ValueError("need S_churn >= 0, S_noise >= 0 and 0 <= S_tmin <= S_tmax")
     m, ts = prepare(model, x_T, ts)
-    n = ts.shape[0] - 1
+    n, g = ts.shape[0] - 1, GridCoefs(m.process, ts, x_T)
 
     def step(i, x, t, s, state):
         gamma = edm_gamma(m, t, n, S_churn, S_tmin, S_tmax)
-        x_s, x0 = edm_churn_step(m, x, t, s, gamma, S_noise, generator)
+        if torch.any(gamma > 0):
+            x_s, x0 = edm_churn_step(m, x, t, s, gamma, S_noise, generator)
+        else:
+            x_s, x0 = heun_core(m, x, t, s, g.c(i), g.c(i + 1), g.zero[i + 1])
         return x_s, x0, None, None, state
 
-    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress)
+    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress,
+                     times=g.t)

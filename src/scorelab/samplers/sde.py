@@ -36,12 +36,14 @@ from .._utils import bcast
 from ..denoisers import DiffusionModel
 from .base import (
     Callback,
+    GridCoefs,
     TrajectoryRecorder,
     check_grid,
+    combine,
     counted,
+    fsqrt,
     gaussian_sample,
     register,
-    step_times,
 )
 
 VARIANCES = ("small", "large")
@@ -58,13 +60,13 @@ def prepare(model: DiffusionModel, x_T: torch.Tensor, ts) -> tuple:
     return counted(model), ts
 
 
-def draw(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """``gaussian_sample`` with a scalar or ``[B]`` std broadcast against ``mean`` ``[B, ...]``."""
-    return gaussian_sample(mean, bcast(std, mean), generator)
+def draw(mean: torch.Tensor, std: torch.Tensor | float, generator: torch.Generator | None) -> torch.Tensor:
+    """``gaussian_sample`` with a float, scalar or ``[B]`` std broadcast against ``mean`` ``[B, ...]``."""
+    return gaussian_sample(mean, std if isinstance(std, float) else bcast(std, mean), generator)
 
 
-def is_positive(std: torch.Tensor) -> bool:
-    return bool(torch.all(torch.as_tensor(std) > 0))
+def is_positive(std: torch.Tensor | float) -> bool:
+    return std > 0 if isinstance(std, float) else bool(torch.all(torch.as_tensor(std) > 0))
 
 
 def posterior_coefs(process, t: torch.Tensor, s: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -106,14 +108,14 @@ def ddpm_transition(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: 
 
 def run_chain(model, x_T, ts, step: Callable, *, generator, callback, return_trajectory, noise_last: bool,
               progress: bool, desc: str):
-    """Loop over the grid with ``step(model, x, t, s) -> (mean, std, x0_hat)``; add noise unless it is the last step
-    and ``noise_last`` is False (or std is 0).  Records each Gaussian transition in the trajectory."""
+    """Loop over the grid with ``step(model, x, t, s, i, g) -> (mean, std, x0_hat)`` (``g``: the grid's
+    ``GridCoefs``, ``i`` the step index); add noise unless it is the last step and ``noise_last`` is False (or std
+    is 0).  Records each Gaussian transition in the trajectory."""
     model, ts = prepare(model, x_T, ts)
-    x, n = x_T, ts.shape[0] - 1
+    x, n, g = x_T, ts.shape[0] - 1, GridCoefs(model.process, ts, x_T)
     rec = TrajectoryRecorder(x_T, ts, return_trajectory)
     for i in tqdm(range(n), desc=desc, disable=not progress, leave=False):
-        t, s = step_times(ts, i, x)
-        mean, std, x0_hat = step(model, x, t, s)
+        mean, std, x0_hat = step(model, x, g.t[i], g.t[i + 1], i, g)
         if (i < n - 1 or noise_last) and is_positive(std):
             x = draw(mean, std, generator)
             rec.add(x, mean, std)
@@ -121,8 +123,27 @@ def run_chain(model, x_T, ts, step: Callable, *, generator, callback, return_tra
             x = mean
             rec.add(x)
         if callback is not None:
-            callback(dict(i=i, t=s, x=x, x0_hat=x0_hat))
+            callback(dict(i=i, t=g.t[i + 1], x=x, x0_hat=x0_hat))
     return rec.finish(x, model.nfe)
+
+
+def _grid_posterior(g: GridCoefs, variance: str) -> list:
+    """``posterior_coefs`` of every step (c_x, c_0, std), computed once: floats (1-D grid) or ``[B]`` tensors."""
+    key = "_post_" + variance
+    if key not in g.__dict__:
+        c = posterior_coefs(g.process, g.ts64[:-1], g.ts64[1:])
+        c = {k: v.tolist() if not g.per_sample else list(v.to(g.device).unbind(0)) for k, v in c.items()}
+        g.__dict__[key] = c["c_x"], c["c_0"], [fsqrt(v) for v in c["var_" + variance]]
+    return g.__dict__[key]
+
+
+def _ddpm_grid_step(variance: str):
+    def step(model, x, t, s, i, g):
+        c_x, c_0, std = _grid_posterior(g, variance)
+        x0_hat = model.x0(x, t)
+        return combine(x, [(c_x[i], x), (c_0[i], x0_hat)]), std[i], x0_hat
+
+    return step
 
 
 @register("ddpm", order=1, evals_per_step=1, stochastic=True, options=("variance", "noise_last"),
@@ -137,12 +158,20 @@ def sample_ddpm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torc
     sampler does, so every step is a Gaussian policy).  NFE = n.  Returns x at ts[-1] ``[B, ...]`` or a Trajectory."""
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; expected one of {VARIANCES}")
-    return run_chain(model, x_T, ts, lambda m, x, t, s: _ddpm_step(m, x, t, s, variance), generator=generator,
+    return run_chain(model, x_T, ts, _ddpm_grid_step(variance), generator=generator,
                      callback=callback, return_trajectory=return_trajectory, noise_last=noise_last,
                      progress=progress, desc="ddpm")
 
 
 # -- Euler-Maruyama on the reverse SDE -------------------------------------------------------------
+def _em_core(model, x, t, h, c_t, sde_t):
+    """mean = (1 - f h) x + g^2 h score, std = sqrt(g^2 h), x0_hat = (x + sigma^2 score)/alpha (h = t - s)."""
+    (a, sig), (f, g2) = c_t[:2], sde_t
+    score = model.score(x, t)
+    mean = combine(x, [(1 - f * h, x), (g2 * h, score)])
+    return mean, fsqrt(g2 * h), combine(x, [(1 / a, x), (sig**2 / a, score)])
+
+
 def _em_step(model, x, t, s):
     p = model.process
     h = t - s
@@ -151,6 +180,15 @@ def _em_step(model, x, t, s):
     mean = x - (f * x - bcast(g2, x) * score) * bcast(h, x)
     a, sig = bcast(p.alpha(t).to(x.dtype), x), bcast(p.sigma(t).to(x.dtype), x)
     return mean, torch.sqrt(g2 * h), (x + sig**2 * score) / a
+
+
+def _em_grid_step(model, x, t, s, i, g):
+    if "_sde" not in g.__dict__:
+        g.__dict__["_sde"] = g.sde()
+        g.__dict__["_h"] = (g.ts64[:-1] - g.ts64[1:]).tolist() if not g.per_sample else \
+            list((g.ts64[:-1] - g.ts64[1:]).to(g.device).unbind(0))
+    f, g2 = g.__dict__["_sde"]
+    return _em_core(model, x, t, g.__dict__["_h"][i], g.c(i), (f[i], g2[i]))
 
 
 def euler_maruyama_transition(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor,
@@ -170,6 +208,6 @@ def sample_euler_maruyama(model: DiffusionModel, x_T: torch.Tensor, ts, *, gener
 
     ``noise_last=False`` returns the last step's mean (Song et al.'s code: no noise on the final step).
     Returns x at ts[-1] ``[B, ...]`` or a Trajectory."""
-    return run_chain(model, x_T, ts, _em_step, generator=generator, callback=callback,
+    return run_chain(model, x_T, ts, _em_grid_step, generator=generator, callback=callback,
                      return_trajectory=return_trajectory, noise_last=noise_last, progress=progress,
                      desc="euler_maruyama")

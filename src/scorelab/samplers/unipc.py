@@ -50,7 +50,7 @@ import torch
 
 from .._utils import bcast
 from ..denoisers import DiffusionModel
-from .base import Callback, register
+from .base import Callback, GridCoefs, register
 from .ode import prepare, reaches_zero, run_steps
 
 VARIANTS = ("bh1", "bh2")
@@ -142,17 +142,24 @@ def uni_update(x: torch.Tensor, c_t: tuple, c_s: tuple, history: tuple, k: int, 
 
 
 def unipc_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, state: UniPCState,
-               order: int = 3, variant: str = "bh1", use_corrector: bool = True):
+               order: int = 3, variant: str = "bh1", use_corrector: bool = True, c_t: tuple | None = None,
+               c_s: tuple | None = None, s_zero: bool | None = None):
     """One UniPC step t -> s: evaluate x0_hat(x, t), correct x with UniC of the previous step's order (when
     ``state.last`` holds that step and ``use_corrector``), predict with UniP of ``order`` (capped by the history;
-    1 into s = 0).  One evaluation.  Returns (x_s, x0_hat, new_state)."""
+    1 into s = 0).  ``c_t``, ``c_s``, ``s_zero``: (alpha, sigma, lam) at t and s and whether s = 0, when
+    precomputed (the sampler passes its grid's: the values ``_coefs64`` gives).  One evaluation.
+    Returns (x_s, x0_hat, new_state)."""
     x0 = model.x0(x, t)
-    c_t, c_s = (state.last[3] if state.last is not None else _coefs64(model, t)), _coefs64(model, s)
+    if state.last is not None:
+        c_t = state.last[3]
+    elif c_t is None:
+        c_t = _coefs64(model, t)
+    c_s = _coefs64(model, s) if c_s is None else c_s
     if use_corrector and state.last is not None:
         x_prev, c_prev, k_prev = state.last[:3]
         x = uni_update(x_prev, c_prev, c_t, state.history, k_prev, variant, m_new=x0)
     history = (tuple(state.history) + ((x0, c_t[2]),))[-3:]
-    k = 1 if _is_zero(s) else min(order, len(history))
+    k = 1 if (_is_zero(s) if s_zero is None else s_zero) else min(order, len(history))
     return uni_update(x, c_t, c_s, history, k, variant), x0, UniPCState(history, (x, c_t, k, c_s))
 
 
@@ -181,15 +188,16 @@ def sample_unipc(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: tor
     if variant not in VARIANTS:
         raise ValueError(f"UniPC variant must be one of {VARIANTS}, got {variant!r}")
     m, ts = prepare(model, x_T, ts)
-    n = ts.shape[0] - 1
+    n, g = ts.shape[0] - 1, GridCoefs(m.process, ts, x_T)
+    ks = [_step_order(i, n, order, lower_order_final) for i in range(n)]
 
     def step(i, x, t, s, state):
-        k = _step_order(i, n, order, lower_order_final)
-        x_s, x0, state = unipc_step(m, x, t, s, state, k, variant, use_corrector)
+        x_s, x0, state = unipc_step(m, x, t, s, state, ks[i], variant, use_corrector, g.c(i), g.c(i + 1),
+                                    g.zero[i + 1])
         return x_s, x0, None, None, state
 
     return run_steps(m, x_T, ts, step, state=UniPCState(), callback=callback, return_trajectory=return_trajectory,
-                     progress=progress)
+                     progress=progress, times=g.t)
 
 
 @register("unipc_bh2", order=3, evals_per_step=1, stochastic=False,
