@@ -170,19 +170,45 @@ def check_sw2(gm: GaussianMixture) -> float:
 
 
 # -- scorelab side --------------------------------------------------------------------------------------------------
+# public sampler options and grid parameters swept for the high-order multistep solvers (as diffusers' side sweeps
+# solver_order / solver_type / sigma spacings): (label suffix, sampler options, grid keywords)
+VARIANTS = {
+    "unipc": [("order=2", {"order": 2}, {}), ("bh2", {"variant": "bh2"}, {}),
+              ("order=2,bh2", {"order": 2, "variant": "bh2"}, {})],
+    "unipc_bh2": [("order=3", {"order": 3}, {})],
+}
+RHO_SAMPLERS = ("ddim", "dpm_solver_2", "dpm_solver_3", "dpm_solver_pp_2m", "dpm_solver_pp_3m", "unipc", "unipc_bh2")
+RHOS = (3.0, 5.0)
+
+
 def scorelab_configs(quick: bool) -> list[dict]:
-    """Every fixed-step sampler x grid x final step to 0 (the dev stage sweeps them all)."""
+    """Every fixed-step sampler x grid x final step to 0, plus public option variants (``VARIANTS``) and Karras rho
+    in ``RHOS`` for the high-order solvers (the dev stage sweeps them all)."""
     names = [n for n in SAMPLERS if n not in SKIP]
     grids = ("uniform_log_snr", "karras") if quick else GRIDS
-    return [{"lib": "scorelab", "method": n, "grid": g, "final_zero": fz, "label": g + ("+0" if fz else "")}
-            for n in names for g in grids for fz in (False, True)]
+    out = []
+    for n in names:
+        variants = [("", {}, {})] + ([] if quick else VARIANTS.get(n, []))
+        for suffix, opts, gkw in variants:
+            for g in grids:
+                for fz in (False, True):
+                    label = ",".join(filter(None, [g + ("+0" if fz else ""), suffix]))
+                    out.append({"lib": "scorelab", "method": n, "grid": g, "final_zero": fz, "label": label,
+                                "opts": opts, "grid_kw": gkw})
+            if n in RHO_SAMPLERS and not quick:
+                for rho in RHOS:
+                    for fz in (False, True):
+                        label = ",".join(filter(None, [f"karras{'+0' if fz else ''},rho={rho:g}", suffix]))
+                        out.append({"lib": "scorelab", "method": n, "grid": "karras", "final_zero": fz,
+                                    "label": label, "opts": opts, "grid_kw": {**gkw, "rho": rho}})
+    return out
 
 
 def run_scorelab(cfg: dict, model: DiffusionModel, x_T: torch.Tensor, nfe: int, seed: int):
     """One scorelab run within the NFE budget -> (x_0 [B, d], NFE counted)."""
     name, p = cfg["method"], model.process
-    opts = dict(SAMPLER_OPTS.get(name, {}))
-    grid_kw = {k: opts[k] for k in ("K", "n_restart") if k in opts}
+    opts = {**SAMPLER_OPTS.get(name, {}), **cfg.get("opts", {})}
+    grid_kw = {**{k: opts[k] for k in ("K", "n_restart") if k in opts}, **cfg.get("grid_kw", {})}
     ts, _, extra = grid_for_nfe(name, p, nfe, cfg["grid"], return_opts=True, final_zero=cfg["final_zero"], **grid_kw)
     if name == "analytic_dpm":  # Gamma_t at the grid times from fresh data (a precomputation, not counted as NFE)
         from scorelab.analytic_dpm import estimate_gamma

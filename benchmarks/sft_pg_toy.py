@@ -231,6 +231,28 @@ def plot(runs_by_data: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_curves(runs_by_data: dict, fl: dict, path: Path) -> None:
+    """The fine-tuning curve: the paper's metric (on the EMA weights) against the epoch, one line per seed, with the
+    two-sample floor as a band."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs_by_data), figsize=(5.5 * len(runs_by_data), 3.6), squeeze=False)
+    for ax, (name, runs) in zip(axes[0], runs_by_data.items(), strict=True):
+        for seed, run in runs:
+            hist = [h for h in run["rows"]["SFT-PG(B) T=10"]["history"] if "metric" in h]
+            ax.plot([h["epoch"] for h in hist], [100 * h["metric"] for h in hist], marker=".", label=f"seed {seed}")
+        f = fl[name]["paper_sw2"]
+        ax.axhspan(100 * (f["mean"] - f["std"]), 100 * (f["mean"] + f["std"]), color="grey", alpha=0.3,
+                   label="two-sample floor")
+        ax.set(yscale="log", xlabel="epoch", ylabel="paper metric (x1e-2)", title=f"{name}: SFT-PG (B), T = 10")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
@@ -266,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {name: [run_one(name, s, args) for s in args.seeds] for name in args.datasets}
     out = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "anchor": ANCHOR,
            "floors": {}, "summary": {}, "runs": {}}
-    plots = {}
+    plots, curves = {}, {}
     for name in args.datasets:
         fpath = args.work / f"{name}_floors_{args.floor_repeats}.json"
         if not fpath.exists():
@@ -277,8 +299,10 @@ def main(argv: list[str] | None = None) -> dict:
         out["summary"][name] = summarise(runs)
         out["runs"][name] = [{"seed": s, "rows": r["rows"]} for s, r in zip(args.seeds, runs, strict=True)]
         plots[name] = runs[0]
+        curves[name] = list(zip(args.seeds, runs, strict=True))
     out["wall_time_s_this_call"] = time.perf_counter() - t0
     plot(plots, RESULTS / f"{stem}.png")
+    plot_curves(curves, out["floors"], RESULTS / f"{stem}_curve.png")
     write_results(stem, out, markdown(out["summary"], out["floors"], args))
     return out
 
