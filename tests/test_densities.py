@@ -4,6 +4,7 @@ recovering log Z, and validation of user targets."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -244,6 +245,59 @@ def test_short_training_recovers_log_Z_of_a_gaussian(method, loss, kw):
     assert abs(log_Z_is(after) - t.log_Z) < 0.05 and ess(after) > 0.5
 
 
+@pytest.mark.parametrize("method", ["dis", "pis", "dds"])
+def test_exploration_paths_carry_their_own_unbiased_weights(method):
+    """Behaviour paths with noise x 1.5 (off-policy LV): simulate's log w is then the behaviour's importance
+    weight, E[w] = Z exactly (K = 4, a non-optimal sampler); the LV loss re-evaluates the sampler's own log p on
+    these paths, which differs from the behaviour's."""
+    from scorelab.densities import log_variance_loss
+    t = gaussian([0.7], [[0.6]], log_Z=-0.4)
+    s, _ = _optimal(method, t.mixture, 4)
+    beh = s.simulate(t, 200_000, torch.Generator().manual_seed(0), F64, noise_scale=1.5)
+    w = torch.exp(beh.log_w - t.log_Z)
+    assert abs(float(w.mean()) - 1.0) < 4 * float(w.std()) / math.sqrt(len(w))
+    s = {"dis": DIS, "pis": PIS, "dds": DDS}[method](1, 4, hidden=8).double()
+    on, p_on = log_variance_loss(s, t, 64, torch.Generator().manual_seed(1), F64)
+    assert torch.allclose(p_on.log_p, s.simulate(t, 64, torch.Generator().manual_seed(1), F64).log_p, atol=1e-9)
+    _, p_off = log_variance_loss(s, t, 64, torch.Generator().manual_seed(1), F64, explore=1.5)
+    beh = s.simulate(t, 64, torch.Generator().manual_seed(1), F64, noise_scale=1.5)
+    assert torch.allclose(p_off.xs, beh.xs) and not torch.allclose(p_off.log_p, beh.log_p)
+    with pytest.raises(ValueError, match="noise_scale"):
+        s.simulate(t, 4, None, F64, noise_scale=0.0)
+
+
+def test_training_with_exploration_and_ema_recovers_log_Z():
+    """Off-policy LV (behaviour noise 1.5 -> 1) with an EMA of the weights on exp(1.3) N(m, S)."""
+    t = gaussian(**G2)
+    torch.manual_seed(0)
+    s = DDS(2, 20, hidden=32)
+    g = torch.Generator().manual_seed(0)
+    train(s, t, loss="lv", iterations=100, batch=128, lr=1e-2, lr_final=1e-3, generator=g, progress=False,
+          explore=1.5, ema=0.9)
+    after = s.sample(t, 4000, torch.Generator().manual_seed(5)).log_w
+    assert abs(log_Z_is(after) - t.log_Z) < 0.05 and ess(after) > 0.5
+    with pytest.raises(ValueError, match="explore"):
+        train(s, t, loss="kl", iterations=1, batch=8, explore=2.0, progress=False)
+    with pytest.raises(ValueError, match="ema"):
+        train(s, t, iterations=1, batch=8, ema=1.0, progress=False)
+
+
+def test_ema_is_the_exponential_average_of_the_iterates():
+    """With a constant lr the k-step run's weights are the k-th iterate of any longer run (same seeds), so the EMA
+    after 3 steps is 0.9 (0.9 th1 + 0.1 th2) + 0.1 th3."""
+    t = gaussian(**G2)
+
+    def fit(n, ema=None):
+        torch.manual_seed(0)
+        s = PIS(2, 5, hidden=8)
+        train(s, t, iterations=n, batch=16, lr=1e-2, generator=torch.Generator().manual_seed(0), progress=False,
+              ema=ema)
+        return torch.nn.utils.parameters_to_vector(s.parameters()).detach()
+
+    th1, th2, th3 = fit(1), fit(2), fit(3)
+    assert torch.allclose(fit(3, ema=0.9), 0.9 * (0.9 * th1 + 0.1 * th2) + 0.1 * th3, atol=1e-6)
+
+
 def test_run_writes_samples_plot_and_report(tmp_path):
     cfg = DensityConfig(target="gmm9", method="dds", loss="lv", steps=10, iterations=3, batch=32, eval_samples=256,
                         progress=False)
@@ -253,6 +307,10 @@ def test_run_writes_samples_plot_and_report(tmp_path):
     assert {p.split("/")[-1] for p in r["files"]} == {"samples.safetensors", "samples.png", "report.json"}
     from safetensors.torch import load_file
     assert load_file(tmp_path / "samples.safetensors")["x"].shape == (256, 2)
+    r = run(replace(cfg, eval_repeats=3))
+    lz = torch.tensor(r["metrics"]["log_Z_hat_reps"], dtype=F64)
+    assert len(lz) == 3 and abs(r["metrics"]["log_Z_hat_pooled"] - float(torch.logsumexp(lz, 0) - math.log(3))) < 1e-12
+    assert abs(r["metrics"]["log_Z_hat_sd"] - float(lz.std())) < 1e-12
     with pytest.raises(ValueError, match="unknown method"):
         DensityConfig(method="nope")
     with pytest.raises(ValueError, match="unknown loss"):

@@ -471,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--target", required=True)
     sp.add_argument("--method", choices=["dis", "pis", "dds"], default="dis")
     sp.add_argument("--loss", choices=["kl", "lv"], default="lv")
-    sp.add_argument("--steps", type=positive_int, default=100, help="SDE discretisation steps")
+    sp.add_argument("--steps", type=positive_int, default=200,
+                    help="SDE discretisation steps (at 100 even the optimal control caps GMM-9 ESS near 0.87)")
     sp.add_argument("--iterations", type=positive_int, default=2000)
     sp.add_argument("--batch", type=positive_int, default=512)
     sp.add_argument("--dim", type=positive_int, default=None, help="dimension of a user target")

@@ -126,16 +126,20 @@ class DiffusionSampler(nn.Module):
         return lambda x, k, sc: net(x, s[k], sc)
 
     def simulate(self, target, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-                 keep_scores: bool = False) -> PathSample:
+                 keep_scores: bool = False, noise_scale: float = 1.0) -> PathSample:
         """Euler / exponential-integrator rollout of n paths; differentiable if grad mode is on (KL loss).
 
         All increments xi ``[K, n, d]`` are drawn in one call; log F_k(X_{k+1} | X_k) = -|xi_k|^2 / 2 - d log std_k
-        - d/2 log 2 pi does not involve the network, so log p is summed once after the loop."""
+        - d/2 log 2 pi does not involve the network, so log p is summed once after the loop.  ``noise_scale`` != 1
+        simulates the *behaviour* process with kernel std ``noise_scale * std_k`` (exploration for the off-policy
+        log-variance loss); log_p is then the behaviour's path density."""
         if target.dim != self.dim:
             raise ValueError(f"target has dimension {target.dim}, sampler was built for {self.dim}")
+        if not noise_scale > 0:
+            raise ValueError(f"noise_scale must be > 0, got {noise_scale}")
         x = self.prior_sample(n, generator, dtype)
         xi = torch.randn((self.K, n, self.dim), generator=generator, dtype=dtype, device=x.device)
-        std = self._coef("std", x)
+        std = self._coef("std", x) * noise_scale
         noise = xi * std[:, None, None]
         c1, c2 = self.c1.tolist(), self.c2.tolist()  # Python floats: cheapest scalar products
         v_at = self._control(self._coef("s", x)[:-1])
@@ -189,12 +193,14 @@ def kl_loss(sampler: DiffusionSampler, target, n: int, generator: torch.Generato
 
 
 def log_variance_loss(sampler: DiffusionSampler, target, n: int, generator: torch.Generator | None = None,
-                      dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, PathSample]:
-    """Log-variance loss (Richter & Berner 2024, eq. 8 with the on-policy detached reference): per-example
-    (log w - mean log w)^2 ``[B]`` on detached trajectories; mean = Var(log w).  Its gradient equals that of the
-    variance since the centred residuals sum to zero."""
+                      dtype: torch.dtype = torch.float32, explore: float = 1.0) -> tuple[torch.Tensor, PathSample]:
+    """Log-variance loss (Richter & Berner 2024, eq. 8): per-example (log w - mean log w)^2 ``[B]`` on detached
+    trajectories; mean = Var(log w).  Its gradient equals that of the variance since the centred residuals sum to
+    zero.  The paths come from the detached sampler itself (``explore`` = 1, on-policy) or from a behaviour process
+    with ``explore`` times its noise (off-policy exploration: the loss vanishes only at the optimal control for any
+    reference path measure, Richter & Berner 2024, Sec. 3); log w is always that of the current sampler."""
     with torch.no_grad():
-        path = sampler.simulate(target, n, generator, dtype, keep_scores=True)
+        path = sampler.simulate(target, n, generator, dtype, keep_scores=True, noise_scale=explore)
     log_w, log_p = sampler.log_weight(target, path)
     path = PathSample(path.xs, path.log_q, log_p.detach(), None)
     return (log_w - log_w.mean().detach()).pow(2), path

@@ -8,6 +8,7 @@ target's log Z is known, |Delta log Z| (estimators.py).
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import tempfile
@@ -35,6 +36,9 @@ class DensityConfig:
     ``target``: a name from ``targets.TARGETS`` or ``package.module:function`` (then ``dim`` is required).
     ``method_kwargs``: extra sampler options, e.g. ``{"sigma": 2.0}`` for PIS/DDS, ``{"prior_std": 2.0}`` for DIS.
     ``time_limit``: optional cap on training time (seconds) on ``time_clock`` ("wall" or "cpu", see ``train``).
+    ``eval_repeats``: independent evaluations of ``eval_samples`` paths each; the report then adds their spread
+    (``log_Z_hat_sd``: the statistical error of one estimate) and the pooled estimate over all of them.
+    ``explore``, ``ema``: off-policy exploration factor (LV only) and weight EMA decay, see ``train``.
     """
 
     target: str = "gmm9"
@@ -50,9 +54,12 @@ class DensityConfig:
     hidden: int = 64
     layers: int = 2
     eval_samples: int = 4096
+    eval_repeats: int = 1
     time_limit: float | None = None
     time_clock: str = "wall"
     progress: bool = True
+    explore: float = 1.0
+    ema: float | None = None
     method_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -60,7 +67,7 @@ class DensityConfig:
             raise ValueError(f"unknown method {self.method!r}; expected one of {sorted(METHODS)}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; expected one of {sorted(LOSSES)}")
-        for k in ("steps", "batch", "eval_samples"):
+        for k in ("steps", "batch", "eval_samples", "eval_repeats"):
             if int(getattr(self, k)) != getattr(self, k) or getattr(self, k) < 1:
                 raise ValueError(f"{k} must be a positive integer, got {getattr(self, k)}")
         if self.time_clock not in ("wall", "cpu"):
@@ -78,6 +85,21 @@ def build(config: DensityConfig):
     return target, sampler
 
 
+def evaluate_repeated(sampler, target, n: int, repeats: int, generator: torch.Generator):
+    """``evaluate`` ``repeats`` times (n paths each): metrics of the first, plus (repeats > 1) the list of log Z-hat and
+    ESS, the sample std of log Z-hat (error of one n-path estimate) and the pooled estimate over repeats * n paths."""
+    metrics, x = evaluate(sampler, target, n, generator)
+    if repeats > 1:
+        reps = [metrics] + [evaluate(sampler, target, n, generator)[0] for _ in range(repeats - 1)]
+        lz = torch.tensor([m["log_Z_hat"] for m in reps], dtype=torch.float64)
+        metrics["log_Z_hat_reps"], metrics["ess_reps"] = lz.tolist(), [m["ess"] for m in reps]
+        metrics["log_Z_hat_sd"] = float(lz.std())
+        metrics["log_Z_hat_pooled"] = float(torch.logsumexp(lz, 0) - math.log(repeats))  # = IS over all paths
+        if target.log_Z is not None:
+            metrics["dlogZ_is_pooled"] = abs(metrics["log_Z_hat_pooled"] - target.log_Z)
+    return metrics, x
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     with os.fdopen(fd, "wb") as f:
@@ -91,9 +113,9 @@ def run(config: DensityConfig, out_dir: str | os.PathLike | None = None) -> dict
     gen = torch.Generator().manual_seed(config.seed)
     hist = train(sampler, target, loss=config.loss, iterations=config.iterations, batch=config.batch, lr=config.lr,
                  lr_final=config.lr_final, generator=gen, progress=config.progress, time_limit=config.time_limit,
-                 clock=config.time_clock)
+                 clock=config.time_clock, explore=config.explore, ema=config.ema)
     t0 = time.perf_counter()
-    metrics, x = evaluate(sampler, target, config.eval_samples, gen)
+    metrics, x = evaluate_repeated(sampler, target, config.eval_samples, config.eval_repeats, gen)
     report = {"config": asdict(config), "metrics": metrics, "train_time_s": hist.wall_time,
               "train_cpu_s": hist.cpu_time, "threads": torch.get_num_threads(),
               "iterations_done": hist.iterations, "it_per_s": hist.iterations / max(hist.wall_time, 1e-9),

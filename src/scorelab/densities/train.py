@@ -42,14 +42,21 @@ class TrainHistory:
 def train(sampler: DiffusionSampler, target, *, loss: str = "lv", iterations: int = 1000, batch: int = 512,
           lr: float = 1e-3, lr_final: float | None = None, grad_clip: float = 10.0,
           generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32, progress: bool = True,
-          time_limit: float | None = None, clock: str = "wall") -> TrainHistory:
+          time_limit: float | None = None, clock: str = "wall", explore: float = 1.0,
+          ema: float | None = None) -> TrainHistory:
     """Train ``sampler.net`` in place; returns a ``TrainHistory``.
 
     Args:
         loss: "kl" (reverse KL, backprop through time) or "lv" (log-variance, detached paths).
-        lr_final: if given, cosine decay from ``lr`` to ``lr_final`` over ``iterations``.
+        lr_final: if given, cosine decay from ``lr`` to ``lr_final`` over the budget: the fraction done is the larger
+            of iterations done / ``iterations`` and elapsed / ``time_limit`` (so a time-capped run still anneals).
         time_limit: stop after this many seconds of training, if given, measured on ``clock``: "wall" (wall clock)
             or "cpu" (CPU time of this process: on a shared machine, the time the run would take on idle cores).
+        explore: LV only: behaviour noise factor at the first iteration, decayed linearly to 1 over the budget
+            (off-policy exploration, ``log_variance_loss``); the logged log Z-hat / ESS of such batches are not the
+            sampler's.
+        ema: if given, an exponential moving average of the weights with this decay is kept and copied into the
+            sampler at the end (also when stopped by ``time_limit``).
     """
     if clock not in ("wall", "cpu"):
         raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
@@ -57,18 +64,30 @@ def train(sampler: DiffusionSampler, target, *, loss: str = "lv", iterations: in
         raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}")
     if iterations < 0 or batch < 2:
         raise ValueError(f"need iterations >= 0 and batch >= 2, got {iterations}, {batch}")
+    if not explore > 0 or (explore != 1.0 and loss != "lv"):
+        raise ValueError(f"explore must be > 0 and needs loss='lv' when != 1, got {explore} with loss {loss!r}")
+    if ema is not None and not 0.0 < ema < 1.0:
+        raise ValueError(f"ema decay must be in (0, 1), got {ema}")
     loss_fn = LOSSES[loss]
     params = [p for p in sampler.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
-    sched = None
-    if lr_final is not None:
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iterations, 1), eta_min=lr_final)
     hist, t0, c0 = TrainHistory(), time.perf_counter(), time.process_time()
     elapsed = (lambda: time.perf_counter() - t0) if clock == "wall" else (lambda: time.process_time() - c0)
+
+    def progress_frac(it: int) -> float:  # fraction of the budget used: iterations or time, whichever is further
+        f = it / max(iterations, 1)
+        return min(1.0, max(f, elapsed() / time_limit) if time_limit else f)
     run_lz, run_ess = None, None
     bar = tqdm(range(iterations), disable=not progress, desc=f"{sampler.name}/{loss}", leave=False)
-    for _ in bar:
-        values, path = loss_fn(sampler, target, batch, generator, dtype)
+    avg = torch.optim.swa_utils.AveragedModel(
+        sampler, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema)) if ema is not None else None
+    for it in bar:
+        frac = progress_frac(it)
+        if lr_final is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr_final + 0.5 * (lr - lr_final) * (1 + math.cos(math.pi * frac))
+        lam = 1.0 + (explore - 1.0) * (1.0 - frac)
+        values, path = loss_fn(sampler, target, batch, generator, dtype, **({"explore": lam} if lam != 1.0 else {}))
         finite = torch.isfinite(values)
         obj = values[finite].mean() if finite.any() else values.sum() * 0.0
         opt.zero_grad(set_to_none=True)
@@ -76,8 +95,8 @@ def train(sampler: DiffusionSampler, target, *, loss: str = "lv", iterations: in
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
         if all(p.grad is None or torch.isfinite(p.grad).all() for p in params):
             opt.step()
-        if sched is not None:
-            sched.step()
+            if avg is not None:
+                avg.update_parameters(sampler)
         lz, e = log_Z_is(path.log_w), ess(path.log_w)
         run_lz = lz if run_lz is None or not math.isfinite(run_lz) else 0.95 * run_lz + 0.05 * lz
         run_ess = e if run_ess is None else 0.95 * run_ess + 0.05 * e
@@ -88,5 +107,7 @@ def train(sampler: DiffusionSampler, target, *, loss: str = "lv", iterations: in
         bar.set_postfix(loss=f"{hist.loss[-1]:.3g}", logZ=f"{run_lz:.3f}", ess=f"{run_ess:.3f}", refresh=False)
         if time_limit is not None and elapsed() > time_limit:
             break
+    if avg is not None and hist.iterations:
+        sampler.load_state_dict(avg.module.state_dict())
     hist.wall_time, hist.cpu_time = time.perf_counter() - t0, time.process_time() - c0
     return hist
