@@ -341,6 +341,41 @@ def contenders(chosen: dict, rows: list[dict], nfes) -> dict:
     return out
 
 
+def refine_stage(gm, model, dev: list[dict], configs: list[dict], chosen: dict, args, nfes) -> tuple[dict, list]:
+    """Successive halving of the dev stage, the same for both libraries: per library and NFE the ``args.refine_top``
+    configurations of least dev sliced W2 (any method; exact duplicates, e.g. ``unipc,bh2`` = ``unipc_bh2,order=3``,
+    counted once) are re-run on the dev seed 0 at ``args.n`` samples, and the least wins.  Held-out seeds are not
+    touched.  Updates ``chosen`` for the winners; returns ({(lib, nfe): method}, rows)."""
+    by_label = {(c["method"], c["label"]): c for c in configs}
+    x_T = torch.randn(args.n, gm.d, generator=torch.Generator().manual_seed(0))
+    q, rows, best = Quality(gm, args.n, args.n_proj, 0, args.ref_factor), [], {}
+    for nfe in nfes:
+        for lib in ("scorelab", "diffusers"):
+            ok = sorted((r["sw2"], r["method"], r["label"]) for r in dev if r["lib"] == lib and r["nfe"] == nfe
+                        and "sw2" in r and math.isfinite(r["sw2"]) and r["nfe_used"] <= nfe)
+            cands = [c for i, c in enumerate(ok) if i == 0 or c[0] != ok[i - 1][0]][: args.refine_top]
+            res = []
+            for _, method, label in tqdm(cands, desc=f"refine {lib} NFE {nfe}", leave=False):
+                r = {"lib": lib, "method": method, "label": label, "nfe": nfe, "seed": 0,
+                     **evaluate(by_label[(method, label)], model, x_T, nfe, 0, q)}
+                rows.append(r)
+                if "sw2" in r and math.isfinite(r["sw2"]):
+                    res.append((r["sw2"], method, label))
+            if res:
+                _, method, label = min(res)
+                best[(lib, nfe)], chosen[(method, nfe)] = method, by_label[(method, label)]
+    return best, rows
+
+
+def load_dev(path: str, name: str, configs: list[dict]) -> list[dict]:
+    """Dev rows of target ``name`` from an earlier results JSON (``--dev-from``); every configuration must be there."""
+    rows = json.loads(Path(path).read_text())["targets"][name]["dev"]
+    missing = {(c["method"], c["label"]) for c in configs} - {(r["method"], r["label"]) for r in rows}
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} dev configurations of {name}, e.g. {sorted(missing)[:3]}")
+    return rows
+
+
 def heldout_stage(gm, model, chosen: dict, best: dict, args, name: str, partial: dict) -> list[dict]:
     """The contenders on seeds 1..S at n samples with common random numbers: per seed one x_T, one reference, one
     sampler noise seed for both libraries; plus the floor row (an independent n-sample of the target).  The rows
@@ -481,7 +516,19 @@ def summarize(rows: list[dict], best: dict, nfes) -> dict:
     return goals
 
 
-def markdown_target(name: str, dev: list[dict], goals: dict, nfes, args, n_dev: int) -> str:
+def markdown_refine(refine: list[dict], args) -> list[str]:
+    if not refine:
+        return []
+    lines = ["", f"Refinement (dev seed 0 at n = {args.n}; top {args.refine_top} dev configurations per library and "
+             "NFE; the least is the contender):", "", "| NFE | library | method | configuration | sliced W2 |",
+             "|---|---|---|---|---|"]
+    for r in sorted(refine, key=lambda r: (r["nfe"], r["lib"], r.get("sw2", math.inf))):
+        val = f"{r['sw2']:.5f}" if "sw2" in r else r.get("error", "-")
+        lines.append(f"| {r['nfe']} | {r['lib']} | {r['method']} | `{r['label']}` | {val} |")
+    return lines
+
+
+def markdown_target(name: str, dev: list[dict], goals: dict, nfes, args, n_dev: int, refine=()) -> str:
     fl = goals["floor_sw2"]
     lines = [f"### {name}: dev stage (seed 0, n = {n_dev}): sliced W2 of each method's best configuration "
              "(TV in parentheses)", "", "| method | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
@@ -496,6 +543,7 @@ def markdown_target(name: str, dev: list[dict], goals: dict, nfes, args, n_dev: 
         vals = [f"{c['sw2']:.4f} ({c['tv']:.3f}) `{c['label']}`" if (c := cell.get((method, k))) else "-"
                 for k in nfes]
         lines.append(f"| {method} | " + " | ".join(vals) + " |")
+    lines += markdown_refine(list(refine), args)
     lines += ["", f"Goal: contenders chosen on the dev seed only; held-out seeds 1..{args.seeds}, n = {args.n}, "
               f"reference {args.ref_factor} n, {args.n_proj} fixed directions, common x_T / reference / noise seed "
               f"within a seed.  Floor (an exact target sample of the same n): {fl['mean']:.4f} +- {fl['std']:.4f}.",
@@ -547,10 +595,14 @@ def run_target(name, gm, process, args, nfes) -> tuple[dict, str]:
     model = ExactMixture(gm, process)
     stem = args.name if args.name.endswith(name) else f"{args.name}_{name}"
     configs = scorelab_configs(args.quick) + diffusers_configs(args.quick)
-    dev = dev_stage(gm, model, configs, args.n_dev, nfes, args)
+    dev = load_dev(args.dev_from, name, configs) if args.dev_from else dev_stage(gm, model, configs, args.n_dev, nfes,
+                                                                                    args)
     chosen = select(dev, configs)
     best = contenders(chosen, dev, nfes)  # chosen on the dev seed only
-    partial = {"dev": dev, "contenders": {f"{lib}@{k}": m for (lib, k), m in best.items()}}
+    refine: list = []
+    if args.refine_top:
+        best, refine = refine_stage(gm, model, dev, configs, chosen, args, nfes)
+    partial = {"dev": dev, "refine": refine, "contenders": {f"{lib}@{k}": m for (lib, k), m in best.items()}}
     (RESULTS / f"{stem}.partial.json").write_text(json.dumps(partial, indent=1, default=float))
     held = heldout_stage(gm, model, chosen, best, args, stem, partial)
     goals = summarize(held, best, nfes)
@@ -562,11 +614,11 @@ def run_target(name, gm, process, args, nfes) -> tuple[dict, str]:
             curves[method] = ([p[0] for p in pts], [p[1] for p in pts])
     png = quality_vs_nfe(curves, str(RESULTS / f"{stem}.png"),
                          title=f"{name} (d={gm.d}): scorelab vs diffusers, dev seed, n={args.n_dev}")
-    payload = {"d": gm.d, "K": gm.K, "dev": dev, "heldout": held, "goals": goals,
+    payload = {"d": gm.d, "K": gm.K, "dev": dev, "refine": refine, "heldout": held, "goals": goals,
                "contenders": {f"{lib}@{k}": m for (lib, k), m in best.items()},
                "chosen": {f"{m}@{k}": c["label"] for (m, k), c in chosen.items()}, "plot": Path(png).name}
     (RESULTS / f"{stem}.partial.json").unlink(missing_ok=True)
-    return payload, markdown_target(name, dev, goals, nfes, args, args.n_dev)
+    return payload, markdown_target(name, dev, goals, nfes, args, args.n_dev, refine)
 
 
 def main(argv=None) -> None:
@@ -577,6 +629,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, default=5, help="held-out seeds 1..S")
     ap.add_argument("--ref-factor", type=int, default=4, help="reference sample size / n")
     ap.add_argument("--n-proj", type=int, default=200, help="fixed projection directions of sliced W2")
+    ap.add_argument("--refine-top", type=int, default=3, help="configurations per library and NFE re-run on the "
+                    "dev seed at n samples before the held-out stage (0: pick on the dev stage alone)")
+    ap.add_argument("--dev-from", default=None, help="reuse the dev-stage rows of this earlier results JSON")
     ap.add_argument("--targets", default="ring2d,aniso16d")
     ap.add_argument("--overhead-steps", type=int, default=500)
     ap.add_argument("--overhead-repeats", type=int, default=15)
