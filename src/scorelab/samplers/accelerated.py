@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from .._utils import bcast
 from ..denoisers import DiffusionModel
 from .base import Callback, GridCoefs, TrajectoryRecorder, combine, fexp, fexpm1, fsqrt, register
-from .sde import draw, is_positive, prepare
+from .sde import draw, gaussian_step, prepare
 
 
 # -- the variance-preserving view of any process --------------------------------------------------
@@ -254,13 +254,7 @@ def sample_accel_stoch(model: DiffusionModel, x_T: torch.Tensor, ts, *, generato
         t, k = g.t[i], ks[i]
         x_plus = draw(x, _xdt(k[0] * fsqrt(k[3] / 2), x), generator)  # eq. (3): Y^+ = Phi_t(Y_t, Z_t)
         mean, std, x0_hat = _stoch_core(model, x_plus, t, k)  # eq. (3): Y_{t-1} = Psi_t(Y^+, Z^+)
-        std = _xdt(std, x)
-        if (i < n - 1 or noise_last) and is_positive(std):
-            x = draw(mean, std, generator)
-            rec.add(x, mean, std)
-        else:
-            x = mean
-            rec.add(x)
+        x = gaussian_step(mean, _xdt(std, x), i < n - 1 or noise_last, generator, rec)
         x_plus_all.append(x_plus)
         if callback is not None:
             callback(dict(i=i, t=g.t[i + 1], x=x, x0_hat=x0_hat, x_plus=x_plus))

@@ -69,6 +69,17 @@ def is_positive(std: torch.Tensor | float) -> bool:
     return std > 0 if isinstance(std, float) else bool(torch.all(torch.as_tensor(std) > 0))
 
 
+def gaussian_step(mean: torch.Tensor, std, add_noise: bool, generator: torch.Generator | None,
+                  rec: TrajectoryRecorder) -> torch.Tensor:
+    """x ~ N(mean, std^2) recorded with its transition, or x = mean (no noise or std = 0) recorded as deterministic."""
+    if add_noise and is_positive(std):
+        x = draw(mean, std, generator)
+        rec.add(x, mean, std)
+        return x
+    rec.add(mean)
+    return mean
+
+
 def posterior_coefs(process, t: torch.Tensor, s: torch.Tensor) -> dict[str, torch.Tensor]:
     """Coefficients of q(x_s | x_t, x_0) for times s < t (scalars or ``[B]``), computed in float64, cast to t's dtype.
 
@@ -116,12 +127,7 @@ def run_chain(model, x_T, ts, step: Callable, *, generator, callback, return_tra
     rec = TrajectoryRecorder(x_T, ts, return_trajectory)
     for i in tqdm(range(n), desc=desc, disable=not progress, leave=False):
         mean, std, x0_hat = step(model, x, g.t[i], g.t[i + 1], i, g)
-        if (i < n - 1 or noise_last) and is_positive(std):
-            x = draw(mean, std, generator)
-            rec.add(x, mean, std)
-        else:
-            x = mean
-            rec.add(x)
+        x = gaussian_step(mean, std, i < n - 1 or noise_last, generator, rec)
         if callback is not None:
             callback(dict(i=i, t=g.t[i + 1], x=x, x0_hat=x0_hat))
     return rec.finish(x, model.nfe)

@@ -48,9 +48,8 @@ from typing import NamedTuple
 
 import torch
 
-from .._utils import bcast
 from ..denoisers import DiffusionModel
-from .base import Callback, GridCoefs, register
+from .base import Callback, GridCoefs, combine, register
 from .ode import prepare, reaches_zero, run_steps
 
 VARIANTS = ("bh1", "bh2")
@@ -75,17 +74,6 @@ def _coefs64(model: DiffusionModel, t: torch.Tensor) -> tuple:
 
 def _expm1(v):
     return math.expm1(v) if isinstance(v, float) else torch.expm1(v)
-
-
-def _combine(x: torch.Tensor, terms: list) -> torch.Tensor:
-    """sum_j c_j v_j for (c_j, v_j) in ``terms``; c_j a float or a scalar / ``[B]`` tensor broadcast against x."""
-    out = None
-    for c, v in terms:
-        if isinstance(c, float):
-            out = c * v if out is None else torch.add(out, v, alpha=c)
-        else:
-            out = bcast(c, x) * v if out is None else out + bcast(c, x) * v
-    return out
 
 
 def _lagrange_solve(nodes: list, rhs: list) -> list:
@@ -138,7 +126,7 @@ def uni_update(x: torch.Tensor, c_t: tuple, c_s: tuple, history: tuple, k: int, 
         points, rks = [m for m, _ in older] + [m_new], rks + [1.0]
     w = [a_s * B * rho / r for rho, r in zip(rhos, rks, strict=True)]  # x_s -= sum_k w_k (m_k - m0)
     c0 = sum(w, -a_s * _expm1(-h))
-    return _combine(x, [(sg_s / sg_t, x), (c0, m0)] + [(-w_k, m_k) for w_k, m_k in zip(w, points, strict=True)])
+    return combine(x, [(sg_s / sg_t, x), (c0, m0)] + [(-w_k, m_k) for w_k, m_k in zip(w, points, strict=True)])
 
 
 def unipc_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, state: UniPCState,
