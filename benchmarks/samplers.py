@@ -179,6 +179,12 @@ VARIANTS = {
 }
 RHO_SAMPLERS = ("ddim", "dpm_solver_2", "dpm_solver_3", "dpm_solver_pp_2m", "dpm_solver_pp_3m", "unipc", "unipc_bh2")
 RHOS = (3.0, 5.0)
+# deterministic samplers also run on a grid fitted to the model's own ODE solution (``scorelab.grid_opt``, model
+# only, no data): (sampler, label suffix, options); init uniform_log_snr, fitted on x_T of seed FIT_SEED
+OPT_SAMPLERS = [("ddim", "", {}), ("dpm_solver_3", "", {}), ("dpm_solver_pp_2m", "", {}), ("dpm_solver_pp_3m", "", {}),
+                ("unipc", "bh2", {"variant": "bh2"}), ("unipc", "order=2,bh2", {"order": 2, "variant": "bh2"})]
+OPT_INIT, FIT_SEED, FIT_N, FIT_BUDGET = "uniform_log_snr", 1000, 256, 600
+FITTED: dict = {}  # (method, label, nfe) -> GridFit report (JSON), filled as the configurations run
 
 
 def scorelab_configs(quick: bool) -> list[dict]:
@@ -201,7 +207,30 @@ def scorelab_configs(quick: bool) -> list[dict]:
                         label = ",".join(filter(None, [f"karras{'+0' if fz else ''},rho={rho:g}", suffix]))
                         out.append({"lib": "scorelab", "method": n, "grid": "karras", "final_zero": fz,
                                     "label": label, "opts": opts, "grid_kw": {**gkw, "rho": rho}})
+    for n, suffix, opts in [] if quick else OPT_SAMPLERS:
+        for fz in (False, True):
+            label = ",".join(filter(None, [f"opt[{OPT_INIT}]" + ("+0" if fz else ""), suffix]))
+            out.append({"lib": "scorelab", "method": n, "grid": OPT_INIT, "final_zero": fz, "label": label,
+                        "opts": opts, "grid_kw": {}, "optimize": True})
     return out
+
+
+def fitted_grid(cfg: dict, model: DiffusionModel, ts: torch.Tensor, nfe: int, opts: dict) -> torch.Tensor:
+    """The grid of ``cfg`` refitted by ``scorelab.grid_opt.optimize_grid`` (same steps, endpoints and sampler
+    options), once per (method, label, NFE); its report goes to ``FITTED``."""
+    from scorelab.grid_opt import GridFit, optimize_grid
+
+    key = (cfg["method"], cfg["label"], nfe)
+    if key not in FITTED:
+        n_steps = len(ts) - 1 - int(cfg["final_zero"])
+        if n_steps < 2:
+            return ts
+        fit: GridFit = optimize_grid(model, cfg["method"], n_steps, init=cfg["grid"], final_zero=cfg["final_zero"],
+                                     n_samples=FIT_N, n_heldout=FIT_N, max_objective=FIT_BUDGET, sampler_opts=opts,
+                                     grid_kw=cfg.get("grid_kw", {}), sample_shape=(model.gm.d,),
+                                     generator=torch.Generator().manual_seed(FIT_SEED))
+        FITTED[key] = {k: v for k, v in fit.to_json().items() if k != "history"}
+    return torch.tensor(FITTED[key]["ts"], dtype=torch.float64)
 
 
 def run_scorelab(cfg: dict, model: DiffusionModel, x_T: torch.Tensor, nfe: int, seed: int):
@@ -215,6 +244,8 @@ def run_scorelab(cfg: dict, model: DiffusionModel, x_T: torch.Tensor, nfe: int, 
 
         g = torch.Generator().manual_seed(77)
         opts["gamma"] = estimate_gamma(model, model.gm.sample(4000, g), ts[:-1], generator=g).gamma
+    if cfg.get("optimize"):
+        ts = fitted_grid(cfg, model, ts, nfe, {**opts, **extra})
     fn, m = SAMPLERS[name].fn, CountingModel(model)
     if "progress" in inspect.signature(fn).parameters:
         opts["progress"] = False
@@ -367,13 +398,17 @@ def refine_stage(gm, model, dev: list[dict], configs: list[dict], chosen: dict, 
     return best, rows
 
 
-def load_dev(path: str, name: str, configs: list[dict]) -> list[dict]:
-    """Dev rows of target ``name`` from an earlier results JSON (``--dev-from``); every configuration must be there."""
-    rows = json.loads(Path(path).read_text())["targets"][name]["dev"]
-    missing = {(c["method"], c["label"]) for c in configs} - {(r["method"], r["label"]) for r in rows}
-    if missing:
-        raise ValueError(f"{path} lacks {len(missing)} dev configurations of {name}, e.g. {sorted(missing)[:3]}")
-    return rows
+def load_dev(path: str, name: str, configs: list[dict], gm, model, nfes, args) -> list[dict]:
+    """Dev rows of target ``name`` from an earlier results JSON (``--dev-from``, run with the same ``--n-dev``: same
+    x_T, reference and projections); configurations it lacks are run now on the same dev seed."""
+    data = json.loads(Path(path).read_text())
+    if data["config"]["n_dev"] != args.n_dev:
+        raise ValueError(f"{path} was run with --n-dev {data['config']['n_dev']}, not {args.n_dev}")
+    known = {(c["method"], c["label"]) for c in configs}
+    rows = [r for r in data["targets"][name]["dev"] if (r["method"], r["label"]) in known]
+    have = {(r["method"], r["label"]) for r in rows}
+    missing = [c for c in configs if (c["method"], c["label"]) not in have]
+    return rows + (dev_stage(gm, model, missing, args.n_dev, nfes, args) if missing else [])
 
 
 def heldout_stage(gm, model, chosen: dict, best: dict, args, name: str, partial: dict) -> list[dict]:
@@ -528,6 +563,23 @@ def markdown_refine(refine: list[dict], args) -> list[str]:
     return lines
 
 
+def markdown_fitted(refine) -> list[str]:
+    """Fitted grids among the refinement rows: pathwise error to the ODE solution before / after fitting."""
+    keys = [(r["method"], r["label"], r["nfe"]) for r in refine if (r["method"], r["label"], r["nfe"]) in FITTED]
+    if not keys:
+        return []
+    lines = ["", f"Fitted grids (``scorelab.grid_opt.optimize_grid``, init {OPT_INIT}, {FIT_N} x_T of seed {FIT_SEED}, "
+             f"Powell, {FIT_BUDGET} objective evaluations; model only, no data): mean squared pathwise error per "
+             f"coordinate to the dopri5 ODE solution on {FIT_N} fresh x_T, before -> after; network evaluations "
+             "spent fitting.", "", "| NFE | method | configuration | held-out error, init | fitted | evaluations "
+             "| grid (t x 1000) |", "|---|---|---|---|---|---|---|"]
+    for m, lab, k in dict.fromkeys(keys):
+        f = FITTED[(m, lab, k)]
+        lines.append(f"| {k} | {m} | `{lab}` | {f['heldout_init']:.3e} | {f['heldout_fit']:.3e} | "
+                     f"{f['model_evals']} | {[round(1000 * t, 1) for t in f['ts']]} |")
+    return lines
+
+
 def markdown_target(name: str, dev: list[dict], goals: dict, nfes, args, n_dev: int, refine=()) -> str:
     fl = goals["floor_sw2"]
     lines = [f"### {name}: dev stage (seed 0, n = {n_dev}): sliced W2 of each method's best configuration "
@@ -544,6 +596,7 @@ def markdown_target(name: str, dev: list[dict], goals: dict, nfes, args, n_dev: 
                 for k in nfes]
         lines.append(f"| {method} | " + " | ".join(vals) + " |")
     lines += markdown_refine(list(refine), args)
+    lines += markdown_fitted(refine)
     lines += ["", f"Goal: contenders chosen on the dev seed only; held-out seeds 1..{args.seeds}, n = {args.n}, "
               f"reference {args.ref_factor} n, {args.n_proj} fixed directions, common x_T / reference / noise seed "
               f"within a seed.  Floor (an exact target sample of the same n): {fl['mean']:.4f} +- {fl['std']:.4f}.",
@@ -593,10 +646,11 @@ def run_target(name, gm, process, args, nfes) -> tuple[dict, str]:
     from scorelab.plotting import quality_vs_nfe
 
     model = ExactMixture(gm, process)
+    FITTED.clear()
     stem = args.name if args.name.endswith(name) else f"{args.name}_{name}"
     configs = scorelab_configs(args.quick) + diffusers_configs(args.quick)
-    dev = load_dev(args.dev_from, name, configs) if args.dev_from else dev_stage(gm, model, configs, args.n_dev, nfes,
-                                                                                    args)
+    dev = load_dev(args.dev_from, name, configs, gm, model, nfes, args) if args.dev_from else \
+        dev_stage(gm, model, configs, args.n_dev, nfes, args)
     chosen = select(dev, configs)
     best = contenders(chosen, dev, nfes)  # chosen on the dev seed only
     refine: list = []
@@ -615,6 +669,7 @@ def run_target(name, gm, process, args, nfes) -> tuple[dict, str]:
     png = quality_vs_nfe(curves, str(RESULTS / f"{stem}.png"),
                          title=f"{name} (d={gm.d}): scorelab vs diffusers, dev seed, n={args.n_dev}")
     payload = {"d": gm.d, "K": gm.K, "dev": dev, "refine": refine, "heldout": held, "goals": goals,
+               "fitted_grids": [{"method": m, "label": lab, "nfe": k, **v} for (m, lab, k), v in FITTED.items()],
                "contenders": {f"{lib}@{k}": m for (lib, k), m in best.items()},
                "chosen": {f"{m}@{k}": c["label"] for (m, k), c in chosen.items()}, "plot": Path(png).name}
     (RESULTS / f"{stem}.partial.json").unlink(missing_ok=True)

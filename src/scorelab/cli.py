@@ -158,8 +158,11 @@ def cmd_samplers(args) -> int:
 
 def run_sampler(model, sampler: str, nfe: int, n: int, *, grid: str | None = None, seed: int = 0,
                 options: dict | None = None, shape: tuple[int, ...] | None = None, device: str = "cpu",
-                dtype=None):
-    """Draw ``n`` samples with ``sampler`` under an NFE budget. Returns (samples, info dict)."""
+                dtype=None, fit_grid: bool = False, grid_file: str | None = None, fit_out: str | None = None):
+    """Draw ``n`` samples with ``sampler`` under an NFE budget. Returns (samples, info dict).
+
+    ``fit_grid``: refit the interior grid points to the model's own ODE solution first (``grid_opt``; the report
+    is saved to ``fit_out``); ``grid_file``: use a grid saved by an earlier fit instead of a named grid."""
     import time
 
     import torch
@@ -173,8 +176,14 @@ def run_sampler(model, sampler: str, nfe: int, n: int, *, grid: str | None = Non
     info = SAMPLERS[sampler]
     process = model.process
     ts, nfe_used = grid_for_nfe(sampler, process, nfe, grid=grid)
-    g = torch.Generator(device=device).manual_seed(seed)
     dtype = dtype or torch.float32
+    fit_report = None
+    if grid_file:
+        ts, nfe_used = grid_from_file(grid_file, info, nfe)
+    elif fit_grid:
+        ts, fit_report = fit_sampler_grid(model, sampler, ts, grid or info.default_grid, options, shape, dtype, seed,
+                                          fit_out)
+    g = torch.Generator(device=device).manual_seed(seed)
     x_T = process.prior_sample((n, *shape), generator=g, device=device, dtype=dtype)
     counter = CountingModel(model)
     t0 = time.perf_counter()
@@ -182,8 +191,48 @@ def run_sampler(model, sampler: str, nfe: int, n: int, *, grid: str | None = Non
         x = info.fn(counter, x_T, ts.to(dtype), generator=g, **(options or {}))
     wall = time.perf_counter() - t0
     return x, {"sampler": sampler, "nfe_requested": nfe, "nfe_planned": nfe_used, "nfe_measured_per_batch":
-               counter.nfe, "grid": grid or info.default_grid, "n": n, "seed": seed, "wall_s": wall,
-               "options": options or {}}
+               counter.nfe, "grid": grid_file or (("fitted:" if fit_grid else "") + (grid or info.default_grid)),
+               "n": n, "seed": seed, "wall_s": wall, "options": options or {}, "grid_fit": fit_report}
+
+
+def grid_from_file(path: str, info, nfe: int):
+    """A saved grid (``GridFit.save`` JSON) checked against the NFE budget -> (ts, planned NFE)."""
+    import math
+
+    from .grid_opt import load_grid
+    from .schedules import SKIP_CORRECTION_AT_ZERO
+
+    try:
+        ts = load_grid(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise CLIError(f"cannot use --grid-file {path!r}: {e}") from None
+    steps = len(ts) - 1
+    zero_last = float(ts[-1]) == 0.0 and info.name in SKIP_CORRECTION_AT_ZERO
+    planned = int(math.ceil((steps - zero_last) * info.evals_per_step + zero_last))
+    if planned > nfe:
+        raise CLIError(f"--grid-file {path!r} has {steps} steps, {planned} evaluations with {info.name!r}, "
+                       f"over the --nfe budget {nfe}")
+    return ts, planned
+
+
+def fit_sampler_grid(model, sampler, ts, init, options, shape, dtype, seed, fit_out):
+    """``grid_opt.optimize_grid`` for the budgeted grid ``ts`` (same steps and endpoints); prints the report."""
+    import torch
+
+    from .grid_opt import optimize_grid
+
+    try:
+        fit = optimize_grid(model, sampler, len(ts) - 1, init=init, sampler_opts=options, sample_shape=shape,
+                            dtype=dtype, generator=torch.Generator().manual_seed(10_000 + seed), progress=True)
+    except ValueError as e:
+        raise CLIError(f"--fit-grid: {e}") from None
+    if fit_out:
+        os.makedirs(os.path.dirname(fit_out) or ".", exist_ok=True)
+        fit.save(fit_out)
+    print(f"fitted grid: pathwise error to the ODE solution (held-out x_T) {fit.heldout_init:.3e} -> "
+          f"{fit.heldout_fit:.3e}, {fit.model_evals} network evaluations spent fitting"
+          + (f"; saved to {fit_out}" if fit_out else ""))
+    return fit.ts, {k: v for k, v in fit.to_json().items() if k not in ("history", "ts")}
 
 
 def apply_guidance(model, args):
@@ -231,11 +280,12 @@ def cmd_sample(args) -> int:
     model = apply_guidance(model, args)
     opts = parse_options(args.opt)
     dtype = torch.float64 if hasattr(model, "mixture") else torch.float32
+    out = args.out or os.path.join("runs", f"sample_{args.sampler}_nfe{args.nfe}")
     x, info = run_sampler(model, args.sampler, args.nfe, args.n, grid=args.grid, seed=args.seed, options=opts,
-                          shape=shape, dtype=dtype)
+                          shape=shape, dtype=dtype, fit_grid=args.fit_grid, grid_file=args.grid_file,
+                          fit_out=os.path.join(out, "grid.json"))
     if hasattr(x, "xs"):
         x = x.x0
-    out = args.out or os.path.join("runs", f"sample_{args.sampler}_nfe{args.nfe}")
     os.makedirs(out, exist_ok=True)
     np.save(os.path.join(out, "samples.npy"), x.float().cpu().numpy())
     if len(shape) == 1:
@@ -441,7 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(sp)
     sp.add_argument("--sampler", required=True)
     sp.add_argument("--nfe", type=positive_int, required=True, help="network-evaluation budget")
-    sp.add_argument("--grid", help="uniform|log_snr|karras|quadratic|li (default: the sampler's)")
+    sp.add_argument("--grid", help="uniform_t|uniform_log_snr|karras|quadratic|li (default: the sampler's)")
+    sp.add_argument("--fit-grid", action="store_true", help="deterministic samplers: fit the grid's interior points "
+                    "to the model's own ODE solution first (starts from --grid; saved as OUT/grid.json)")
+    sp.add_argument("--grid-file", help="use a grid saved by --fit-grid (JSON with 'ts') instead of --grid")
     sp.add_argument("--n", type=positive_int, default=5000, help="number of samples")
     sp.add_argument("--opt", nargs="*", metavar="KEY=VALUE", help="sampler options, e.g. eta=1.0")
     sp.add_argument("--guidance", help="discriminator:PATH (discriminator guidance) or cfg:LABEL (classifier-free)")

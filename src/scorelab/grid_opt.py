@@ -1,0 +1,218 @@
+r"""Optimised time grids: fit the n-1 interior points of a deterministic sampler's grid to a trusted ODE solution.
+
+For a deterministic sampler ``S`` and a grid ``ts`` the output ``S(x_T; ts)`` is a transport map; its distribution
+differs from the probability-flow ODE's by at most the pathwise error, since the coupling (S(x_T), Phi(x_T)) gives
+
+    W2(law S(x_T; ts), law Phi(x_T))^2  <=  E || S(x_T; ts) - Phi(x_T) ||^2 =: L(ts),
+
+where ``Phi`` is the exact PF-ODE flow from t_max to t_min (here adaptive dopri5 at a tight tolerance, followed
+by the same step to t = 0 when the grid ends there).  With exact scores the ODE's law at t_min is the data law
+diffused to t_min, so minimising ``L`` over the grid minimises an upper bound on the sampler's distance to it.
+This is the teacher-student idea of LD3 (Tong et al. 2025, "Learning to Discretize Denoising Diffusion ODEs")
+and of GITS (Chen et al. 2024, "On the Trajectory Regularity of ODE-based Diffusion Sampling"), applied to the
+sampler as it is run (any order, single- or multistep): only the model is used, never data.
+
+Notation
+--------
+==============  =====================================================================================================
+``lam``         log-SNR lambda(t) = log(alpha^2 / sigma^2); the grid is parameterised in lambda (increasing along
+                the sampling direction), endpoints lambda(t_max), lambda(t_min) fixed
+``theta``       n - 1 free logits: increment k of lambda is softmax([theta, 0])_k (lambda(t_min) - lambda(t_max))
+``L``           mean over x_T of || S(x_T; ts) - Phi(x_T) ||^2 / d (per-coordinate squared pathwise error)
+==============  =====================================================================================================
+
+The objective is minimised derivative-free (scipy's Powell, which needs no gradient through the sampler), on a
+fixed batch of x_T (common random numbers), so the fitted grid should be judged on fresh x_T: ``GridFit`` reports
+the loss of the initial and the fitted grid on both the fitting batch and a held-out batch.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .denoisers import DiffusionModel
+from .schedules import make_grid
+
+_F64 = torch.float64
+
+
+@dataclass
+class GridFit:
+    """Result of ``optimize_grid``: the fitted grid (float64, descending, like ``make_grid``) and its losses."""
+
+    ts: torch.Tensor
+    sampler: str
+    init: str
+    final_zero: bool
+    loss_init: float  # L on the fitting batch, initial grid
+    loss_fit: float  # L on the fitting batch, fitted grid
+    heldout_init: float  # L on a fresh batch, initial grid
+    heldout_fit: float  # L on a fresh batch, fitted grid
+    n_objective: int  # objective evaluations (sampler runs on the fitting batch)
+    model_evals: int  # network evaluations spent fitting (teacher solves included)
+    history: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["ts"] = self.ts.tolist()
+        return d
+
+    def save(self, path: str | Path) -> None:
+        """Write the grid and its report as JSON (readable by ``load_grid``)."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        tmp.replace(path)
+
+
+def load_grid(path: str | Path) -> torch.Tensor:
+    """The grid ``ts`` of a JSON file written by ``GridFit.save`` (or any JSON object with a ``ts`` list)."""
+    data = json.loads(Path(path).read_text())
+    ts = data.get("ts") if isinstance(data, dict) else None
+    if not isinstance(ts, list) or len(ts) < 2:
+        raise ValueError(f"{path}: expected a JSON object with a list 'ts' of at least 2 times")
+    ts = torch.tensor(ts, dtype=_F64)
+    if not torch.all(ts[1:] < ts[:-1]):
+        raise ValueError(f"{path}: the grid 'ts' must be strictly decreasing")
+    return ts
+
+
+def grid_from_theta(process, theta: np.ndarray, lam_lo: float, lam_hi: float, t_max: float, t_min: float,
+                    final_zero: bool) -> torch.Tensor:
+    """The grid of logits ``theta`` (n - 1 values): lambda_k = lam_lo + (lam_hi - lam_lo) * cumsum(softmax([theta,
+    0]))_k, mapped to time; endpoints pinned exactly."""
+    w = torch.softmax(torch.tensor(np.append(theta, 0.0), dtype=_F64), 0)
+    lam = lam_lo + (lam_hi - lam_lo) * torch.cat([torch.zeros(1, dtype=_F64), torch.cumsum(w, 0)])
+    ts = process.t_from_log_snr(lam).to(_F64)
+    ts[0], ts[-1] = t_max, t_min
+    return torch.cat([ts, ts.new_zeros(1)]) if final_zero else ts
+
+
+def theta_from_grid(process, ts: torch.Tensor) -> np.ndarray:
+    """Inverse of ``grid_from_theta`` for a grid ending at t_min (no trailing 0)."""
+    lam = process.log_snr(ts.to(_F64))
+    d = torch.diff(lam).clamp_min(1e-12)
+    return (torch.log(d[:-1]) - torch.log(d[-1])).numpy()
+
+
+def ode_reference(model: DiffusionModel, x_T: torch.Tensor, t_max: float, t_min: float, final_zero: bool,
+                  rtol: float = 1e-7, atol: float = 1e-7) -> torch.Tensor:
+    """Phi(x_T): adaptive dopri5 on the PF-ODE from t_max to t_min (plus the first-order step to t = 0 that every
+    sampler takes into 0, i.e. the model's x0 prediction, when ``final_zero``)."""
+    from .samplers import SAMPLERS
+
+    ts = [t_max, t_min] + ([0.0] if final_zero else [])
+    with torch.no_grad():
+        return SAMPLERS["dopri5"].fn(model, x_T, torch.tensor(ts, dtype=_F64), rtol=rtol, atol=atol)
+
+
+def optimize_grid(model: DiffusionModel, sampler: str, n_steps: int, *, init: str = "uniform_log_snr",
+                  final_zero: bool = False, n_samples: int = 256, n_heldout: int = 256, max_objective: int = 600,
+                  generator: torch.Generator | None = None, sampler_opts: dict | None = None,
+                  grid_kw: dict | None = None, dtype: torch.dtype = torch.float32, sample_shape: tuple = (),
+                  device: str | torch.device = "cpu", rtol: float = 1e-7, progress: bool = False) -> GridFit:
+    """Fit the interior points of an ``n_steps`` grid for the deterministic ``sampler`` (module docstring).
+
+    ``init``: the starting grid (a ``make_grid`` name, ``grid_kw`` passed on; endpoints t_max, t_min taken from
+    it); ``final_zero``: the grid ends with a step to t = 0 (not optimised: it is the denoiser's output);
+    ``n_samples`` / ``n_heldout``: x_T of the fitting and the held-out batch, drawn from the process prior with
+    ``generator`` (a CPU generator), shape ``[n, *sample_shape]`` (default: the model's ``event_shape`` or its
+    mixture's), on ``device`` in ``dtype``;
+    ``max_objective``: budget of objective evaluations (Powell); ``sampler_opts``: passed to the sampler (e.g.
+    ``orders`` of DPM-Solver, ``order`` of UniPC).  Returns a ``GridFit`` (``ts`` starts at t_max and ends at
+    t_min, or 0 with ``final_zero``)."""
+    from scipy.optimize import minimize
+    from tqdm.auto import tqdm
+
+    from .denoisers import CountingModel
+    from .samplers import SAMPLERS
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
+    info = SAMPLERS[sampler]
+    if not math.isfinite(info.evals_per_step):
+        raise ValueError(f"optimize_grid needs a fixed-step sampler; {sampler!r} is adaptive")
+    if int(n_steps) != n_steps or n_steps < 2:
+        raise ValueError(f"n_steps must be an integer >= 2 (one step has no interior point), got {n_steps}")
+    if n_samples < 1 or n_heldout < 0 or max_objective < 1:
+        raise ValueError("need n_samples >= 1, n_heldout >= 0 and max_objective >= 1")
+    p, opts = model.process, dict(sampler_opts or {})
+    ts0 = make_grid(init, p, int(n_steps), **(grid_kw or {}))
+    t_max, t_min = float(ts0[0]), float(ts0[-1])
+    lam_lo, lam_hi = float(p.log_snr(torch.tensor(t_max, dtype=_F64))), float(p.log_snr(torch.tensor(t_min,
+                                                                                                        dtype=_F64)))
+    shape = tuple(sample_shape) or _sample_shape(model)
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    x_fit = p.prior_sample((n_samples, *shape), generator=g, dtype=dtype).to(device)
+    x_held = p.prior_sample((n_heldout, *shape), generator=g, dtype=dtype).to(device)
+    counter = CountingModel(model)
+    ref_fit = ode_reference(counter, x_fit, t_max, t_min, final_zero, rtol, rtol)
+    ref_held = ode_reference(counter, x_held, t_max, t_min, final_zero, rtol, rtol) if n_heldout else None
+    fn = info.fn
+    if "progress" in _params(fn):
+        opts["progress"] = False
+    _check_deterministic(fn, counter, x_fit[:4], ts0, opts, sampler)
+
+    def loss(ts: torch.Tensor, x: torch.Tensor, ref: torch.Tensor) -> float:
+        try:
+            with torch.no_grad():
+                out = fn(counter, x, ts, **opts)
+        except ValueError:  # a degenerate grid (points merged in float64): not a candidate
+            return 1e30
+        v = float(((out - ref).to(_F64) ** 2).mean())
+        return v if math.isfinite(v) else 1e30
+
+    history: list = []
+    bar = tqdm(total=max_objective, desc=f"optimize_grid {sampler} n={n_steps}", disable=not progress, leave=False)
+
+    def objective(theta: np.ndarray) -> float:
+        v = loss(grid_from_theta(p, theta, lam_lo, lam_hi, t_max, t_min, final_zero), x_fit, ref_fit)
+        history.append(v)
+        bar.update(1)
+        bar.set_postfix(best=min(history))
+        return v
+
+    theta0 = theta_from_grid(p, ts0)
+    f0 = objective(theta0)
+    res = minimize(objective, theta0, method="Powell", options={"maxfev": max_objective - 1, "xtol": 1e-4,
+                                                                "ftol": 1e-6})
+    bar.close()
+    theta = res.x if res.fun <= f0 else theta0
+    ts = grid_from_theta(p, theta, lam_lo, lam_hi, t_max, t_min, final_zero)
+    ts_init = torch.cat([ts0, ts0.new_zeros(1)]) if final_zero else ts0
+    h0 = loss(ts_init, x_held, ref_held) if n_heldout else math.nan
+    h1 = loss(ts, x_held, ref_held) if n_heldout else math.nan
+    return GridFit(ts=ts, sampler=sampler, init=init, final_zero=final_zero, loss_init=f0, loss_fit=min(res.fun, f0),
+                   heldout_init=h0, heldout_fit=h1, n_objective=len(history), model_evals=counter.nfe,
+                   history=[min(history[: i + 1]) for i in range(len(history))])
+
+
+def _check_deterministic(fn, model, x: torch.Tensor, ts: torch.Tensor, opts: dict, name: str) -> None:
+    """Two runs with different noise seeds must agree (DDIM with eta = 0 does, DDPM does not)."""
+    with torch.no_grad():
+        a, b = (fn(model, x, ts, generator=torch.Generator().manual_seed(s), **opts) for s in (1, 2))
+    if not torch.equal(a, b):
+        raise ValueError(f"optimize_grid needs a deterministic sampler; {name!r} with options {opts} is stochastic "
+                         "(its output depends on the noise)")
+
+
+def _params(fn) -> set:
+    import inspect
+
+    return set(inspect.signature(fn).parameters)
+
+
+def _sample_shape(model: DiffusionModel) -> tuple:
+    shape = getattr(model, "event_shape", None)
+    if shape:
+        return tuple(shape)
+    for attr in ("mixture", "gm"):
+        gm = getattr(model, attr, None)
+        if gm is not None:
+            return tuple(getattr(gm, "event_shape", (gm.d,)))
+    raise ValueError("cannot infer the sample shape of this model; pass sample_shape=(...)")
