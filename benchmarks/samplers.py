@@ -179,11 +179,11 @@ VARIANTS = {
 }
 RHO_SAMPLERS = ("ddim", "dpm_solver_2", "dpm_solver_3", "dpm_solver_pp_2m", "dpm_solver_pp_3m", "unipc", "unipc_bh2")
 RHOS = (3.0, 5.0)
-# deterministic samplers also run on a grid fitted to the model's own ODE solution (``scorelab.grid_opt``, model
-# only, no data): (sampler, label suffix, options); init uniform_log_snr, fitted on x_T of seed FIT_SEED
-OPT_SAMPLERS = [("ddim", "", {}), ("dpm_solver_3", "", {}), ("dpm_solver_pp_2m", "", {}), ("dpm_solver_pp_3m", "", {}),
-                ("unipc", "bh2", {"variant": "bh2"}), ("unipc", "order=2,bh2", {"order": 2, "variant": "bh2"})]
-OPT_INIT, FIT_SEED, FIT_N, FIT_BUDGET = "uniform_log_snr", 1000, 256, 600
+# deterministic samplers also run on a grid fitted to the model's own ODE solution (``scorelab.grid_opt``, sliced-W2
+# objective; model only, no data): (sampler, label suffix, options); init uniform_log_snr, x_T of seed FIT_SEED
+OPT_SAMPLERS = [("dpm_solver_pp_2m", "", {}), ("dpm_solver_pp_3m", "", {}), ("unipc", "", {}),
+                ("unipc", "bh2", {"variant": "bh2"})]
+OPT_INIT, FIT_SEED, FIT_N, FIT_BUDGET = "uniform_log_snr", 1000, 512, 400
 FITTED: dict = {}  # (method, label, nfe) -> GridFit report (JSON), filled as the configurations run
 
 
@@ -208,10 +208,9 @@ def scorelab_configs(quick: bool) -> list[dict]:
                         out.append({"lib": "scorelab", "method": n, "grid": "karras", "final_zero": fz,
                                     "label": label, "opts": opts, "grid_kw": {**gkw, "rho": rho}})
     for n, suffix, opts in [] if quick else OPT_SAMPLERS:
-        for fz in (False, True):
-            label = ",".join(filter(None, [f"opt[{OPT_INIT}]" + ("+0" if fz else ""), suffix]))
-            out.append({"lib": "scorelab", "method": n, "grid": OPT_INIT, "final_zero": fz, "label": label,
-                        "opts": opts, "grid_kw": {}, "optimize": True})
+        label = ",".join(filter(None, [f"fit[{OPT_INIT}]", suffix]))
+        out.append({"lib": "scorelab", "method": n, "grid": OPT_INIT, "final_zero": False, "label": label,
+                    "opts": opts, "grid_kw": {}, "optimize": True})
     return out
 
 
@@ -400,12 +399,15 @@ def refine_stage(gm, model, dev: list[dict], configs: list[dict], chosen: dict, 
 
 def load_dev(path: str, name: str, configs: list[dict], gm, model, nfes, args) -> list[dict]:
     """Dev rows of target ``name`` from an earlier results JSON (``--dev-from``, run with the same ``--n-dev``: same
-    x_T, reference and projections); configurations it lacks are run now on the same dev seed."""
+    x_T, reference and projections); configurations it lacks, or that failed there, are run now on the same dev
+    seed."""
     data = json.loads(Path(path).read_text())
     if data["config"]["n_dev"] != args.n_dev:
         raise ValueError(f"{path} was run with --n-dev {data['config']['n_dev']}, not {args.n_dev}")
     known = {(c["method"], c["label"]) for c in configs}
-    rows = [r for r in data["targets"][name]["dev"] if (r["method"], r["label"]) in known]
+    old = [r for r in data["targets"][name]["dev"] if (r["method"], r["label"]) in known]
+    failed = {(r["method"], r["label"]) for r in old if "error" in r}
+    rows = [r for r in old if (r["method"], r["label"]) not in failed]
     have = {(r["method"], r["label"]) for r in rows}
     missing = [c for c in configs if (c["method"], c["label"]) not in have]
     return rows + (dev_stage(gm, model, missing, args.n_dev, nfes, args) if missing else [])
@@ -569,10 +571,11 @@ def markdown_fitted(refine) -> list[str]:
     if not keys:
         return []
     lines = ["", f"Fitted grids (``scorelab.grid_opt.optimize_grid``, init {OPT_INIT}, {FIT_N} x_T of seed {FIT_SEED}, "
-             f"Powell, {FIT_BUDGET} objective evaluations; model only, no data): mean squared pathwise error per "
-             f"coordinate to the dopri5 ODE solution on {FIT_N} fresh x_T, before -> after; network evaluations "
-             "spent fitting.", "", "| NFE | method | configuration | held-out error, init | fitted | evaluations "
-             "| grid (t x 1000) |", "|---|---|---|---|---|---|---|"]
+             f"Powell, {FIT_BUDGET} objective evaluations; model only, no data): squared sliced W2 between the "
+             f"sampler's and the dopri5 ODE solution's outputs from the same {FIT_N} fresh x_T, before -> after; "
+             "network evaluations spent fitting.", "",
+             "| NFE | method | configuration | held-out error, init | fitted | evaluations | grid (t x 1000) |",
+             "|---|---|---|---|---|---|---|"]
     for m, lab, k in dict.fromkeys(keys):
         f = FITTED[(m, lab, k)]
         lines.append(f"| {k} | {m} | `{lab}` | {f['heldout_init']:.3e} | {f['heldout_fit']:.3e} | "

@@ -3,7 +3,7 @@ r"""Optimised time grids: fit the n-1 interior points of a deterministic sampler
 For a deterministic sampler ``S`` and a grid ``ts`` the output ``S(x_T; ts)`` is a transport map; its distribution
 differs from the probability-flow ODE's by at most the pathwise error, since the coupling (S(x_T), Phi(x_T)) gives
 
-    W2(law S(x_T; ts), law Phi(x_T))^2  <=  E || S(x_T; ts) - Phi(x_T) ||^2 =: L(ts),
+    SW2(law S, law Phi)^2  <=  W2(law S(x_T; ts), law Phi(x_T))^2  <=  E || S(x_T; ts) - Phi(x_T) ||^2 =: L(ts),
 
 where ``Phi`` is the exact PF-ODE flow from t_max to t_min (here adaptive dopri5 at a tight tolerance, followed
 by the same step to t = 0 when the grid ends there).  With exact scores the ODE's law at t_min is the data law
@@ -12,6 +12,12 @@ This is the teacher-student idea of LD3 (Tong et al. 2025, "Learning to Discreti
 and of GITS (Chen et al. 2024, "On the Trajectory Regularity of ODE-based Diffusion Sampling"), applied to the
 sampler as it is run (any order, single- or multistep): only the model is used, never data.
 
+Two objectives: ``"pathwise"`` is L itself (per coordinate); ``"sliced_w2"`` (default) is the squared sliced W2
+between the two samples {S(x_i)} and {Phi(x_i)} of the same x_i on fixed random directions, i.e. the distributional
+distance the sampler is judged by.  It is smaller than L and lets the sampler's map differ from the ODE's where that
+does not change the distribution; at few steps it is the better target (16-d mixture, UniPC at NFE 5: sliced W2 to
+the data 0.132 on the uniform grid, 0.149 fitted pathwise, 0.093 fitted sliced).
+
 Notation
 --------
 ==============  =====================================================================================================
@@ -19,6 +25,7 @@ Notation
                 the sampling direction), endpoints lambda(t_max), lambda(t_min) fixed
 ``theta``       n - 1 free logits: increment k of lambda is softmax([theta, 0])_k (lambda(t_min) - lambda(t_max))
 ``L``           mean over x_T of || S(x_T; ts) - Phi(x_T) ||^2 / d (per-coordinate squared pathwise error)
+``SW2``         sliced W2: mean over unit directions u of W2^2 of the 1-D projections (sorted matching), sqrt
 ==============  =====================================================================================================
 
 The objective is minimised derivative-free (scipy's Powell, which needs no gradient through the sampler), on a
@@ -49,10 +56,11 @@ class GridFit:
     sampler: str
     init: str
     final_zero: bool
-    loss_init: float  # L on the fitting batch, initial grid
-    loss_fit: float  # L on the fitting batch, fitted grid
-    heldout_init: float  # L on a fresh batch, initial grid
-    heldout_fit: float  # L on a fresh batch, fitted grid
+    objective: str
+    loss_init: float  # objective on the fitting batch, initial grid
+    loss_fit: float  # objective on the fitting batch, fitted grid
+    heldout_init: float  # objective on a fresh batch, initial grid
+    heldout_fit: float  # objective on a fresh batch, fitted grid
     n_objective: int  # objective evaluations (sampler runs on the fitting batch)
     model_evals: int  # network evaluations spent fitting (teacher solves included)
     history: list = field(default_factory=list)
@@ -112,7 +120,8 @@ def ode_reference(model: DiffusionModel, x_T: torch.Tensor, t_max: float, t_min:
 
 
 def optimize_grid(model: DiffusionModel, sampler: str, n_steps: int, *, init: str = "uniform_log_snr",
-                  final_zero: bool = False, n_samples: int = 256, n_heldout: int = 256, max_objective: int = 600,
+                  final_zero: bool = False, objective: str = "sliced_w2", n_samples: int = 1024,
+                  n_heldout: int = 1024, n_proj: int = 128, max_objective: int = 600,
                   generator: torch.Generator | None = None, sampler_opts: dict | None = None,
                   grid_kw: dict | None = None, dtype: torch.dtype = torch.float32, sample_shape: tuple = (),
                   device: str | torch.device = "cpu", rtol: float = 1e-7, progress: bool = False) -> GridFit:
@@ -123,6 +132,7 @@ def optimize_grid(model: DiffusionModel, sampler: str, n_steps: int, *, init: st
     ``n_samples`` / ``n_heldout``: x_T of the fitting and the held-out batch, drawn from the process prior with
     ``generator`` (a CPU generator), shape ``[n, *sample_shape]`` (default: the model's ``event_shape`` or its
     mixture's), on ``device`` in ``dtype``;
+    ``objective``: ``"sliced_w2"`` (on ``n_proj`` fixed random directions) or ``"pathwise"`` (module docstring);
     ``max_objective``: budget of objective evaluations (Powell); ``sampler_opts``: passed to the sampler (e.g.
     ``orders`` of DPM-Solver, ``order`` of UniPC).  Returns a ``GridFit`` (``ts`` starts at t_max and ends at
     t_min, or 0 with ``final_zero``)."""
@@ -139,8 +149,10 @@ def optimize_grid(model: DiffusionModel, sampler: str, n_steps: int, *, init: st
         raise ValueError(f"optimize_grid needs a fixed-step sampler; {sampler!r} is adaptive")
     if int(n_steps) != n_steps or n_steps < 2:
         raise ValueError(f"n_steps must be an integer >= 2 (one step has no interior point), got {n_steps}")
-    if n_samples < 1 or n_heldout < 0 or max_objective < 1:
-        raise ValueError("need n_samples >= 1, n_heldout >= 0 and max_objective >= 1")
+    if n_samples < 1 or n_heldout < 0 or max_objective < 1 or n_proj < 1:
+        raise ValueError("need n_samples >= 1, n_heldout >= 0, n_proj >= 1 and max_objective >= 1")
+    if objective not in ("sliced_w2", "pathwise"):
+        raise ValueError(f"objective must be 'sliced_w2' or 'pathwise', got {objective!r}")
     p, opts = model.process, dict(sampler_opts or {})
     ts0 = make_grid(init, p, int(n_steps), **(grid_kw or {}))
     t_max, t_min = float(ts0[0]), float(ts0[-1])
@@ -153,6 +165,8 @@ def optimize_grid(model: DiffusionModel, sampler: str, n_steps: int, *, init: st
     counter = CountingModel(model)
     ref_fit = ode_reference(counter, x_fit, t_max, t_min, final_zero, rtol, rtol)
     ref_held = ode_reference(counter, x_held, t_max, t_min, final_zero, rtol, rtol) if n_heldout else None
+    directions = torch.randn(math.prod(shape), n_proj, generator=g, dtype=_F64)
+    directions = (directions / directions.norm(dim=0, keepdim=True)).to(device)
     fn = info.fn
     if "progress" in _params(fn):
         opts["progress"] = False
@@ -164,13 +178,13 @@ def optimize_grid(model: DiffusionModel, sampler: str, n_steps: int, *, init: st
                 out = fn(counter, x, ts, **opts)
         except ValueError:  # a degenerate grid (points merged in float64): not a candidate
             return 1e30
-        v = float(((out - ref).to(_F64) ** 2).mean())
+        v = discrepancy(out, ref, directions if objective == "sliced_w2" else None)
         return v if math.isfinite(v) else 1e30
 
     history: list = []
     bar = tqdm(total=max_objective, desc=f"optimize_grid {sampler} n={n_steps}", disable=not progress, leave=False)
 
-    def objective(theta: np.ndarray) -> float:
+    def fun(theta: np.ndarray) -> float:
         v = loss(grid_from_theta(p, theta, lam_lo, lam_hi, t_max, t_min, final_zero), x_fit, ref_fit)
         history.append(v)
         bar.update(1)
@@ -178,8 +192,8 @@ def optimize_grid(model: DiffusionModel, sampler: str, n_steps: int, *, init: st
         return v
 
     theta0 = theta_from_grid(p, ts0)
-    f0 = objective(theta0)
-    res = minimize(objective, theta0, method="Powell", options={"maxfev": max_objective - 1, "xtol": 1e-4,
+    f0 = fun(theta0)
+    res = minimize(fun, theta0, method="Powell", options={"maxfev": max_objective - 1, "xtol": 1e-4,
                                                                 "ftol": 1e-6})
     bar.close()
     theta = res.x if res.fun <= f0 else theta0
@@ -187,9 +201,20 @@ def optimize_grid(model: DiffusionModel, sampler: str, n_steps: int, *, init: st
     ts_init = torch.cat([ts0, ts0.new_zeros(1)]) if final_zero else ts0
     h0 = loss(ts_init, x_held, ref_held) if n_heldout else math.nan
     h1 = loss(ts, x_held, ref_held) if n_heldout else math.nan
-    return GridFit(ts=ts, sampler=sampler, init=init, final_zero=final_zero, loss_init=f0, loss_fit=min(res.fun, f0),
+    return GridFit(ts=ts, sampler=sampler, init=init, final_zero=final_zero, objective=objective, loss_init=f0,
+                   loss_fit=min(res.fun, f0),
                    heldout_init=h0, heldout_fit=h1, n_objective=len(history), model_evals=counter.nfe,
                    history=[min(history[: i + 1]) for i in range(len(history))])
+
+
+def discrepancy(out: torch.Tensor, ref: torch.Tensor, directions: torch.Tensor | None) -> float:
+    """Squared sliced W2 between the samples ``out`` and ``ref`` on ``directions`` ([D, n_proj] unit columns; equal
+    sizes, so the 1-D optimal coupling is the sorted one), or with ``None`` the per-coordinate mean squared pathwise
+    error of ``out`` against ``ref``."""
+    a, b = out.reshape(out.shape[0], -1).to(_F64), ref.reshape(ref.shape[0], -1).to(_F64)
+    if directions is None:
+        return float(((a - b) ** 2).mean())
+    return float(((torch.sort(a @ directions, 0).values - torch.sort(b @ directions, 0).values) ** 2).mean())
 
 
 def _check_deterministic(fn, model, x: torch.Tensor, ts: torch.Tensor, opts: dict, name: str) -> None:
