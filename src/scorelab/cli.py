@@ -229,7 +229,7 @@ def fit_sampler_grid(model, sampler, ts, init, options, shape, dtype, seed, fit_
     if fit_out:
         os.makedirs(os.path.dirname(fit_out) or ".", exist_ok=True)
         fit.save(fit_out)
-    print(f"fitted grid: pathwise error to the ODE solution (held-out x_T) {fit.heldout_init:.3e} -> "
+    print(f"fitted grid: {fit.objective} to the model's ODE solution (held-out x_T) {fit.heldout_init:.3e} -> "
           f"{fit.heldout_fit:.3e}, {fit.model_evals} network evaluations spent fitting"
           + (f"; saved to {fit_out}" if fit_out else ""))
     return fit.ts, {k: v for k, v in fit.to_json().items() if k not in ("history", "ts")}
