@@ -158,11 +158,13 @@ def cmd_samplers(args) -> int:
 
 def run_sampler(model, sampler: str, nfe: int, n: int, *, grid: str | None = None, seed: int = 0,
                 options: dict | None = None, shape: tuple[int, ...] | None = None, device: str = "cpu",
-                dtype=None, fit_grid: bool = False, grid_file: str | None = None, fit_out: str | None = None):
+                dtype=None, fit_grid: bool = False, grid_file: str | None = None, fit_out: str | None = None,
+                fit_kw: dict | None = None):
     """Draw ``n`` samples with ``sampler`` under an NFE budget. Returns (samples, info dict).
 
     ``fit_grid``: refit the interior grid points to the model's own ODE solution first (``grid_opt``; the report
-    is saved to ``fit_out``); ``grid_file``: use a grid saved by an earlier fit instead of a named grid."""
+    is saved to ``fit_out``; ``fit_kw`` go to ``optimize_grid``, e.g. ``n_samples``, ``max_objective``);
+    ``grid_file``: use a grid saved by an earlier fit instead of a named grid."""
     import time
 
     import torch
@@ -182,7 +184,7 @@ def run_sampler(model, sampler: str, nfe: int, n: int, *, grid: str | None = Non
         ts, nfe_used = grid_from_file(grid_file, info, nfe)
     elif fit_grid:
         ts, fit_report = fit_sampler_grid(model, sampler, ts, grid or info.default_grid, options, shape, dtype, seed,
-                                          fit_out)
+                                          fit_out, fit_kw)
     g = torch.Generator(device=device).manual_seed(seed)
     x_T = process.prior_sample((n, *shape), generator=g, device=device, dtype=dtype)
     counter = CountingModel(model)
@@ -215,7 +217,7 @@ def grid_from_file(path: str, info, nfe: int):
     return ts, planned
 
 
-def fit_sampler_grid(model, sampler, ts, init, options, shape, dtype, seed, fit_out):
+def fit_sampler_grid(model, sampler, ts, init, options, shape, dtype, seed, fit_out, fit_kw=None):
     """``grid_opt.optimize_grid`` for the budgeted grid ``ts`` (same steps and endpoints); prints the report."""
     import torch
 
@@ -223,7 +225,8 @@ def fit_sampler_grid(model, sampler, ts, init, options, shape, dtype, seed, fit_
 
     try:
         fit = optimize_grid(model, sampler, len(ts) - 1, init=init, sampler_opts=options, sample_shape=shape,
-                            dtype=dtype, generator=torch.Generator().manual_seed(10_000 + seed), progress=True)
+                            dtype=dtype, generator=torch.Generator().manual_seed(10_000 + seed), progress=True,
+                            **(fit_kw or {}))
     except ValueError as e:
         raise CLIError(f"--fit-grid: {e}") from None
     if fit_out:
