@@ -11,11 +11,13 @@ against the T = 1000 ancestral sampler, plus CPU wall times.  Anchor (paper, Tab
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 
 from scorelab.data import load_digits
@@ -31,14 +33,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_results  # noqa: E402
 
 
-def pretrain(x: torch.Tensor, steps: int, seed: int) -> NetworkModel:
+def _net() -> UNet:
+    return UNet(1, base_channels=32, channel_mults=(1, 2), attn_resolutions=(), mid_attention=False)
+
+
+def pretrain(x: torch.Tensor, steps: int, seed: int, cache: Path | None = None) -> tuple[NetworkModel, float]:
+    """The T = 1000 DDPM (EMA weights) and its pretraining wall time; cached as safetensors + JSON in ``cache``
+    (so a later call with more fine-tuning epochs reuses it)."""
+    process = Discrete.from_schedule("linear", 1000)
+    if cache is not None and cache.exists():
+        model = NetworkModel(_net(), process, "eps", time_input="t")
+        model.net.load_state_dict(safetensors.torch.load_file(str(cache)))
+        return model.requires_grad_(True).eval(), json.loads(cache.with_suffix(".json").read_text())["pretrain_s"]
     torch.manual_seed(seed)
-    net = UNet(1, base_channels=32, channel_mults=(1, 2), attn_resolutions=(), mid_attention=False)
-    model = NetworkModel(net, Discrete.from_schedule("linear", 1000), "eps", time_input="t")
+    t0 = time.perf_counter()
+    model = NetworkModel(_net(), process, "eps", time_input="t")
     cfg = TrainConfig(steps=steps, batch_size=128, lr=1e-3, warmup_steps=100, ema_decay=0.999, seed=seed,
                       log_every=10**9)
     res = train(model, x, cfg, loss_fn=DSMLoss(LossConfig(proposal="discrete")), progress=False)
-    return res.ema_model.requires_grad_(True).eval()
+    wall = time.perf_counter() - t0
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        safetensors.torch.save_file({k: v.contiguous() for k, v in res.ema_model.net.state_dict().items()},
+                                    str(cache))
+        cache.with_suffix(".json").write_text(json.dumps({"pretrain_s": wall, "steps": steps}))
+    return res.ema_model.requires_grad_(True).eval(), wall
 
 
 @torch.no_grad()
@@ -58,9 +77,10 @@ def scores(samples: torch.Tensor, ref_feats: torch.Tensor) -> dict:
 def run_seed(seed: int, args) -> dict:
     x, _ = load_digits()
     ref = digits_features(x)
-    t0 = time.perf_counter()
-    model = pretrain(x, args.pretrain_steps, seed)
-    rows = {"pretrain_s": time.perf_counter() - t0}
+    work = RESULTS / ".sft_pg_digits_runs"
+    model, pretrain_s = pretrain(x, args.pretrain_steps, seed, work / f"seed{seed}_pretrain{args.pretrain_steps}"
+                                                                      ".safetensors")
+    rows = {"pretrain_s": pretrain_s}
     ts10 = make_policy_grid(model.process, 10, "quadratic")
     t0 = time.perf_counter()
     rows["DDPM T=1000"] = {**scores(draw(model, make_policy_grid(model.process), args.n_eval, seed), ref),
@@ -68,7 +88,8 @@ def run_seed(seed: int, args) -> dict:
     rows["DDPM T'=10 quad"] = scores(draw(model, ts10, args.n_eval, seed), ref)
     cfg = SFTPGConfig(sampler="ddpm", n_steps=10, grid="quadratic", epochs=args.epochs, lr_generator=args.lr,
                       seed=seed, eval_every=0, batch_size=64, ema_decay=args.ema_decay)
-    res = sft_pg(model, x, cfg, run_dir=RESULTS / f".sft_pg_digits_runs/seed{seed}", progress=args.progress)
+    res = sft_pg(model, x, cfg, run_dir=work / f"seed{seed}_pretrain{args.pretrain_steps}_ft", resume=True,
+                 progress=args.progress)
     rows["SFT-PG(B) T'=10 quad"] = {**scores(draw(res.ema_model, ts10, args.n_eval, seed), ref),
                                    "finetune_s": res.wall_time, "history": res.history}
     rows["grid"] = (ts10 * 1000).round().tolist()
@@ -99,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
                    for m in ("fid_digits", "precision", "recall")} for k in keys}
     stem = "sft_pg_digits" + ("_quick" if q else "") + (f"_{args.tag}" if args.tag else "")
     out = {"config": vars(args), "summary": summary, "runs": runs, "wall_time_s": time.perf_counter() - t0}
-    lines = [f"# SFT-PG on digits ({'quick' if q else 'full'} run)", "",
+    full = args.pretrain_steps == 20_000 and args.epochs == 100 and len(args.seeds) == 3
+    lines = [f"# SFT-PG on digits ({'quick' if q else 'full' if full else 'reduced'} run)", "",
              f"Seeds {args.seeds}; UNet pretraining {args.pretrain_steps} steps; fine-tuning {args.epochs} epochs "
              f"(lr {args.lr}); {args.n_eval} samples vs the 1797 digits.", "",
              "| sampler | FID-digits | precision | recall |", "|---|---|---|---|"]

@@ -3,7 +3,7 @@ r"""Optimised time grids: fit the n-1 interior points of a deterministic sampler
 For a deterministic sampler ``S`` and a grid ``ts`` the output ``S(x_T; ts)`` is a transport map; its distribution
 differs from the probability-flow ODE's by at most the pathwise error, since the coupling (S(x_T), Phi(x_T)) gives
 
-    SW2(law S, law Phi)^2  <=  W2(law S(x_T; ts), law Phi(x_T))^2  <=  E || S(x_T; ts) - Phi(x_T) ||^2 =: L(ts),
+    SW2(law S, law Phi)^2  <=  W2(law S(x_T; ts), law Phi(x_T))^2  <=  E || S(x_T; ts) - Phi(x_T) ||^2 = d L(ts),
 
 where ``Phi`` is the exact PF-ODE flow from t_max to t_min (here adaptive dopri5 at a tight tolerance, followed
 by the same step to t = 0 when the grid ends there).  With exact scores the ODE's law at t_min is the data law
