@@ -141,3 +141,8 @@ def test_cli_fit_grid_then_reuse(capsys, tmp_path):
     assert "over the --nfe budget" in capsys.readouterr().err
     assert main(["sample", "--model", "gmm:ring8", "--sampler", "ddpm", "--nfe", "5", "--fit-grid"]) == 2
     assert "deterministic" in capsys.readouterr().err
+    assert main(args + ["--fit-grid", "--grid-file", str(grid)]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(args + ["--grid-file", str(tmp_path / "bad.json")]) == 2
+    assert "'ts'" in capsys.readouterr().err

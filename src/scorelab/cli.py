@@ -284,6 +284,8 @@ def cmd_sample(args) -> int:
     opts = parse_options(args.opt)
     dtype = torch.float64 if hasattr(model, "mixture") else torch.float32
     out = args.out or os.path.join("runs", f"sample_{args.sampler}_nfe{args.nfe}")
+    if args.fit_grid and args.grid_file:
+        raise CLIError("--fit-grid fits a new grid and --grid-file loads a saved one: give one of them")
     x, info = run_sampler(model, args.sampler, args.nfe, args.n, grid=args.grid, seed=args.seed, options=opts,
                           shape=shape, dtype=dtype, fit_grid=args.fit_grid, grid_file=args.grid_file,
                           fit_out=os.path.join(out, "grid.json"))
