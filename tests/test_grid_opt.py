@@ -104,6 +104,7 @@ def test_final_zero_and_multistep(oracle):
     ({"sampler": "nope", "n_steps": 4}, "unknown sampler"),
     ({"sampler": "ddim", "n_steps": 1}, "n_steps"),
     ({"sampler": "ddim", "n_steps": 3, "objective": "kl"}, "objective"),
+    ({"sampler": "ddim", "n_steps": 3, "grid_kw": {"final_zero": True}}, "final_zero"),
 ])
 def test_bad_requests(oracle, kwargs, message):
     with pytest.raises(ValueError, match=message):

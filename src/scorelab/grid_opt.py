@@ -154,6 +154,8 @@ def optimize_grid(model: DiffusionModel, sampler: str, n_steps: int, *, init: st
     if objective not in ("sliced_w2", "pathwise"):
         raise ValueError(f"objective must be 'sliced_w2' or 'pathwise', got {objective!r}")
     p, opts = model.process, dict(sampler_opts or {})
+    if "final_zero" in (grid_kw or {}):
+        raise ValueError("pass final_zero to optimize_grid itself, not in grid_kw (the step to 0 is not fitted)")
     ts0 = make_grid(init, p, int(n_steps), **(grid_kw or {}))
     t_max, t_min = float(ts0[0]), float(ts0[-1])
     lam_lo, lam_hi = float(p.log_snr(torch.tensor(t_max, dtype=_F64))), float(p.log_snr(torch.tensor(t_min,
