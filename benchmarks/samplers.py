@@ -18,7 +18,10 @@ targets             ``ring2d``: ring of 8 modes (radius 2, std 0.1, d = 2); ``an
 NFE                 {5, 10, 20, 50}, counted by wrapping the model (both libraries), never assumed
 configurations      scorelab: every fixed-step sampler x grid {uniform_t, uniform_log_snr, karras, quadratic} x
                     {ending at t_min = 1/N, plus a last step to t = 0}; diffusers: each scheduler with its documented
-                    settings (timestep_spacing linspace/trailing, Karras sigmas, Lu lambdas, solver orders)
+                    settings (timestep_spacing linspace/trailing, Karras sigmas, Lu lambdas, solver orders);
+                    scorelab also runs DPM-Solver++ 2M/3M and UniPC (bh1, bh2) on grids fitted by
+                    ``scorelab.grid_opt.optimize_grid`` to the model's own dopri5 ODE solution (model only, x_T of
+                    seed 1000, never a dev or held-out seed)
 dev stage           every configuration on ``n_dev`` samples of the dev seed 0; per (method, NFE) the configuration
                     of least sliced W2 is kept, and per (library, NFE) the method of least sliced W2 is the
                     contender (both libraries selected the same way, on the dev seed only)
@@ -566,7 +569,8 @@ def markdown_refine(refine: list[dict], args) -> list[str]:
 
 
 def markdown_fitted(refine) -> list[str]:
-    """Fitted grids among the refinement rows: pathwise error to the ODE solution before / after fitting."""
+    """Fitted grids among the refinement rows: their objective (squared sliced W2 to the ODE solution's outputs from
+    the same fresh x_T) before / after fitting."""
     keys = [(r["method"], r["label"], r["nfe"]) for r in refine if (r["method"], r["label"], r["nfe"]) in FITTED]
     if not keys:
         return []
@@ -687,7 +691,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, default=5, help="held-out seeds 1..S")
     ap.add_argument("--ref-factor", type=int, default=4, help="reference sample size / n")
     ap.add_argument("--n-proj", type=int, default=200, help="fixed projection directions of sliced W2")
-    ap.add_argument("--refine-top", type=int, default=3, help="configurations per library and NFE re-run on the "
+    ap.add_argument("--refine-top", type=int, default=10, help="configurations per library and NFE re-run on the "
                     "dev seed at n samples before the held-out stage (0: pick on the dev stage alone)")
     ap.add_argument("--dev-from", default=None, help="reuse the dev-stage rows of this earlier results JSON")
     ap.add_argument("--targets", default="ring2d,aniso16d")
