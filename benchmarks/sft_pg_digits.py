@@ -88,8 +88,13 @@ def run_seed(seed: int, args) -> dict:
     rows["DDPM T'=10 quad"] = scores(draw(model, ts10, args.n_eval, seed), ref)
     cfg = SFTPGConfig(sampler="ddpm", n_steps=10, grid="quadratic", epochs=args.epochs, lr_generator=args.lr,
                       seed=seed, eval_every=0, batch_size=64, ema_decay=args.ema_decay)
-    res = sft_pg(model, x, cfg, run_dir=work / f"seed{seed}_pretrain{args.pretrain_steps}_ft", resume=True,
-                 progress=args.progress)
+    ft_dir = work / f"seed{seed}_pretrain{args.pretrain_steps}_ft" if (args.lr, args.ema_decay) == (2e-5, 0.0) else \
+        work / f"seed{seed}_pretrain{args.pretrain_steps}_lr{args.lr:g}_ema{args.ema_decay:g}_ft"
+    res = sft_pg(model, x, cfg, run_dir=ft_dir, resume=True, progress=args.progress)  # resumes a shorter run
+    done = max((h.get("epoch", 0) for h in res.history), default=0)
+    if done > args.epochs:
+        raise SystemExit(f"{ft_dir} holds a run of {done} epochs, more than --epochs {args.epochs}: remove it or ask "
+                         "for at least that many epochs")
     rows["SFT-PG(B) T'=10 quad"] = {**scores(draw(res.ema_model, ts10, args.n_eval, seed), ref),
                                    "finetune_s": res.wall_time, "history": res.history}
     rows["grid"] = (ts10 * 1000).round().tolist()
