@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -37,8 +38,10 @@ from scorelab.data.images import load_digits
 from scorelab.denoisers import NetworkModel
 from scorelab.finetune.discriminator import (
     DiscriminatorConfig,
+    ce_terms,
     generate_samples,
     make_discriminator,
+    mse_terms,
     train_discriminator,
 )
 from scorelab.guidance import DiscriminatorGuidance
@@ -98,30 +101,67 @@ def evaluate(x: torch.Tensor, ref_feat: torch.Tensor) -> dict:
     return {"fid_digits": fid_from_features(ref_feat, f), "precision": pr["precision"], "recall": pr["recall"]}
 
 
-def train_disc(model, x_real, x_fake, objective: str, seed: int, args):
+class Probe:
+    """Fixed diffused draws for held-out losses along training (the thesis' Fig. 3.4 "reconstruction loss"):
+    J_CE on data vs *fresh* generated samples (not the training ones) and the J_MSE gain over no correction,
+    J_MSE(phi) - J_MSE(c = 0) (eq. 3.8, lambda = sigma^2; negative = the correction helps), on data."""
+
+    def __init__(self, model, x_real: torch.Tensor, x_fake_heldout: torch.Tensor, n: int = 512, seed: int = 777):
+        g = torch.Generator().manual_seed(seed)
+        pick = lambda x: x[torch.randperm(x.shape[0], generator=g)[:n]]  # noqa: E731
+        proc, self.model = model.process, model
+        self.t_r, self.t_f, self.t_m = (proc.t_min + (proc.t_max - proc.t_min) * torch.rand(n, generator=g)
+                                        for _ in range(3))
+        self.x_r, _ = proc.marginal_sample(pick(x_real), self.t_r, g)
+        self.x_f, _ = proc.marginal_sample(pick(x_fake_heldout), self.t_f, g)
+        self.x_m, self.eps = proc.marginal_sample(pick(x_real), self.t_m, g)
+        with torch.no_grad():
+            self.eps_theta = model.eps(self.x_m, self.t_m)
+        self.mse0 = (self.eps_theta - self.eps).reshape(n, -1).pow(2).sum(1).mean()
+
+    def __call__(self, disc) -> dict:
+        with torch.no_grad():
+            a, b = ce_terms(disc, self.x_r, self.t_r, self.x_f, self.t_f)
+        mse = mse_terms(disc, self.model, self.x_m, self.t_m, self.eps, create_graph=False,
+                        eps_theta=self.eps_theta).mean()
+        return {"heldout_ce": float(a.mean() + b.mean()), "d_mse": float(mse - self.mse0)}
+
+
+def train_disc(model, x_real, x_fake, objective: str, seed: int, args, callback=None):
     kw = {"objective": objective} if objective == "ce" else {"objective": "mse+ce", "gamma": args.gamma}
     cfg = DiscriminatorConfig(**kw, steps=args.disc_steps, batch_size=128, lr=1e-3, seed=seed,
                               log_every=max(1, args.disc_steps // 10))
     torch.manual_seed(seed)
     disc = make_discriminator((1, 8, 8), model.process, base_channels=args.head_channels, channel_mults=(1, 2))
-    return train_discriminator(disc, model, x_real, x_fake, cfg, progress=args.progress)
+    return train_discriminator(disc, model, x_real, x_fake, cfg, progress=args.progress, callback=callback,
+                               eval_every=args.eval_every)
 
 
 def methods(args) -> dict[str, str | None]:
     return {BASE: None, "DG, J_CE (Kim et al.)": "ce", f"DG, J_MSE + {args.gamma:g} J_CE": "mse+ce"}
 
 
-def run_seed(seed: int, model, x_real, x_fake, ref_feat, args) -> list[dict]:
-    """All methods at one seed -> rows (method, seed, metrics, training history); grids of seed 0 saved."""
+def run_seed(seed: int, model, x_real, x_fake, ref_feat, args, probe: Probe) -> list[dict]:
+    """All methods at one seed -> rows (method, seed, metrics, training history; with ``--eval-every`` the curve
+    of FID / precision / recall and held-out losses along discriminator training); grids of seed 0 saved."""
     rows = []
     for name, obj in methods(args).items():
         if obj is None:
             x, extra = sample(model, args.n_eval, seed, args.nfe, cache=f"base_p{args.pretrain_steps}_nfe{args.nfe}"
                               f"_n{args.n_eval}_s{seed}"), {}
         else:
-            res = train_disc(model, x_real, x_fake, obj, seed, args)
-            x = sample(DiscriminatorGuidance(model, res.discriminator, scale=args.scale), args.n_eval, seed, args.nfe)
-            extra = {"history": res.history, "train_wall_s": res.wall_s}
+            def evaluate_at(step, disc, obj=obj):
+                xg = sample(DiscriminatorGuidance(model, disc, scale=args.scale), args.n_eval, seed, args.nfe)
+                out = {"step": step, **evaluate(xg, ref_feat), **probe(disc)}
+                print(f"  {obj} seed {seed} step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in out.items()
+                                                                      if k != "step"), flush=True)
+                return out, xg
+
+            res = train_disc(model, x_real, x_fake, obj, seed, args, callback=evaluate_at)
+            x = res.evaluations[-1][1]
+            extra = {"history": res.history, "train_wall_s": res.wall_s,
+                     "curve": [e for e, _ in res.evaluations], **{k: v for k, v in res.evaluations[-1][0].items()
+                                                                   if k in ("heldout_ce", "d_mse")}}
         rows.append({"method": name, "seed": seed, **evaluate(x, ref_feat), **extra})
         if seed == 0:
             ckpts.atomic_write_bytes(CACHE / f"grid_{obj}.safetensors", safetensors.torch.save({"x": x[:64]}))
@@ -135,12 +175,76 @@ def ms(v, f: str = ".3f") -> str:
     return f"{v.mean():{f}} ± {v.std(ddof=1):{f}}" if v.size > 1 else f"{v.mean():{f}}"
 
 
+def curves(rows: list[dict]) -> dict[str, dict[int, list[dict]]]:
+    """method -> discriminator step -> the evaluations of all seeds at that step."""
+    out: dict[str, dict[int, list[dict]]] = {}
+    for r in rows:
+        for e in r.get("curve", []):
+            out.setdefault(r["method"], {}).setdefault(e["step"], []).append(e)
+    return out
+
+
+def curve_table(rows: list[dict]) -> list[str]:
+    cv = curves(rows)
+    if not cv or all(len(v) < 2 for v in cv.values()):
+        return []
+    names = list(cv)
+    lines = ["", "Along discriminator training (mean ± std over seeds): guided FID-digits / held-out J_CE (data vs "
+             "fresh generated samples; ln 4 = 1.386 is chance) / J_MSE gain over no correction (eq. 3.8, lambda = "
+             "sigma^2, on data; < 0: the correction moves the score toward the data score)", "",
+             "| disc. step | " + " | ".join(f"{n}: FID | {n}: held-out J_CE | {n}: ΔJ_MSE" for n in names) + " |",
+             "|---" * (1 + 3 * len(names)) + "|"]
+    for step in sorted({k for v in cv.values() for k in v}):
+        cells = []
+        for n in names:
+            es = cv[n].get(step, [])
+            cells += [ms([e[k] for e in es], f) if es else "-" for k, f in (("fid_digits", ".3f"),
+                                                                              ("heldout_ce", ".4f"),
+                                                                              ("d_mse", ".4f"))]
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def curve_plot(rows: list[dict], path: Path) -> str | None:
+    cv = curves(rows)
+    if not cv or all(len(v) < 2 for v in cv.values()):
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    base = [r["fid_digits"] for r in rows if r["method"] == BASE]
+    for i, (n, by_step) in enumerate(cv.items()):
+        steps = sorted(by_step)
+        for ax, k in zip(axes, ("fid_digits", "heldout_ce", "d_mse"), strict=True):
+            v = [np.array([e[k] for e in by_step[st]]) for st in steps]
+            m, sd = np.array([x.mean() for x in v]), np.array([x.std() for x in v])
+            ax.plot(steps, m, "o-", color=f"C{i}", label=n)
+            ax.fill_between(steps, m - sd, m + sd, color=f"C{i}", alpha=0.2)
+    if base:
+        axes[0].axhline(float(np.mean(base)), color="k", ls="--", label=BASE)
+    axes[1].axhline(math.log(4), color="gray", ls=":", label="chance (ln 4)")
+    axes[2].axhline(0.0, color="gray", ls=":")
+    for ax, t in zip(axes, ("guided FID-digits", "held-out J_CE", "J_MSE gain over c = 0"), strict=True):
+        ax.set_xlabel("discriminator step")
+        ax.set_title(t)
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
 def markdown(rows: list[dict], args, wall: float) -> str:
     names = list(dict.fromkeys(r["method"] for r in rows))
     base_fid = float(np.mean([r["fid_digits"] for r in rows if r["method"] == BASE]))
     seeds = sorted({r["seed"] for r in rows})
     opts = (f" --pretrain-steps {args.pretrain_steps} --disc-steps {args.disc_steps} --n-gen {args.n_gen} "
-            f"--n-eval {args.n_eval} --gamma {args.gamma:g} --scale {args.scale:g}")
+            f"--n-eval {args.n_eval} --gamma {args.gamma:g} --scale {args.scale:g}"
+            + (f" --head-channels {args.head_channels}" if args.head_channels != 32 else "")
+            + (f" --eval-every {args.eval_every}" if args.eval_every else ""))
     lines = [f"# Discriminator guidance on an under-trained digits model ({args.pretrain_steps} pretraining steps), "
              f"{len(seeds)} seed(s)", "",
              f"{SAMPLER}, {args.nfe} NFE, guidance scale {args.scale}, {args.n_eval} samples vs the 1797 digits; "
@@ -158,6 +262,7 @@ def markdown(rows: list[dict], args, wall: float) -> str:
                      f"| {ms([r['recall'] for r in rs])} | {ms(d_fid)} | {ms(d_rec)} |")
     lines += ["", "Paired Δ: method minus base at the same seed (same x_T; the discriminator seed equals the sampling "
               "seed), mean ± std over seeds."]
+    lines += curve_table(rows)
     lines += ["", "Per seed (FID-digits / precision / recall): " + "; ".join(
         f"{r['method']} s{r['seed']}: {r['fid_digits']:.3f} / {r['precision']:.3f} / {r['recall']:.3f}"
         for r in rows), "",
@@ -178,6 +283,8 @@ def finish(rows: list[dict], args, wall: float) -> None:
             x = safetensors.torch.load(p.read_bytes())["x"]
             tag = {"None": "base", "ce": "dg_ce", "mse+ce": "dg_mse_ce"}[obj]
             pngs.append(image_grid(x, str(RESULTS / f"{stem}_{tag}.png"), title=tag))
+    curve_png = curve_plot(rows, RESULTS / f"{stem}_curve.png")
+    pngs += [curve_png] if curve_png else []
     payload = {"benchmark": "dg_digits", "args": vars(args), "rows": rows, "anchor": ANCHOR, "wall_s": wall,
                "plots": pngs}
     write_results(stem, payload, markdown(rows, args, wall))
@@ -198,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-eval", type=int, default=None)
     ap.add_argument("--nfe", type=int, default=35)
     ap.add_argument("--head-channels", type=int, default=32)
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="also evaluate (guided FID / P / R, held-out J_CE and J_MSE gain) every N discriminator steps")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: best on a shared CPU)")
     ap.add_argument("--stem", default=None)
     ap.add_argument("--progress", action="store_true")
@@ -208,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     args.n_gen = args.n_gen or (500 if args.quick else 2000)
     args.n_eval = args.n_eval or (500 if args.quick else 1797)
     seeds = args.seed_list if args.seed_list is not None else list(range(1 if args.quick else args.seeds))
-    key = f"p{args.pretrain_steps}_d{args.disc_steps}_g{args.gamma:g}_w{args.scale:g}_n{args.n_eval}"
+    key = (f"p{args.pretrain_steps}_d{args.disc_steps}_g{args.gamma:g}_w{args.scale:g}_n{args.n_eval}_m{args.n_gen}"
+           f"_h{args.head_channels}")
     CACHE.mkdir(parents=True, exist_ok=True)
     if args.merge:
         parts = [json.loads(p.read_text()) for p in sorted(CACHE.glob(f"part_{key}_s*.json"))]
@@ -222,9 +332,12 @@ def main(argv: list[str] | None = None) -> None:
     ref_feat = digits_features(x_real)
     x_fake = generate_samples(model, args.n_gen, (1, 8, 8), sampler=SAMPLER, nfe=args.nfe, seed=12345,
                               batch_size=500, cache_dir=CACHE, progress=args.progress)
+    x_fake_heldout = generate_samples(model, 512, (1, 8, 8), sampler=SAMPLER, nfe=args.nfe, seed=54321,
+                                      batch_size=512, cache_dir=CACHE, progress=args.progress)
+    probe = Probe(model, x_real, x_fake_heldout)
     rows = []
     for s in seeds:
-        rows += run_seed(s, model, x_real, x_fake, ref_feat, args)
+        rows += run_seed(s, model, x_real, x_fake, ref_feat, args, probe)
         if args.part:
             (CACHE / f"part_{key}_s{s}.json").write_text(json.dumps(
                 {"rows": rows[-3:], "wall_s": time.perf_counter() - t0}, default=float))

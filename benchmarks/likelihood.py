@@ -114,10 +114,13 @@ def make_net(kind: str) -> nn.Module:
 
 
 def train_models(x: torch.Tensor, kind: str, seed: int, a) -> dict:
-    """simple / likelihood (same init, data order, steps) and high-order DSM fine-tuning of the simple model."""
+    """simple / likelihood (same init, data order, steps) and high-order DSM fine-tuning of the simple model
+    (only the simple model with ``a.adpm_only``)."""
     wrap = Dequantized if kind == "digits" else (lambda f: f)
     losses = {"simple": DSMLoss(LossConfig(proposal="uniform", weighting="eps")),
               "likelihood": DSMLoss(LossConfig(proposal="importance", weighting="likelihood"))}
+    if a.adpm_only:
+        losses.pop("likelihood")
     torch.manual_seed(seed)
     init = NetworkModel(make_net(kind), VP_PROCESS, "eps")
     cfg = TrainConfig(steps=a.steps, batch_size=a.batch, lr=a.lr, warmup_steps=50, ema_decay=0.999, seed=seed,
@@ -127,6 +130,8 @@ def train_models(x: torch.Tensor, kind: str, seed: int, a) -> dict:
         t0 = time.perf_counter()
         out[name] = train(copy.deepcopy(init), x, cfg, loss_fn=wrap(loss), progress=a.progress).ema_model.eval()
         times[name] = time.perf_counter() - t0
+    if a.adpm_only:
+        return out, times
     ho = functools.partial(hodsm_loss, order=2, trace=True, divergence="exact" if kind == "toy" else "hutchinson")
     ft = TrainConfig(steps=a.ft_steps, batch_size=a.batch, lr=a.lr / 5, ema_decay=0.999, seed=seed + 7919,
                      log_every=10**9)
@@ -254,7 +259,7 @@ def run_one(name: str, seed: int, a) -> dict:
     xtr, xte = load(name, seed, a)
     t0 = time.perf_counter()
     models, times = train_models(xtr, kind, seed, a)
-    part_a = {w: nll_metrics(m, xte, kind, seed, a) for w, m in models.items()}
+    part_a = {} if a.adpm_only else {w: nll_metrics(m, xte, kind, seed, a) for w, m in models.items()}
     t1 = time.perf_counter()
     part_b = analytic_dpm_part(models["simple"], xtr, xte, kind, seed, a)
     floor = sliced_w2(xtr[: a.n_test], xte, n_projections=500, seed=0) if kind == "toy" else None
@@ -271,10 +276,12 @@ def summarize(runs: dict, a) -> tuple[dict, str]:
     summary, lines = {}, []
     for name, seeds in runs.items():
         unit = "bits/dim (17-level)" if name == "digits" else "nats per point"
-        lines += [f"## {name}: test NLL by weighting ({unit}; mean ± std over seeds {list(seeds)})", "",
-                  "| weighting | ODE NLL | -cont. ELBO | -discrete ELBO (N=1000, β̃) | ODE NFE |",
-                  "|---|---|---|---|---|"]
-        for w in WEIGHTINGS:
+        has_nll = all(s["nll"] for s in seeds.values())
+        if has_nll:
+            lines += [f"## {name}: test NLL by weighting ({unit}; mean ± std over seeds {list(seeds)})", "",
+                      "| weighting | ODE NLL | -cont. ELBO | -discrete ELBO (N=1000, β̃) | ODE NFE |",
+                      "|---|---|---|---|---|"]
+        for w in WEIGHTINGS if has_nll else ():
             r = [s["nll"][w] for s in seeds.values()]
             vals = {k: [x[k]["mean"] for x in r] for k in ("ode_nll", "cont_elbo_nll", "disc_elbo_nll")}
             summary[f"{name}/{w}"] = {k: [float(np.mean(v)), float(np.std(v, ddof=1) if len(v) > 1 else 0)]
@@ -282,7 +289,8 @@ def summarize(runs: dict, a) -> tuple[dict, str]:
             lines.append(f"| {w} | {_agg(vals['ode_nll'])} | {_agg(vals['cont_elbo_nll'])} | "
                          f"{_agg(vals['disc_elbo_nll'])} | {np.mean([x['ode_nfe'] for x in r]):.0f} |")
         metric = "FID-digits" if name == "digits" else "sliced W2 to test"
-        lines += ["", f"## {name}: Analytic-DPM, simple model as DDPM ({metric}; -discrete ELBO in {unit})", "",
+        lines += ["", f"## {name}: Analytic-DPM, simple model as DDPM ({metric}; -discrete ELBO in {unit}; "
+                  f"seeds {list(seeds)})", "",
                   f"| K | subseq. | {' | '.join(VARIANCES)} | -ELBO: {' | '.join(VARIANCES)} |",
                   "|---" * (2 + 2 * len(VARIANCES)) + "|"]
         first = next(iter(seeds.values()))["adpm"]["rows"]
@@ -305,12 +313,7 @@ def summarize(runs: dict, a) -> tuple[dict, str]:
     return summary, "\n".join(lines)
 
 
-def plots(runs: dict, stem: str) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(runs)
+def _nll_plot(plt, runs: dict, names: list[str], stem: str) -> str:
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         for j, key in enumerate(("ode_nll", "cont_elbo_nll", "disc_elbo_nll")):
@@ -320,9 +323,21 @@ def plots(runs: dict, stem: str) -> list[str]:
         ax.set_title(name)
         ax.set_ylabel("bits/dim" if name == "digits" else "nats / point")
     axes[0][0].legend(fontsize=7)
-    paths = [str(RESULTS / f"{stem}_nll.png")]
+    path = str(RESULTS / f"{stem}_nll.png")
     fig.tight_layout()
-    fig.savefig(paths[0], dpi=110)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plots(runs: dict, stem: str) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, paths = list(runs), []
+    nll_names = [n for n in names if all(s["nll"] for s in runs[n].values())]
+    if nll_names:
+        paths.append(_nll_plot(plt, runs, nll_names, stem))
     fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6.4), squeeze=False)
     for c, name in enumerate(names):
         rows = [r for s in runs[name].values() for r in s["adpm"]["rows"] if r["K"] != max(r2["K"] for r2 in
@@ -344,7 +359,7 @@ def plots(runs: dict, stem: str) -> list[str]:
     axes[0][0].legend(fontsize=6)
     paths.append(str(RESULTS / f"{stem}_adpm.png"))
     fig.tight_layout()
-    fig.savefig(paths[1], dpi=110)
+    fig.savefig(paths[-1], dpi=110)
     plt.close("all")
     return paths
 
@@ -382,6 +397,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, help="training steps per weighting")
     p.add_argument("--ft-steps", type=int, help="high-order DSM fine-tuning steps")
     p.add_argument("--gamma-m", type=int, help="data points per step for the Gamma estimate")
+    p.add_argument("--adpm-only", action="store_true",
+                   help="Part B only: train just the simple model (e.g. longer, with --steps) and skip the NLL part")
+    p.add_argument("--digit-samples", type=int, help="digits drawn per (K, subsequence, variance) (default 500)")
+    p.add_argument("--digit-ref-k", type=int, help="digits reference budget K on the even grid (default 100)")
     p.add_argument("--ks", type=int, nargs="+", help="step budgets K for Analytic-DPM (default 10 25 50)")
     p.add_argument("--stem", help="result file stem (default likelihood or likelihood_quick)")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="only merge these result files into --stem")
@@ -405,7 +424,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = {name: {s: run_one(name, s, a) for s in a.seeds} for name in a.toy}
     if not a.no_digits:
         b = copy.copy(a)
-        b.n_samples, b.ref_k = (300, 100) if q else (500, 100)
+        b.n_samples, b.ref_k = (a.digit_samples or (300 if q else 500)), (a.digit_ref_k or 100)
         b.ft_steps, b.gamma_m = user_ft or (30 if q else 100), user_gm or (100 if q else 200)
         runs["digits"] = {s: run_one("digits", s, b) for s in a.digit_seeds}
     stem = a.stem or ("likelihood" + ("_quick" if q else ""))
