@@ -378,10 +378,12 @@ def merge(paths: list[str], stem: str) -> dict:
     summary, md = summarize(runs, None)
     figs = plots(runs, stem)
     a = cfgs[0]
+    train = (f"Analytic-DPM part only (`--adpm-only`): the simple model, {a['steps']} steps (batch {a['batch']}, lr "
+             f"{a['lr']}), Gamma from {a['gamma_m']} training points per step" if a.get("adpm_only") else
+             f"Training: {a['steps']} steps (batch {a['batch']}, lr {a['lr']}) per weighting; high-order DSM = "
+             f"simple model + {a['ft_steps']} steps (toy) of L1 + L2 (trace) at lr {a['lr'] / 5}")
     header = (f"# Likelihood benchmark (merged from {len(paths)} runs, {wall / 60:.1f} CPU-process minutes in all)\n\n"
-              f"Training: {a['steps']} steps (batch {a['batch']}, lr {a['lr']}) per weighting; high-order DSM = "
-              f"simple model + {a['ft_steps']} steps (toy) of L1 + L2 (trace) at lr {a['lr'] / 5}.  "
-              f"Plots: {', '.join(Path(f).name for f in figs)}.\n\n")
+              f"{train}.  Plots: {', '.join(Path(f).name for f in figs)}.\n\n")
     write_results(stem, {"config": cfgs, "merged_from": paths, "summary": summary, "runs": runs,
                          "figures": figs}, header + md)
     return {"summary": summary, "runs": runs}
@@ -431,9 +433,11 @@ def main(argv: list[str] | None = None) -> dict:
     summary, md = summarize(runs, a)
     figs = plots(runs, stem)
     wall = time.perf_counter() - t0
+    train = (f"Analytic-DPM part only (`--adpm-only`): the simple model, {a.steps} steps (batch {a.batch}, lr {a.lr})"
+             if a.adpm_only else f"Training: {a.steps} steps (batch {a.batch}, lr {a.lr}) per weighting; high-order "
+             f"DSM = simple model + {a.ft_steps} steps of L1 + L2 (trace) at lr {a.lr / 5}")
     header = (f"# Likelihood benchmark ({'quick' if q else 'full'} run, {wall / 60:.1f} min on CPU)\n\n"
-              f"Training: {a.steps} steps (batch {a.batch}, lr {a.lr}) per weighting; high-order DSM = simple model "
-              f"+ {a.ft_steps} steps of L1 + L2 (trace) at lr {a.lr / 5}.  "
+              f"{train}.  "
               f"Plots: {', '.join(Path(f).name for f in figs)}.\n\n")
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()}
     write_results(stem, {"config": cfg, "summary": summary, "runs": {n: {str(s): r for s, r in v.items()}
