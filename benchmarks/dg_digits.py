@@ -10,6 +10,9 @@ the base model's evaluation samples.  Discriminators: ``nets.ImageHead`` (``--he
 s_theta + w grad log r_phi (w = ``--scale``, whole interval).  Metrics: FID-digits (Frechet distance on the 64-d
 features of scorelab's digits CNN, NOT Inception FID) against all 1797 digits, improved precision / recall (k = 5) on
 the same features.  Seed s = sampling seed s for the base model and (discriminator seed s, sampling seed s) for DG.
+With ``--eval-every N`` each discriminator is also evaluated every N steps along training: guided FID / precision /
+recall, held-out J_CE (data vs 512 *fresh* generated samples that J_CE never saw; rising = over-fitting) and the
+J_MSE gain over no correction on fixed diffused data (``Probe``; the thesis' Fig. 3.4 "reconstruction loss").
 
 Anchor: thesis Table 3.2 (EDM CIFAR-10 FID): EDM 2.03, EDM + DG 3.03 +- 0.05, EDM + ours 2.00 +- 0.01; Kim et al. 2023
 report DG improving EDM CIFAR-10 2.03 -> 1.77.  Values here are FID-digits: compare the ratios, not the numbers.
@@ -17,7 +20,7 @@ report DG improving EDM CIFAR-10 2.03 -> 1.77.  Values here are FID-digits: comp
     python benchmarks/dg_digits.py --quick                     # 1 seed, short training, 500 samples
     python benchmarks/dg_digits.py                             # 3 seeds in this process
     for s in 0 1 2; do python benchmarks/dg_digits.py --seed-list $s --part & done; wait
-    python benchmarks/dg_digits.py --merge                     # the same 3 seeds, run as 3 processes
+    python benchmarks/dg_digits.py --merge --seed-list 0 1 2   # the same 3 seeds, run as 3 processes
 """
 from __future__ import annotations
 
@@ -251,17 +254,22 @@ def markdown(rows: list[dict], args, wall: float) -> str:
              f"gamma = {args.gamma}; {args.disc_steps} discriminator steps (batch 128), head {args.head_channels} ch; "
              f"{args.n_gen} generated samples for J_CE", "",
              "| method | FID-digits | FID ratio to base | precision (k=5) | recall (k=5) | ΔFID vs base (paired) "
-             "| Δrecall vs base (paired) |", "|---|---|---|---|---|---|---|"]
+             "| Δrecall vs base (paired) | ΔFID vs DG-CE (paired) | Δrecall vs DG-CE (paired) |",
+             "|---" * 9 + "|"]
     base = {r["seed"]: r for r in rows if r["method"] == BASE}
+    ce = {r["seed"]: r for r in rows if r["method"] == names[1]} if len(names) > 1 else {}
+
+    def paired(rs, ref, key):
+        return ms([r[key] - ref[r["seed"]][key] for r in rs if r["seed"] in ref]) if ref else "-"
+
     for name in names:
         rs = [r for r in rows if r["method"] == name]
         fid = [r["fid_digits"] for r in rs]
-        d_fid = [r["fid_digits"] - base[r["seed"]]["fid_digits"] for r in rs if r["seed"] in base]
-        d_rec = [r["recall"] - base[r["seed"]]["recall"] for r in rs if r["seed"] in base]
         lines.append(f"| {name} | {ms(fid)} | {np.mean(fid) / base_fid:.3f} | {ms([r['precision'] for r in rs])} "
-                     f"| {ms([r['recall'] for r in rs])} | {ms(d_fid)} | {ms(d_rec)} |")
-    lines += ["", "Paired Δ: method minus base at the same seed (same x_T; the discriminator seed equals the sampling "
-              "seed), mean ± std over seeds."]
+                     f"| {ms([r['recall'] for r in rs])} | {paired(rs, base, 'fid_digits')} | "
+                     f"{paired(rs, base, 'recall')} | {paired(rs, ce, 'fid_digits')} | {paired(rs, ce, 'recall')} |")
+    lines += ["", "Paired Δ: method minus base (or minus DG with J_CE) at the same seed (same x_T; the discriminator "
+              "seed equals the sampling seed), mean ± std over seeds."]
     lines += curve_table(rows)
     lines += ["", "Per seed (FID-digits / precision / recall): " + "; ".join(
         f"{r['method']} s{r['seed']}: {r['fid_digits']:.3f} / {r['precision']:.3f} / {r['recall']:.3f}"
@@ -269,8 +277,9 @@ def markdown(rows: list[dict], args, wall: float) -> str:
         "Anchor (thesis Table 3.2, EDM CIFAR-10 FID): EDM 2.03, EDM+DG 3.03 ± 0.05 (ratio 1.49), EDM+ours "
         "2.00 ± 0.01 (ratio 0.985); Kim et al. 2023: 2.03 -> 1.77 (ratio 0.872).", "",
         f"Wall time {wall:.0f} s (summed over the parts when run as parallel parts).", "",
-        "Commands: `for s in 0 1 2; do python benchmarks/dg_digits.py --seed-list $s --part" + opts + " & done; wait`, "
-        "then `python benchmarks/dg_digits.py --merge" + opts + "`."]
+        f"Commands: `for s in {' '.join(map(str, seeds))}; do python benchmarks/dg_digits.py --seed-list $s --part"
+        + opts + " & done; wait`, then `python benchmarks/dg_digits.py --merge --seed-list "
+        + " ".join(map(str, seeds)) + opts + "`."]
     return "\n".join(lines)
 
 
@@ -296,7 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--seed-list", type=int, nargs="*", default=None, help="run only these seeds")
     ap.add_argument("--part", action="store_true", help="write the rows to the cache (merge later with --merge)")
-    ap.add_argument("--merge", action="store_true", help="collect the parts written with --part and report")
+    ap.add_argument("--merge", action="store_true",
+                    help="collect the parts written with --part (only those of --seed-list when given) and report")
     ap.add_argument("--gamma", type=float, default=1.0)
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--pretrain-steps", type=int, default=None)
@@ -321,7 +331,9 @@ def main(argv: list[str] | None = None) -> None:
            f"_h{args.head_channels}")
     CACHE.mkdir(parents=True, exist_ok=True)
     if args.merge:
-        parts = [json.loads(p.read_text()) for p in sorted(CACHE.glob(f"part_{key}_s*.json"))]
+        parts = [json.loads(CACHE.joinpath(f"part_{key}_s{s}.json").read_text()) for s in seeds
+                 if CACHE.joinpath(f"part_{key}_s{s}.json").is_file()] if args.seed_list is not None else [
+            json.loads(p.read_text()) for p in sorted(CACHE.glob(f"part_{key}_s*.json"))]
         if not parts:
             raise SystemExit(f"no parts matching {CACHE}/part_{key}_s*.json")
         finish([r for p in parts for r in p["rows"]], args, sum(p["wall_s"] for p in parts))
