@@ -3,6 +3,7 @@ torch.distributions, rollouts against the library samplers, a short fine-tuning 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from scorelab.denoisers import DiffusionModel
 from scorelab.finetune.sft_pg import (
     SFTPGConfig,
+    check_resume_config,
     generator_lr,
     make_policy_grid,
     paper_metric,
@@ -229,6 +231,23 @@ def test_resume_is_exact(biased, tmp_path, lr_final):
     for a, b in zip(full.critic.parameters(), res.critic.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert res.history == full.history
+
+
+def test_resume_refuses_changed_settings_and_may_extend(biased, tmp_path):
+    process, data = biased
+    cfg = SFTPGConfig(epochs=1, epoch_size=5, lr_generator=1e-2, eval_every=0, ckpt_every=1, **SMALL_NETS)
+    sft_pg(GaussianWithCorrection(process), data, cfg, run_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"lr_generator=0\.01 vs 0\.02"):
+        sft_pg(GaussianWithCorrection(process), data, replace(cfg, lr_generator=2e-2), run_dir=tmp_path, resume=True,
+               progress=False)
+    cosine = replace(cfg, lr_generator_final=1e-3)
+    with pytest.raises(ValueError, match="lr_generator_final"):
+        sft_pg(GaussianWithCorrection(process), data, cosine, run_dir=tmp_path, resume=True, progress=False)
+    res = sft_pg(GaussianWithCorrection(process), data, replace(cfg, epochs=2), run_dir=tmp_path, resume=True,
+                 progress=False)
+    assert [h["epoch"] for h in res.history] == [1, 2]
+    with pytest.raises(ValueError, match="epochs"):  # with a cosine lr, epochs fixes the schedule
+        check_resume_config(replace(cosine, epochs=2).to_dict(), replace(cosine, epochs=3))
 
 
 def test_generator_lr_cosine():

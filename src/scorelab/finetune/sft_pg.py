@@ -517,12 +517,30 @@ def _save(state: SFTPGState, run_dir: Path, config: SFTPGConfig) -> Path:
     return path
 
 
-def _resume(state: SFTPGState, run_dir: Path) -> Path | None:
+# Settings that may differ between a run and its resumption: bookkeeping, and ``epochs`` (extends or shortens the run;
+# not with a cosine generator lr, whose schedule depends on it).
+RESUME_MAY_CHANGE = ("epochs", "eval_every", "eval_samples", "ckpt_every", "keep_checkpoints", "device")
+
+
+def check_resume_config(saved: dict, config: SFTPGConfig) -> None:
+    """Refuse to resume a run under different training settings (the result would match neither config)."""
+    now = config.to_dict()
+    may_change = set(RESUME_MAY_CHANGE) - ({"epochs"} if config.lr_generator_final is not None else set())
+    diff = {k: (saved.get(k), now[k]) for k in now if k not in may_change and saved.get(k) != now[k]}
+    if diff:
+        raise ValueError("cannot resume: the run folder was trained with different settings (saved vs now): "
+                         + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in sorted(diff.items()))
+                         + f"; only {sorted(may_change)} may change on resume; use a new run folder")
+
+
+def _resume(state: SFTPGState, run_dir: Path, config: SFTPGConfig) -> Path | None:
     latest = ckpts.latest_checkpoint(run_dir)
     if latest is None:
         return None
     device = torch.device(state.rng.device)
     ckpt = ckpts.load_checkpoint(latest, device=device)
+    if ckpt.meta.get("train_config"):
+        check_resume_config(ckpt.meta["train_config"], config)
     ckpts.restore(ckpt, state.model, state.ema, state.opt_g, restore_rng=False)
     step, extra = ckpt.step, ckpt.meta["extra"]
     ckpts.restore(ckpts.load_checkpoint(run_dir / f"critic_{step:08d}", device), state.critic, None, state.opt_c)
@@ -595,7 +613,8 @@ def sft_pg(model: DiffusionModel, data: torch.Tensor, config: SFTPGConfig | None
     (Alg. 1) or an ablation (``config.method``).
 
     ``run_dir``: checkpoints every ``ckpt_every`` epochs and at the end (generator + EMA + Adam in ``ckpt_*``, critic,
-    baseline and buffer beside it); ``resume`` continues from its latest checkpoint (bit-exact).  ``eval_fn(model)``
+    baseline and buffer beside it); ``resume`` continues from its latest checkpoint (bit-exact; the settings must
+    match the saved ones except ``RESUME_MAY_CHANGE``).  ``eval_fn(model)``
     replaces the default metric (``paper_metric`` on the EMA model for vector data), computed every ``eval_every``
     epochs and shown in the progress bar with the critic gap."""
     config = config or SFTPGConfig()
@@ -606,7 +625,7 @@ def sft_pg(model: DiffusionModel, data: torch.Tensor, config: SFTPGConfig | None
     run_dir = Path(run_dir) if run_dir is not None else None
     if resume and run_dir is None:
         raise ValueError("resume=True needs a run_dir")
-    last = _resume(state, run_dir) if resume else None
+    last = _resume(state, run_dir, config) if resume else None
     if eval_fn is None and data.ndim == 2:
         eval_fn = lambda m: paper_metric(m, data, config, seed=config.seed)  # noqa: E731
     steps = config.epoch_size or math.ceil(data.shape[0] / config.batch_size)
