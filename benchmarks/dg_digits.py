@@ -283,20 +283,36 @@ def markdown(rows: list[dict], args, wall: float) -> str:
     return "\n".join(lines)
 
 
+def copy_check(grids: dict[str, torch.Tensor]) -> list[str]:
+    """Memorisation check on the seed-0 sample grids: pixel-space distance of each sample to its nearest digit,
+    against the digits' own leave-one-out nearest-neighbour distances (a copy would sit below their 5% quantile)."""
+    x = load_digits()[0].flatten(1)
+    d = torch.cdist(x, x)
+    d.fill_diagonal_(float("inf"))
+    loo = d.min(1).values
+    q05 = float(loo.quantile(0.05))
+    parts = [f"{tag}: median {float(nn.median()):.3f}, {int((nn < q05).sum())}/{nn.numel()} below"
+             for tag, nn in ((t, torch.cdist(g.flatten(1), x).min(1).values) for t, g in grids.items())]
+    return ["", f"Copy check (seed-0 sample grids, L2 distance to the nearest of the 1797 digits; the digits' own "
+            f"leave-one-out distance: median {float(loo.median()):.3f}, 5% quantile {q05:.3f}): " + "; ".join(parts)
+            + "."]
+
+
 def finish(rows: list[dict], args, wall: float) -> None:
     stem = args.stem or ("dg_digits_quick" if args.quick else "dg_digits")
-    pngs = []
+    pngs, grids = [], {}
     for obj in ("None", "ce", "mse+ce"):
         p = CACHE / f"grid_{obj}.safetensors"
         if p.is_file():
             x = safetensors.torch.load(p.read_bytes())["x"]
             tag = {"None": "base", "ce": "dg_ce", "mse+ce": "dg_mse_ce"}[obj]
+            grids[tag] = x
             pngs.append(image_grid(x, str(RESULTS / f"{stem}_{tag}.png"), title=tag))
     curve_png = curve_plot(rows, RESULTS / f"{stem}_curve.png")
     pngs += [curve_png] if curve_png else []
     payload = {"benchmark": "dg_digits", "args": vars(args), "rows": rows, "anchor": ANCHOR, "wall_s": wall,
                "plots": pngs}
-    write_results(stem, payload, markdown(rows, args, wall))
+    write_results(stem, payload, "\n".join([markdown(rows, args, wall), *(copy_check(grids) if grids else [])]))
 
 
 def main(argv: list[str] | None = None) -> None:
