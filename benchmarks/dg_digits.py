@@ -247,6 +247,7 @@ def markdown(rows: list[dict], args, wall: float) -> str:
     opts = (f" --pretrain-steps {args.pretrain_steps} --disc-steps {args.disc_steps} --n-gen {args.n_gen} "
             f"--n-eval {args.n_eval} --gamma {args.gamma:g} --scale {args.scale:g}"
             + (f" --head-channels {args.head_channels}" if args.head_channels != 32 else "")
+            + (f" --nfe {args.nfe}" if args.nfe != 35 else "")
             + (f" --eval-every {args.eval_every}" if args.eval_every else ""))
     lines = [f"# Discriminator guidance on an under-trained digits model ({args.pretrain_steps} pretraining steps), "
              f"{len(seeds)} seed(s)", "",
