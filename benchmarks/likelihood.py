@@ -163,7 +163,9 @@ def nll_metrics(model, x_test: torch.Tensor, kind: str, seed: int, a) -> dict:
     with torch.no_grad():
         cel = continuous_elbo(model, x.float(), n_samples=a.elbo_samples, importance=True, generator=g)
         del_ = discrete_elbo(ddpm_view(model), x.float(), variances="beta_tilde", generator=g)
-    return {"ode_nll": _ms(conv(ode.log_likelihood)), "ode_nfe": ode.nfe, "cont_elbo_nll": _ms(conv(cel.elbo)),
+    nll = conv(ode.log_likelihood)
+    return {"ode_nll": _ms(nll), "ode_nll_median": float(nll.double().median()), "ode_nfe": ode.nfe,
+            "ode_max_abs_xT": float(ode.x_T.abs().amax()), "cont_elbo_nll": _ms(conv(cel.elbo)),
             "disc_elbo_nll": _ms(conv(del_.elbo))}
 
 
@@ -279,14 +281,16 @@ def summarize(runs: dict, a) -> tuple[dict, str]:
         has_nll = all(s["nll"] for s in seeds.values())
         if has_nll:
             lines += [f"## {name}: test NLL by weighting ({unit}; mean ± std over seeds {list(seeds)})", "",
-                      "| weighting | ODE NLL | -cont. ELBO | -discrete ELBO (N=1000, β̃) | ODE NFE |",
-                      "|---|---|---|---|---|"]
+                      "| weighting | ODE NLL | ODE NLL (median) | max abs x_T | -cont. ELBO "
+                      "| -discrete ELBO (N=1000, β̃) | ODE NFE |", "|---|---|---|---|---|---|---|"]
         for w in WEIGHTINGS if has_nll else ():
             r = [s["nll"][w] for s in seeds.values()]
             vals = {k: [x[k]["mean"] for x in r] for k in ("ode_nll", "cont_elbo_nll", "disc_elbo_nll")}
             summary[f"{name}/{w}"] = {k: [float(np.mean(v)), float(np.std(v, ddof=1) if len(v) > 1 else 0)]
                                       for k, v in vals.items()}
-            lines.append(f"| {w} | {_agg(vals['ode_nll'])} | {_agg(vals['cont_elbo_nll'])} | "
+            med = _agg([x["ode_nll_median"] for x in r]) if all("ode_nll_median" in x for x in r) else "-"
+            xt = f"{max(x['ode_max_abs_xT'] for x in r):.3g}" if all("ode_max_abs_xT" in x for x in r) else "-"
+            lines.append(f"| {w} | {_agg(vals['ode_nll'])} | {med} | {xt} | {_agg(vals['cont_elbo_nll'])} | "
                          f"{_agg(vals['disc_elbo_nll'])} | {np.mean([x['ode_nfe'] for x in r]):.0f} |")
         metric = "FID-digits" if name == "digits" else "sliced W2 to test"
         lines += ["", f"## {name}: Analytic-DPM, simple model as DDPM ({metric}; -discrete ELBO in {unit}; "
