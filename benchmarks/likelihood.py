@@ -321,8 +321,13 @@ def _nll_plot(plt, runs: dict, names: list[str], stem: str) -> str:
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         for j, key in enumerate(("ode_nll", "cont_elbo_nll", "disc_elbo_nll")):
-            v = np.array([[s["nll"][w][key]["mean"] for w in WEIGHTINGS] for s in runs[name].values()])
-            ax.bar(np.arange(3) + 0.27 * (j - 1), v.mean(0), 0.27, yerr=v.std(0), label=key, capsize=2)
+            def val(r, key=key):  # the ODE bar shows the per-example median when recorded (robust to blow-ups)
+                return r["ode_nll_median"] if key == "ode_nll" and "ode_nll_median" in r else r[key]["mean"]
+            v = np.array([[val(s["nll"][w]) for w in WEIGHTINGS] for s in runs[name].values()])
+            label = "ode_nll (median)" if key == "ode_nll" and v.size and "ode_nll_median" in next(
+                iter(runs[name].values()))["nll"][WEIGHTINGS[0]] else key
+            ax.bar(np.arange(3) + 0.27 * (j - 1), v.mean(0), 0.27, yerr=v.std(0), label=label, capsize=2)
+        ax.set_yscale("symlog", linthresh=10.0)
         ax.set_xticks(range(3), WEIGHTINGS)
         ax.set_title(name)
         ax.set_ylabel("bits/dim" if name == "digits" else "nats / point")
