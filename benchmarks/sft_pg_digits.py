@@ -87,9 +87,11 @@ def run_seed(seed: int, args) -> dict:
                            "sample_s": time.perf_counter() - t0}
     rows["DDPM T'=10 quad"] = scores(draw(model, ts10, args.n_eval, seed), ref)
     cfg = SFTPGConfig(sampler="ddpm", n_steps=10, grid="quadratic", epochs=args.epochs, lr_generator=args.lr,
-                      seed=seed, eval_every=0, batch_size=64, ema_decay=args.ema_decay)
-    ft_dir = work / f"seed{seed}_pretrain{args.pretrain_steps}_ft" if (args.lr, args.ema_decay) == (2e-5, 0.0) else \
-        work / f"seed{seed}_pretrain{args.pretrain_steps}_lr{args.lr:g}_ema{args.ema_decay:g}_ft"
+                      seed=seed, eval_every=0, batch_size=64, ema_decay=args.ema_decay,
+                      lr_generator_final=args.lr_final)
+    lr_key = f"_lr{args.lr:g}" + ("" if args.lr_final is None else f"-{args.lr_final:g}cos")
+    ft_dir = work / f"seed{seed}_pretrain{args.pretrain_steps}_ft" if (args.lr, args.ema_decay, args.lr_final) == \
+        (2e-5, 0.0, None) else work / f"seed{seed}_pretrain{args.pretrain_steps}{lr_key}_ema{args.ema_decay:g}_ft"
     res = sft_pg(model, x, cfg, run_dir=ft_dir, resume=True, progress=args.progress)  # resumes a shorter run
     done = max((h.get("epoch", 0) for h in res.history), default=0)
     if done > args.epochs:
@@ -108,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pretrain-steps", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--lr-final", type=float, default=None,
+                   help="cosine generator lr from --lr to this value over --epochs (default: constant lr)")
     p.add_argument("--ema-decay", type=float, default=0.0)
     p.add_argument("--n-eval", type=int, default=1797)
     p.add_argument("--progress", action="store_true")
@@ -128,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     full = args.pretrain_steps == 20_000 and args.epochs == 100 and len(args.seeds) == 3
     lines = [f"# SFT-PG on digits ({'quick' if q else 'full' if full else 'reduced'} run)", "",
              f"Seeds {args.seeds}; UNet pretraining {args.pretrain_steps} steps; fine-tuning {args.epochs} epochs "
-             f"(lr {args.lr}); {args.n_eval} samples vs the 1797 digits.", "",
+             f"(lr {args.lr}{'' if args.lr_final is None else f' -> {args.lr_final} cosine'}, EMA {args.ema_decay}); "
+             f"{args.n_eval} samples vs the 1797 digits.", "",
              "| sampler | FID-digits | precision | recall |", "|---|---|---|---|"]
     for k in keys:
         s = summary[k]
