@@ -307,7 +307,7 @@ def oracle_main(args, n: int = 4096, repeats: int = 5) -> int:
         tgt = get_target(name)
         for K in (50, 100, 200):
             smp = DIS(tgt.dim, K)
-            smp.net = FunctionControl(lambda x, u, smp=smp, tgt=tgt: tgt.score_t(x, smp.t_max - u, smp.vp))
+            smp.net = FunctionControl(lambda x, u, smp=smp, tgt=tgt: tgt.score_t(x, smp.t_max - u, smp.vp, n_grid=501))
             g, res = torch.Generator().manual_seed(0), []
             for _ in range(repeats):
                 lw = smp.sample(tgt, n, g, torch.float64).log_w

@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--digit-seeds", type=int, nargs="+")
     p.add_argument("--steps", type=int, help="training steps per weighting")
     p.add_argument("--ft-steps", type=int, help="high-order DSM fine-tuning steps")
+    p.add_argument("--lr", type=float, help="training learning rate of every weighting (default 2e-3; HODSM: lr / 5)")
     p.add_argument("--gamma-m", type=int, help="data points per step for the Gamma estimate")
     p.add_argument("--adpm-only", action="store_true",
                    help="Part B only: train just the simple model (e.g. longer, with --steps) and skip the NLL part")
@@ -423,7 +424,8 @@ def main(argv: list[str] | None = None) -> dict:
     a.seeds = a.seeds or ([0] if q else [0, 1, 2])
     a.digit_seeds = a.digit_seeds or ([0] if q else [0, 1])
     user_ft, user_gm = a.ft_steps, a.gamma_m
-    steps, ft_steps, a.batch, a.lr = (300, 60, 256, 2e-3) if q else (800, 150, 256, 2e-3)
+    steps, ft_steps, a.batch, lr = (300, 60, 256, 2e-3) if q else (800, 150, 256, 2e-3)
+    a.lr = a.lr or lr
     a.steps, a.ft_steps = a.steps or steps, a.ft_steps or ft_steps
     a.n_train, a.n_test, a.n_test_digits = (4000, 500, 120) if q else (10_000, 1000, 200)
     a.elbo_samples, a.rtol_img, gamma_m = (8, 1e-3, 100) if q else (32, 1e-4, 1000)

@@ -116,7 +116,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-eval", type=int, default=1797)
     p.add_argument("--progress", action="store_true")
     p.add_argument("--tag", default="")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="combine the per-seed result files of parallel runs "
+                   "(same settings) into sft_pg_digits_<tag> without re-running anything")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args)
     q = args.quick
     args.seeds = args.seeds or ([0] if q else [0, 1, 2])
     args.pretrain_steps = args.pretrain_steps or (1500 if q else 20_000)
@@ -124,11 +128,42 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     runs = [run_seed(s, args) for s in args.seeds]
+    return report(args, runs, time.perf_counter() - t0)
+
+
+SAME = ("quick", "pretrain_steps", "epochs", "lr", "lr_final", "ema_decay", "n_eval")
+
+
+def merge(args) -> dict:
+    """Join per-seed JSON reports (e.g. one process per seed) after checking they share every setting."""
+    reports = [json.loads(Path(f).read_text()) for f in args.merge]
+    cfg0 = reports[0]["config"]
+    for f, r in zip(args.merge, reports, strict=True):
+        diff = {k: (cfg0.get(k), r["config"].get(k)) for k in SAME if r["config"].get(k) != cfg0.get(k)}
+        if diff:
+            raise SystemExit(f"{f} was run with other settings than {args.merge[0]}: {diff}")
+    for k in SAME + ("seeds",):
+        setattr(args, k, cfg0[k] if k != "seeds" else [s for r in reports for s in r["config"]["seeds"]])
+    runs = [run for r in reports for run in r["runs"]]
+    return report(args, runs, sum(r["wall_time_s"] for r in reports))
+
+
+def gap_closed(run: dict) -> float:
+    """Fraction of the FID-digits gap between T' = 10 and T = 1000 that fine-tuning closed (1 = reaches T = 1000)."""
+    f10, f1000 = run["DDPM T'=10 quad"]["fid_digits"], run["DDPM T=1000"]["fid_digits"]
+    return (f10 - run["SFT-PG(B) T'=10 quad"]["fid_digits"]) / (f10 - f1000)
+
+
+def report(args, runs: list[dict], wall: float) -> dict:
+    q = args.quick
     keys = ["DDPM T=1000", "DDPM T'=10 quad", "SFT-PG(B) T'=10 quad"]
     summary = {k: {m: {"mean": float(np.mean([r[k][m] for r in runs])), "std": float(np.std([r[k][m] for r in runs]))}
                    for m in ("fid_digits", "precision", "recall")} for k in keys}
     stem = "sft_pg_digits" + ("_quick" if q else "") + (f"_{args.tag}" if args.tag else "")
-    out = {"config": vars(args), "summary": summary, "runs": runs, "wall_time_s": time.perf_counter() - t0}
+    closed = [gap_closed(r) for r in runs]
+    summary["gap_closed"] = {"mean": float(np.mean(closed)), "std": float(np.std(closed)), "per_seed": closed}
+    out = {"config": {k: v for k, v in vars(args).items() if k != "merge"}, "summary": summary, "runs": runs,
+           "wall_time_s": wall}
     full = args.pretrain_steps == 20_000 and args.epochs == 100 and len(args.seeds) == 3
     lines = [f"# SFT-PG on digits ({'quick' if q else 'full' if full else 'reduced'} run)", "",
              f"Seeds {args.seeds}; UNet pretraining {args.pretrain_steps} steps; fine-tuning {args.epochs} epochs "
@@ -139,6 +174,11 @@ def main(argv: list[str] | None = None) -> dict:
         s = summary[k]
         lines.append(f"| {k} | {s['fid_digits']['mean']:.2f} +- {s['fid_digits']['std']:.2f} | "
                      f"{s['precision']['mean']:.3f} | {s['recall']['mean']:.3f} |")
+    lines += ["", "Per seed (FID-digits T=1000 / T'=10 / SFT-PG(B); fraction of the T'=10 -> T=1000 gap closed):", ""]
+    lines += [f"- seed {sd}: {r[keys[0]]['fid_digits']:.2f} / {r[keys[1]]['fid_digits']:.2f} / "
+              f"{r[keys[2]]['fid_digits']:.2f}; closed {c:.2f}"
+              for sd, r, c in zip(args.seeds, runs, closed, strict=True)]
+    lines.append(f"\nGap closed: {np.mean(closed):.2f} +- {np.std(closed):.2f} (mean +- std over seeds).")
     ft = [round(r[keys[2]]["finetune_s"]) for r in runs]
     lines.append(f"\nFine-tuning wall time per seed: {ft} s; total {out['wall_time_s']:.0f} s.")
     write_results(stem, out, "\n".join(lines))

@@ -238,10 +238,13 @@ class SeparableTarget(Target):
         r"""Score of the *noised* target, grad log p_t(x), X_t = alpha_t Y + sigma_t eps, Y ~ rho / Z, eps ~ N(0, I),
         by 1-D quadrature per coordinate (exact up to the grid).  Tweedie: grad log p_t(x) = (alpha_t E[Y | x] - x) /
         sigma_t^2 with the posterior p(y | x) ~ exp(f_i(y)) N(x_i; alpha_t y, sigma_t^2) on ``n_grid`` points: the
-        factor's range [-L, L] when the likelihood is wide, the window x / alpha_t +- 10 sigma_t / alpha_t when it
-        is narrower than 10 grid spacings.  This is the optimal DIS control (source 004, u* = sigma grad log p_Y),
-        an oracle that separates discretization error from network error.  x ``[B, d]``; t a scalar or ``[B]`` (times
-        of ``process``, e.g. ``VP``); t = 0 gives the target score.  Returns ``[B, d]`` in x's dtype."""
+        factor's range [-L, L] when the likelihood is wide; when it is narrower than 10 grid spacings, the window
+        y* +- 10 sigma_t / alpha_t around the posterior mode y* (located on [-L, L] joined with x / alpha_t +- 10
+        sigma_t / alpha_t).  This is the optimal DIS control (source 004, u* = sigma grad log p_Y), an oracle that
+        separates discretization error from network error.  x ``[B, d]``; t a scalar or ``[B]`` (times of
+        ``process``, e.g. ``VP``); t = 0 gives the target score.  Returns ``[B, d]`` in x's dtype.  Accurate where
+        the posterior mass lies in [-L, L] or near x / alpha_t, i.e. wherever a sampler's paths go (not for points
+        with |x_i| / alpha_t >> L, where rho ~ exp(-L^4))."""
         self._check(x)
         xd = x.detach().to(torch.float64)
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[:1])
@@ -254,7 +257,9 @@ class SeparableTarget(Target):
             local = (sig / a < 10 * 2 * L / (n_grid - 1))  # [B, 1]: likelihood narrower than 10 grid spacings
             for rows in torch.arange(len(xd), device=x.device).split(chunk):
                 xi, ai, si = xd[rows, i:i + 1], a[rows], sig[rows].clamp_min(1e-300)
-                y = torch.where(local[rows], xi / ai + (si / ai) * z, y_glob)  # [b, n_grid]
+                y = torch.cat([y_glob.expand(len(rows), -1), xi / ai + (si / ai) * z], dim=1)  # find the mode
+                y_mode = y.gather(1, (f(y) - 0.5 * ((xi - ai * y) / si) ** 2).argmax(1, keepdim=True))
+                y = torch.where(local[rows], y_mode + (si / ai) * z, y_glob)  # [b, n_grid]
                 post = torch.softmax(f(y) - 0.5 * ((xi - ai * y) / si) ** 2, dim=1)
                 score = (ai[:, 0] * (post * y).sum(1) - xi[:, 0]) / si[:, 0] ** 2
                 out[rows, i] = torch.where(t[rows] > 0, score, out[rows, i])
