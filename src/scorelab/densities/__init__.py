@@ -25,12 +25,12 @@ from .targets import (
     gmm40,
     load_target,
 )
-from .train import TrainHistory, train
+from .train import TrainHistory, pretrain_mc_score, train
 
 __all__ = [
     "ControlNet", "FunctionControl", "ZeroControl", "DiffusionSampler", "PathSample", "kl_loss", "log_variance_loss",
     "DDS", "DIS", "PIS", "elbo", "ess", "evaluate", "log_Z_is", "moment_errors", "w2_exact", "w2_sliced",
     "METHODS", "DensityConfig", "build", "run", "TARGETS", "DoubleWell", "FunctionTarget", "Funnel", "ManyWell",
     "MixtureTarget", "SeparableTarget", "Target", "gaussian", "get_target", "gmm9", "gmm40", "load_target",
-    "TrainHistory", "train",
+    "TrainHistory", "pretrain_mc_score", "train",
 ]

@@ -58,6 +58,20 @@ class DIS(DiffusionSampler):
     def log_prior(self, x0):
         return normal_log_prob(x0, 0.0, self.prior_std)
 
+    def mc_optimal_control(self, target, x: torch.Tensor, k: int, n_mc: int,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+        """Monte-Carlo estimate of the optimal control v*(x, s_k) = grad log p_t(x), t = T - s_k, from rho alone:
+        Tweedie, (alpha_t E[Y | x] - x) / sigma_t^2, with E[Y | x] by self-normalized importance sampling from the
+        proposal y ~ N(x / alpha_t, sigma_t^2 / alpha_t^2 I) (the likelihood in y), weights rho(y) (the MC score
+        estimator of iDEM, Akhound-Sadegh et al. 2024).  x ``[B, d]`` -> ``[B, d]``; ``n_mc`` draws per point."""
+        t = torch.as_tensor(self.t_max - float(self.s[k]), dtype=torch.float64)
+        a, sig = float(self.vp.log_alpha(t).exp()), float(self.vp.log_sigma(t).exp())
+        y = x[:, None, :] / a + (sig / a) * torch.randn(x.shape[0], n_mc, x.shape[1], generator=generator,
+                                                        dtype=x.dtype, device=x.device)
+        log_rho = target.log_prob_unnorm(y.reshape(-1, x.shape[1])).reshape(x.shape[0], n_mc).to(x.dtype)
+        w = torch.softmax(torch.nan_to_num(log_rho, nan=-torch.inf), dim=1)[..., None]
+        return (a * (w * y).sum(1) - x) / sig**2
+
     def log_ref(self, xs):
         r1, rstd = self._coef("r1", xs)[:, None, None], self._coef("rstd", xs)[:, None, None]
         return normal_log_prob(xs[:-1], r1 * xs[1:], rstd).sum(0)

@@ -23,6 +23,45 @@ from .controlled import LOSSES, DiffusionSampler
 from .estimators import ess, log_Z_is
 
 
+def pretrain_mc_score(sampler: DiffusionSampler, target, *, rounds: int = 6, updates: int = 700, paths: int = 1024,
+                      n_mc: int = 512, batch: int = 1024, lr: float = 3e-3, lr_decay: float = 0.6,
+                      generator: torch.Generator | None = None) -> dict:
+    """Warm start from rho alone: ``rounds`` times, simulate ``paths`` paths with the current control, estimate the
+    optimal control at every visited (x_k, s_k) by Monte Carlo (``sampler.mc_optimal_control``, n_mc draws), and
+    regress the network onto it for ``updates`` Adam steps on ``batch`` random (step, path) pairs, squared error
+    weighted by the step's KL weight c2_k (for DIS, dB_k: the path KL is sum_k dB_k |v - v*|^2 / 2); lr x
+    ``lr_decay`` per round.  Needs a sampler whose optimal control is a noised-target score (DIS).  Motivation
+    (benchmarks/results/densities_goal.md): on DW(5,5,4) on-policy LV training stalls at ESS ~0.02 while the same
+    network regressed onto the exact control reaches ESS 0.47, and LV started there stays there.  Returns
+    {"rounds", "cpu_time", "wall_time"}."""
+    if not hasattr(sampler, "mc_optimal_control"):
+        raise ValueError(f"MC-score pretraining needs a sampler whose optimal control is the noised target's score "
+                         f"(DIS); {sampler.name!r} has none")
+    if min(rounds, updates, paths, n_mc, batch) < 1:
+        raise ValueError("rounds, updates, paths, n_mc and batch must be >= 1")
+    t0, c0, K = time.perf_counter(), time.process_time(), sampler.K
+    s, w = sampler.s[:-1].float(), sampler.c2.float()
+    opt = torch.optim.Adam([p for p in sampler.net.parameters() if p.requires_grad], lr=lr)
+    for _ in range(rounds):
+        with torch.no_grad():
+            path = sampler.simulate(target, paths, generator, keep_scores=True)
+            xs, sc = path.xs[:-1], path.scores
+            v_star = torch.stack([sampler.mc_optimal_control(target, xs[k], k, n_mc, generator) for k in range(K)])
+            ok = torch.isfinite(v_star).all(-1)  # [K, paths]: drop points whose estimate failed
+        for _ in range(updates):
+            k = torch.randint(0, K, (batch,), generator=generator)
+            b = torch.randint(0, paths, (batch,), generator=generator)
+            m = ok[k, b]
+            err = sampler.net(xs[k, b][m], s[k][m], sc[k, b][m]) - v_star[k, b][m]
+            loss = 0.5 * K * (w[k][m, None] * err.pow(2)).sum(-1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        for group in opt.param_groups:
+            group["lr"] *= lr_decay
+    return {"rounds": rounds, "cpu_time": time.process_time() - c0, "wall_time": time.perf_counter() - t0}
+
+
 @dataclass
 class TrainHistory:
     """Per-iteration loss, log Z-hat and ESS of the training batch, and wall time (seconds)."""
