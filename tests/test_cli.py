@@ -111,6 +111,14 @@ def test_density_command_and_bad_targets(capsys, tmp_path):
     assert code == 2 and "unknown target" in err
     code, _, err = run(capsys, "density", "--target", "os.path:nothing_here", "--dim", "2")
     assert code == 2 and "scorelab: error:" in err
+    code, _, err = run(capsys, "density", "--target", "gauss", "--method", "pis", "--mc-pretrain", "2")
+    assert code == 2 and "mc_pretrain_rounds needs method 'dis'" in err
+    code, out, err = run(capsys, "density", "--target", "gauss", "--method", "dis", "--steps", "10", "--iterations",
+                         "5", "--batch", "64", "--mc-pretrain", "1", "--hidden", "32", "--layers", "2", "--out",
+                         str(tmp_path / "mc"))
+    assert code == 0, err
+    rep = json.loads((tmp_path / "mc" / "report.json").read_text())
+    assert rep["config"]["mc_pretrain_rounds"] == 1 and rep["mc_pretrain_cpu_s"] > 0
 
 
 def test_refinement_commands_end_to_end(capsys, tmp_path):

@@ -402,7 +402,8 @@ def cmd_density(args) -> int:
 
     cfg = DensityConfig(target=args.target, method=args.method, loss=args.loss, steps=args.steps,
                         iterations=args.iterations, batch=args.batch, seed=args.seed, dim=args.dim, lr=args.lr,
-                        time_limit=args.time_limit, method_kwargs=parse_options(args.opt))
+                        time_limit=args.time_limit, method_kwargs=parse_options(args.opt), hidden=args.hidden,
+                        layers=args.layers, mc_pretrain_rounds=args.mc_pretrain)
     name = args.target.replace(":", "_").replace("/", "_")
     out = args.out or os.path.join("runs", f"density_{name}_{args.method}_{args.loss}")
     res = run(cfg, out)
@@ -537,6 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--lr", type=float, default=5e-3)
     sp.add_argument("--time-limit", type=float, default=None, help="cap on training wall time (s)")
     sp.add_argument("--opt", nargs="*", metavar="KEY=VALUE", help="sampler options, e.g. sigma=3 (PIS/DDS)")
+    sp.add_argument("--hidden", type=positive_int, default=64, help="control network width")
+    sp.add_argument("--layers", type=positive_int, default=2, help="control network depth")
+    sp.add_argument("--mc-pretrain", type=int, default=0, metavar="ROUNDS",
+                    help="DIS only: warm start by regressing the control onto Monte-Carlo estimates of the noised "
+                         "target's score (pretrain_mc_score), this many rounds, before the loss")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out")
 
