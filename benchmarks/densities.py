@@ -197,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge is not None:
         return merge_main(args)
     cfgs, seeds = protocol(args.mode)
-    cfgs = [replace(c, **parse_overrides(args.set)) for c in cfgs]
     seeds = args.seeds if args.seeds is not None else seeds
     cfgs = [c for c in cfgs if (args.only is None or c.target in args.only)
             and (args.methods is None or c.method in args.methods) and (args.losses is None or c.loss in args.losses)]
+    cfgs = [replace(c, **parse_overrides(args.set)) for c in cfgs]  # after the filter: some options are per method
     out, tag = Path(args.out), args.tag or f"densities_{args.mode}"
     out.mkdir(parents=True, exist_ok=True)
     done = previous_runs(out / f"{tag}.json") if args.resume else {}
