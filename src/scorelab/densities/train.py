@@ -7,6 +7,10 @@ the Euler-Maruyama rollout.  Adam with gradient-norm clipping and an optional co
 ``time_limit`` caps training on the wall clock or on the process CPU clock (``clock="cpu"``: on a shared machine
 the run then trains as long as it would on idle cores).
 
+``pretrain_mc_score`` (DIS): a warm start from rho alone, regressing the control onto self-normalized importance-
+sampling estimates of the noised target's score (iDEM's MC score estimator, Akhound-Sadegh et al. 2024) along the
+sampler's own paths; on-policy LV from the interpolation initialization can stall far from the optimum (DW(5,5,4)).
+
 Notation: ``loss`` in {"kl", "lv"}; ``batch`` paths per iteration; the progress bar shows the running
 (exponentially averaged) log Z-hat and ESS of the training batches.
 """
