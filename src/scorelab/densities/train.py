@@ -56,6 +56,8 @@ def pretrain_mc_score(sampler: DiffusionSampler, target, *, rounds: int = 6, upd
             k = torch.randint(0, K, (batch,), generator=generator)
             b = torch.randint(0, paths, (batch,), generator=generator)
             m = ok[k, b]
+            if not m.any():  # every drawn estimate failed: skip rather than step on a NaN loss
+                continue
             err = sampler.net(xs[k, b][m], s[k][m], sc[k, b][m]) - v_star[k, b][m]
             loss = 0.5 * K * (w[k][m, None] * err.pow(2)).sum(-1).mean()
             opt.zero_grad(set_to_none=True)
