@@ -18,7 +18,11 @@ beta_tilde, Analytic-DPM sigma*^2 from Gamma_n = E||eps_hat||^2/d (their eq. 7, 
 from the residual form Gamma_n = 1 - E||eps - eps_hat||^2/d (``analytic_res``, the imperfect-mean variant of Bao et
 al. 2022b; it is never > 1 and defines the DP cost).  Gamma is estimated at all N steps from training data.
 Sample quality: sliced W2 to the test set (toy) or FID-digits (digits-CNN features, not Inception) to all 1797
-digits; the discrete ELBO at the same K.  A K = 1000 (toy) / 200 (digits) reference shows the speed-up.
+digits; the discrete ELBO at the same K.  ``--sample-clip P ...`` (digits) also draws every cell with the sampling
+devices of the Analytic-DPM reference code, for every variance alike: x0_hat clamped to [-1, 1] and the std of the
+last noisy step capped at P * (2/17) * sqrt(pi/2) (a mean absolute noise of P grey levels; their clip_pixel = 2 on
+255 levels); these rows carry no ELBO (the devices change the sampler, not the model the ELBO scores).
+A K = 1000 (toy) / 200 (digits) reference shows the speed-up.
 
 Models.  All models are trained on the VP SDE (beta 0.1..20), the continuous limit of DDPM's linear betas.  The DDPM
 view evaluates eps at the VP time with the same log-SNR as the DDPM step: both processes are variance preserving, so
@@ -55,6 +59,7 @@ from scorelab.analytic_dpm import (  # noqa: E402
     cost_matrix,
     estimate_gamma,
     even_subsequence,
+    grid_variances,
     optimal_subsequence,
     sample_analytic_dpm,
     subsequence_cost,
@@ -203,14 +208,20 @@ def _variances(var: str, steps: torch.Tensor, gam: dict, data_range):
 
 
 @torch.no_grad()
-def draw(model, steps: torch.Tensor, var: str, gam: dict, n: int, shape, seed: int, data_range) -> torch.Tensor:
+def draw(model, steps: torch.Tensor, var: str, gam: dict, n: int, shape, seed: int, data_range,
+         clip_pixels: float | None = None) -> torch.Tensor:
+    """n samples on the subsequence ``steps``; with ``clip_pixels`` the reference code's sampling devices (module
+    doc): x0_hat clamped to the data range, last noisy std <= clip_pixels * SCALE * sqrt(pi/2).  The same x_T and
+    noise seed for every variance and for both settings."""
     kind, gamma, _ = _variances(var, steps, gam, data_range)
-    data_range = data_range if var == "analytic" else None
     ts = torch.cat([steps.flip(0).double() / DDPM.N, torch.zeros(1, dtype=torch.float64)])
+    # Thm. 2's data-range bound is a variance clip of "analytic" only (see _variances)
+    v = grid_variances(DDPM, ts, kind, gamma=gamma, data_range=data_range if var == "analytic" else None)
+    clip = {} if clip_pixels is None else {"clip_x0": True, "data_range": data_range,
+                                           "max_last_std": clip_pixels * SCALE * math.sqrt(math.pi / 2)}
     g = torch.Generator().manual_seed(40_000 + seed)
     x_T = torch.randn((n, *shape), generator=g)
-    return sample_analytic_dpm(ddpm_view(model), x_T, ts, generator=g, variances=kind, gamma=gamma,
-                               data_range=data_range)
+    return sample_analytic_dpm(ddpm_view(model), x_T, ts, generator=g, variances=v, **clip)
 
 
 def quality(x: torch.Tensor, ref, kind: str) -> float:
@@ -245,6 +256,10 @@ def analytic_dpm_part(model, x_train, x_test, kind: str, seed: int, a) -> dict:
                                   variances=_variances(var, steps, gam, data_range)[2])
                 row["elbo_nll"] = _ms(conv(r.elbo))
             rows.append(row)
+            for P in (getattr(a, "sample_clip", None) or ()) if kind == "digits" else ():
+                xc = draw(model, steps, var, gam, a.n_samples, shape, seed, data_range, P)
+                rows.append({"K": K, "subsequence": sub, "variance": f"{var}+clip{P:g}",
+                             "quality": quality(xc, ref, kind), "kl_cost": row["kl_cost"], "clip": P})
     return {"rows": rows, "gamma_norm_gt1": int((gam["norm"] > 1).sum())}
 
 
@@ -310,11 +325,33 @@ def summarize(runs: dict, a) -> tuple[dict, str]:
                         "quality": [r["quality"] for r in rs],
                         "elbo_nll": [r["elbo_nll"]["mean"] for r in rs if "elbo_nll" in r]}
             lines.append(f"| {K} | {sub} | {' | '.join(q)} | {' | '.join(e)} |")
+        lines += _clip_table(name, seeds, summary)
         if name != "digits":
             lines.append(f"\nTwo-sample floor (train vs test sliced W2): "
                          f"{_agg([s['data_floor'] for s in seeds.values()])}.")
         lines.append("")
     return summary, "\n".join(lines)
+
+
+def _clip_table(name: str, seeds: dict, summary: dict) -> list[str]:
+    """FID rows of the ``--sample-clip`` draws next to the plain ones (same x_T and noise), if any."""
+    rows = [r for s in seeds.values() for r in s["adpm"]["rows"]]
+    out = []
+    for P in dict.fromkeys(r["clip"] for r in rows if r.get("clip")):
+        out += ["", f"## {name}: the same cells sampled with x0_hat clamped to [-1, 1] and the last noisy std "
+                f"capped at {P:g} grey levels (`--sample-clip {P:g}`; FID-digits, seeds {list(seeds)}; plain values in "
+                "parentheses)", "", f"| K | subseq. | {' | '.join(VARIANCES)} |", "|---" * (2 + len(VARIANCES)) + "|"]
+        for K, sub in dict.fromkeys((r["K"], r["subsequence"]) for r in rows if r.get("clip") == P):
+            cells = []
+            for var in VARIANCES:
+                key = (K, sub, f"{var}+clip{P:g}")
+                c = [r["quality"] for r in rows if (r["K"], r["subsequence"], r["variance"]) == key]
+                p = [r["quality"] for r in rows if (r["K"], r["subsequence"], r["variance"]) == (K, sub, var)]
+                cells.append(f"{_agg(c)} ({_agg(p)})" if c else "-")
+                if c:
+                    summary[f"{name}/adpm/K{K}/{sub}/{key[2]}"] = {"quality": c}
+            out.append(f"| {K} | {sub} | {' | '.join(cells)} |")
+    return out
 
 
 def _nll_plot(plt, runs: dict, names: list[str], stem: str) -> str:
@@ -416,6 +453,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ks", type=int, nargs="+", help="step budgets K for Analytic-DPM (default 10 25 50)")
     p.add_argument("--stem", help="result file stem (default likelihood or likelihood_quick)")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="only merge these result files into --stem")
+    p.add_argument("--sample-clip", type=float, nargs="+", metavar="P",
+                   help="digits: also sample every cell with x0 clamped to [-1, 1] and the last noisy std capped at "
+                        "P grey levels of mean absolute noise (Analytic-DPM reference code: P = 2 of 255)")
     p.add_argument("--progress", action="store_true")
     a = p.parse_args(argv)
     if a.merge:

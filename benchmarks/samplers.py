@@ -699,8 +699,12 @@ def main(argv=None) -> None:
     ap.add_argument("--overhead-repeats", type=int, default=15)
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--name", default=None, help="results file stem (default samplers / samplers_quick)")
+    ap.add_argument("--nfes", type=int, nargs="+", default=None,
+                    help=f"NFE budgets to run (default {' '.join(map(str, NFES))}; --quick: 5 10)")
     args = ap.parse_args(argv)
-    nfes = (5, 10) if args.quick else NFES
+    nfes = tuple(args.nfes) if args.nfes else ((5, 10) if args.quick else NFES)
+    if any(k < 1 for k in nfes):
+        ap.error(f"--nfes must be positive integers, got {nfes}")
     if args.quick:
         args.n, args.n_dev, args.seeds, args.overhead_steps, args.overhead_repeats = 4000, 1000, 3, 100, 3
     args.name = args.name or ("samplers_quick" if args.quick else "samplers")

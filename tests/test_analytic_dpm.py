@@ -145,3 +145,31 @@ def test_analytic_dpm_sampler_recovers_a_gaussian(eta):
     assert traj.nfe == 10 and len(traj.xs) == 11 and torch.isfinite(traj.log_probs).all()
     assert torch.allclose(x.mean(0), GAUSS.means[0], atol=0.01)
     assert torch.allclose(x.var(0), torch.full((2,), 0.05, dtype=torch.float64), rtol=0.06)
+
+
+def test_sampler_clip_x0_and_last_noise_cap():
+    """clip_x0 clamps x0_hat into data_range (the s = 0 step then returns it: a data-range sample); max_last_std caps
+    only the std of the step that lands on the smallest t > 0 (Analytic-DPM code's clip_sigma_idx = 1)."""
+    far = GaussianMixture([1.0], [[3.0, -3.0]], 0.05)  # x0_hat lies far outside [-1, 1]
+    steps = even_subsequence(100, 10)
+    ts = torch.cat([steps.flip(0).double() / 100, torch.zeros(1, dtype=torch.float64)])
+    xT = PROC.prior_sample((500, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    seen = []
+
+    def run(**kw):
+        seen.clear()
+        return sample_analytic_dpm(far.as_model(PROC), xT, ts, variances="beta", callback=seen.append,
+                                   generator=torch.Generator().manual_seed(2), **kw)
+
+    free = run()
+    free_std = [c["std"] for c in seen]
+    assert free.abs().max() > 2.0  # without clipping the samples sit near (3, -3)
+    out = run(clip_x0=True, data_range=(-1.0, 1.0), max_last_std=0.05)
+    assert out.abs().max() <= 1.0 and all(c["x0_hat"].abs().max() <= 1.0 for c in seen)
+    capped = [c["std"] for c in seen]
+    assert free_std[-2] > 0.05 and capped[-2] == pytest.approx(0.05)  # the step landing on t = 1/100
+    assert capped[:-2] == free_std[:-2] and capped[-1] == free_std[-1]
+    with pytest.raises(ValueError, match="data_range"):
+        run(clip_x0=True)
+    with pytest.raises(ValueError, match="max_last_std"):
+        run(max_last_std=-1.0)

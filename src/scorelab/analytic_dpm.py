@@ -235,24 +235,47 @@ def optimal_subsequence(J: torch.Tensor, K: int) -> tuple[torch.Tensor, float]:
 
 
 # -- sampler ------------------------------------------------------------------------------------------------------
+def _cap_last_noise(v: torch.Tensor, ts: torch.Tensor, max_last_std: float | None) -> torch.Tensor:
+    """Variances ``v [n]`` with the last step that lands on a time > 0 capped at ``max_last_std**2``."""
+    if max_last_std is None:
+        return v
+    if not max_last_std >= 0:
+        raise ValueError(f"max_last_std must be a nonnegative std, got {max_last_std}")
+    pos = torch.nonzero(ts[1:].reshape(ts.shape[0] - 1, -1)[:, 0] > 0).flatten()
+    if pos.numel() == 0:
+        return v
+    v = v.clone()
+    v[pos[-1]] = v[pos[-1]].clamp(max=max_last_std**2)
+    return v
+
+
 @register("analytic_dpm", order=0, evals_per_step=1, stochastic=True,
-          options=("variances", "gamma", "eta", "clip", "data_range", "final_noise"),
+          options=("variances", "gamma", "eta", "clip", "data_range", "final_noise", "clip_x0", "max_last_std"),
           reference="Bao et al. 2022 (Analytic-DPM); Ho et al. 2020; Song et al. 2021 (DDIM)")
 def sample_analytic_dpm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                         callback=None, return_trajectory: bool = False, variances="analytic", gamma=None,
                         eta: float = 1.0, clip: bool = True, data_range: tuple[float, float] | None = None,
-                        final_noise: bool = False):
+                        final_noise: bool = False, clip_x0: bool = False, max_last_std: float | None = None):
     """Ancestral DDPM/DDIM sampling x_s ~ N(mu_tilde(x_t, x0_hat), v I) over a decreasing grid ``ts [n+1]``.
 
     variances: ``"analytic"`` (Analytic-DPM, needs ``gamma [n]`` at ts[:-1]), ``"beta"``, ``"lambda"`` (see
     ``grid_variances``) or a ``[n]`` tensor.  eta sets the posterior family of the mean (1: DDPM, 0: DDIM).
-    When the grid ends at t = 0 the last step returns its mean unless ``final_noise``.  x_T: ``[B, ...]``."""
+    When the grid ends at t = 0 the last step returns its mean unless ``final_noise``.  x_T: ``[B, ...]``.
+
+    Sample-quality devices of the Analytic-DPM reference code (applied to any variance choice; they change the
+    sampler, not the ELBO's model): ``clip_x0`` clamps x0_hat into ``data_range`` (and recomputes eps_hat from it,
+    Ho et al.'s "clip_denoised"); ``max_last_std`` caps the std of the last step that adds noise (the one landing on
+    the smallest t > 0; their ``clip_sigma_idx=1``, with cap ``clip_pixel * bin * sqrt(pi/2)``, i.e. a mean absolute
+    noise of ``clip_pixel`` quantization bins)."""
     ts = check_grid(ts, model.process)
     p, m = model.process, counted(model)
     v = grid_variances(p, ts, variances, gamma=gamma, eta=eta, clip=clip, data_range=data_range) \
         if isinstance(variances, str) else torch.as_tensor(variances, dtype=torch.float64).flatten()
     if v.shape != (ts.shape[0] - 1,) or torch.any(v < 0):
         raise ValueError(f"variances must be {ts.shape[0] - 1} nonnegative numbers (one per step)")
+    if clip_x0 and data_range is None:
+        raise ValueError("clip_x0=True needs data_range=(low, high), the range to clamp x0_hat into")
+    v = _cap_last_noise(v, ts, max_last_std)
     lam2 = grid_variances(p, ts, "lambda", eta=eta)
     x, rec = x_T, TrajectoryRecorder(x_T, ts, return_trajectory)
     for i in range(ts.shape[0] - 1):
@@ -260,6 +283,9 @@ def sample_analytic_dpm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generat
         a_t, sg_t = bcast(p.alpha(as_tensor(t, x)), x), bcast(p.sigma(as_tensor(t, x)), x)
         eps = m.eps(x, t)
         x0_hat = (x - sg_t * eps) / a_t
+        if clip_x0:
+            x0_hat = x0_hat.clamp(*data_range)
+            eps = (x - a_t * x0_hat) / sg_t
         c_eps = (p.sigma(as_tensor(s, x)) ** 2 - lam2[i].to(x.dtype)).clamp(min=0).sqrt()
         mean = p.alpha(as_tensor(s, x)) * x0_hat + c_eps * eps
         std = float(v[i].sqrt())
