@@ -390,11 +390,32 @@ def cmd_likelihood(args) -> int:
 
         out["bits_per_dim"] = float(bits_per_dim(ll, x[0].numel(), scale=args.pixel_scale).mean())
         out["note"] = "bits/dim assumes the samples were uniformly dequantized 8-bit pixels mapped to [-1, 1]"
+    if args.elbo:
+        out.update(_elbos(model, x, args))
     if hasattr(model, "mixture"):
         exact = model.mixture.log_prob(x)
         out["exact_mean_log_likelihood"] = float(exact.mean())
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _elbos(model, x, args) -> dict:
+    """Mean continuous-time ELBO (importance-sampled t) and, on a ``Discrete`` process, the DDPM ELBO (all steps)."""
+    import torch
+
+    from .likelihood import continuous_elbo, discrete_elbo
+    from .processes import Discrete
+
+    g = torch.Generator().manual_seed(args.seed + 1)
+    with torch.no_grad():
+        c = continuous_elbo(model, x, n_samples=args.elbo_samples, generator=g)
+        # Monte-Carlo (t, eps) standard error of the mean over these points (the points themselves held fixed)
+        out = {"continuous_elbo": float(c.elbo.mean()),
+               "continuous_elbo_mc_std_error": float(c.std_err.pow(2).sum().sqrt() / len(x))}
+        if isinstance(model.process, Discrete):
+            d = discrete_elbo(model, x, variances=args.variances, generator=g)
+            out.update({"discrete_elbo": float(d.elbo.mean()), "discrete_elbo_variances": args.variances})
+    return out
 
 
 def cmd_density(args) -> int:
@@ -523,6 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="width of one pixel bin in model space (2/256 for 8-bit data in [-1, 1])")
     sp.add_argument("--rtol", type=float, default=1e-5)
     sp.add_argument("--atol", type=float, default=1e-5)
+    sp.add_argument("--elbo", action="store_true",
+                    help="also the continuous-time ELBO and, on a discrete:... process, the DDPM ELBO (nats)")
+    sp.add_argument("--elbo-samples", type=positive_int, default=16, help="(t, eps) draws per example of the ELBO")
+    sp.add_argument("--variances", choices=["beta", "beta_tilde"], default="beta_tilde",
+                    help="reverse variances of the DDPM ELBO")
 
     sp = add("density", cmd_density, "train a diffusion sampler for an unnormalized density and estimate log Z",
              "examples:\n  scorelab density --target gmm9 --method dis --loss lv --steps 100\n"
