@@ -133,10 +133,12 @@ def draw_metrics(model, name: str, seed: int, train_x: torch.Tensor, args) -> di
     """Each metric averaged over ``args.eval_draws`` independent evaluations (fresh model samples, fresh held-out
     sets, fresh paper-metric projections; (b) keeps its fixed directions, as its floor does): the estimate of the
     metric's expectation, comparable with the floors' mean over their draws.  Draw seeds (2e4 + 100 seed + r ...)
-    stay clear of the training, held-out and floor seeds."""
+    stay clear of the training, held-out and floor seeds.  ``model`` may also be a function (n, generator) -> [n, 2]."""
     held_fn, cfg, vals = DATA[name][1], SFTPGConfig(), {}
+    draw = model if callable(model) and not isinstance(model, torch.nn.Module) else (
+        lambda n, g: sample_policy(model, n, cfg, g, (2,)))
     for r in range(args.eval_draws):
-        s = sample_policy(model, 10_000, cfg, torch.Generator().manual_seed(40_000 + 100 * seed + r), (2,))
+        s = draw(10_000, torch.Generator().manual_seed(40_000 + 100 * seed + r))
         held, small = held_fn(10_000, 20_000 + 100 * seed + r), held_fn(args.n_exact, 30_000 + 100 * seed + r)
         m = {"paper_sw2": sliced_w2(s, train_x, 100, seed=50_000 + 100 * seed + r),
              "sw2_1000_heldout": sliced_w2(s, held, 1000, seed=12345),
@@ -144,6 +146,33 @@ def draw_metrics(model, name: str, seed: int, train_x: torch.Tensor, args) -> di
         for k, v in m.items():
             vals.setdefault(k, []).append(v)
     return {k: {"mean": float(np.mean(v)), "values": v} for k, v in vals.items()}
+
+
+RESAMPLED = "training sample, resampled"
+
+
+def seed_data(name: str, seed: int, n_exact: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A seed's 10,000 training points, its 10,000 held-out points and its ``n_exact`` points for exact W2."""
+    train_fn, held_fn = DATA[name]
+    return train_fn(10_000, seed), held_fn(10_000, 100 + seed), held_fn(n_exact, 200 + seed)
+
+
+def resampled_train_row(name: str, seed: int, args) -> dict:
+    """The reference a critic trained on the training points pulls towards: draws with replacement from the 10,000
+    training points themselves (their empirical law, where every IPM against the training sample is 0), scored like a
+    model (same seeds for the single draw and the evaluation draws).  Its held-out metrics are what fitting the
+    training sample perfectly buys; cached in ``args.work``."""
+    path = args.work / f"{name}_seed{seed}_resampled_{args.eval_draws}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    x, held, held_small = seed_data(name, seed, args.n_exact)
+    draw = lambda n, g: x[torch.randint(0, x.shape[0], (n,), generator=g)]  # noqa: E731
+    row = metrics(draw(10_000, torch.Generator().manual_seed(seed)), x, held, held_small, args.n_exact, seed)
+    if args.eval_draws > 1:
+        row["draws"] = draw_metrics(draw, name, seed, x, args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(row))
+    return row
 
 
 def floors(train_fn, held_fn, n: int, n_exact: int, repeats: int) -> dict:
@@ -163,9 +192,7 @@ def run_one(name: str, seed: int, args) -> dict:
     cache = args.work / f"{name}_seed{seed}.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    train_fn, held_fn = DATA[name]
-    x = train_fn(10_000, seed)
-    held, held_small = held_fn(10_000, 100 + seed), held_fn(args.n_exact, 200 + seed)
+    x, held, held_small = seed_data(name, seed, args.n_exact)
     rows, samples, eval_cfg = {}, {}, SFTPGConfig()
     for T in args.Ts:
         nets = args.work if args.pretrained_from is None else RESULTS / f".sft_pg_toy_{args.pretrained_from}_runs"
@@ -179,7 +206,8 @@ def run_one(name: str, seed: int, args) -> dict:
             base10 = model.requires_grad_(True)
     cfg = SFTPGConfig(epochs=args.epochs, seed=seed, eval_every=max(1, args.epochs // 10), lam=args.lam,
                       gp_weight=args.gp_weight, ema_decay=args.ema_decay, ckpt_every=max(1, args.epochs // 10),
-                      lr_generator=args.lr_generator, lr_generator_final=args.lr_generator_final)
+                      lr_generator=args.lr_generator, lr_generator_final=args.lr_generator_final,
+                      generator_batch=args.generator_batch)
     res = sft_pg(base10, x, cfg, run_dir=args.work / f"{name}_seed{seed}_ft", resume=True, progress=args.progress)
     s = sample_policy(res.ema_model, 10_000, eval_cfg, torch.Generator().manual_seed(seed), (2,))
     var = pg_variance(res.model, res.critic, res.baseline, lambda n, g: torch.randn(n, 2, generator=g), cfg,
@@ -228,7 +256,8 @@ def markdown(summary: dict, fl: dict, args) -> str:
                      ("paper_sw2", "sw2_1000_heldout", "w2_exact_heldout")]
             anchor = f"{100 * ANCHOR[key]:.2f}" if name == "swiss_roll" and key in ANCHOR else "-"
             tkey = "finetune_s" if "finetune_s" in r else "pretrain_s"
-            lines.append(f"| {key} | {' | '.join(cells)} | {anchor} | {r[tkey]['mean']:.0f} |")
+            wall = f"{r[tkey]['mean']:.0f}" if tkey in r else "-"
+            lines.append(f"| {key} | {' | '.join(cells)} | {anchor} | {wall} |")
         f = fl[name]
         cells = [f"{100 * f[m]['mean']:.3f} +- {100 * f[m]['std']:.3f}" for m in
                  ("paper_sw2", "sw2_1000_heldout", "w2_exact_heldout")]
@@ -313,6 +342,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ema-decay", type=float, default=0.0)
     p.add_argument("--lr-generator", type=float, default=5e-5)
     p.add_argument("--lr-generator-final", type=float, default=None, help="cosine decay of the generator lr to this")
+    p.add_argument("--generator-batch", type=int, default=None,
+                   help="buffer transitions per generator step (default: the batch size, 128, as in the paper)")
+    p.add_argument("--resampled-reference", action="store_true",
+                   help=f"add the row '{RESAMPLED}' (the IPM minimiser against the training points) at the merge")
     p.add_argument("--pretrained-from", default=None, help="reuse the cached DDPMs of the run with this --tag")
     p.add_argument("--floor-repeats", type=int)
     p.add_argument("--tag", default="")
@@ -345,6 +378,9 @@ def main(argv: list[str] | None = None) -> dict:
             fpath.write_text(json.dumps(floors(*DATA[name], 10_000, args.n_exact, args.floor_repeats)))
         out["floors"][name] = json.loads(fpath.read_text())
         runs = [run_one(name, s, args) for s in args.seeds]
+        if args.resampled_reference:
+            for s, run in zip(args.seeds, runs, strict=True):
+                run["rows"][RESAMPLED] = resampled_train_row(name, s, args)
         out["summary"][name] = summarise(runs)
         out["runs"][name] = [{"seed": s, "rows": r["rows"]} for s, r in zip(args.seeds, runs, strict=True)]
         plots[name] = runs[0]

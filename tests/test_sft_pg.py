@@ -250,6 +250,32 @@ def test_resume_refuses_changed_settings_and_may_extend(biased, tmp_path):
         check_resume_config(replace(cosine, epochs=2).to_dict(), replace(cosine, epochs=3))
 
 
+@pytest.mark.parametrize("method, generator_batch, expected", [
+    ("sft_pg_b", None, 16), ("sft_pg_b", 96, 96), ("sft_pg_b", 10_000, 5 * 10 * 16), ("sft_pg", 96, 96),
+    ("sft", 48, 48)])
+def test_generator_batch_sets_the_transitions_per_generator_step(biased, monkeypatch, method, generator_batch,
+                                                                 expected):
+    """Each generator step sees ``generator_batch`` buffer transitions (default ``batch_size``; at most the buffer's
+    n_critic x T x batch_size), or that many fresh chains for the reparameterised ``sft``."""
+    import scorelab.finetune.sft_pg as mod
+    process, data = biased
+    seen = []
+    if method == "sft":
+        real = mod.rollout
+        monkeypatch.setattr(mod, "rollout", lambda m, x_T, *a, **k: seen.append(x_T.shape[0]) or real(m, x_T, *a, **k))
+    else:
+        real = mod.step_surrogate
+        monkeypatch.setattr(mod, "step_surrogate",
+                            lambda m, x_in, *a, **k: seen.append(x_in.shape[0]) or real(m, x_in, *a, **k))
+    cfg = SFTPGConfig(method=method, epochs=1, epoch_size=10, batch_size=16, generator_batch=generator_batch,
+                      eval_every=0, ckpt_every=0, **SMALL_NETS)
+    sft_pg(GaussianWithCorrection(process), data, cfg, progress=False)
+    gen_calls = seen if method != "sft" else [n for n in seen if n != 16]  # the critic's rollouts have 16 chains
+    assert gen_calls == [expected, expected], seen
+    with pytest.raises(ValueError, match="generator_batch"):
+        SFTPGConfig(generator_batch=0)
+
+
 def test_generator_lr_cosine():
     cfg = SFTPGConfig(epochs=11, lr_generator=1e-3, lr_generator_final=1e-5)
     lrs = [generator_lr(cfg, e) for e in range(11)]

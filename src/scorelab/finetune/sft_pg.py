@@ -66,6 +66,9 @@ class SFTPGConfig:
     Sampler: ``sampler`` in ``PG_SAMPLERS``; ``n_steps`` and ``grid`` choose the grid (``make_policy_grid``);
     ``eta`` (DDIM), ``variance`` (DDPM), ``noise_last`` (noise on the last step too, as the SFT-PG toy sampler).
     ``buffer_size``: keep at most this many most recent transitions (None: all since the last generator phase).
+    ``generator_batch``: transitions drawn from the buffer per generator step, all of them if the buffer holds fewer
+    (``sft``: chains rolled out per step); None:
+    ``batch_size``, the paper's choice, which uses 1/(n_critic T) of the buffer's transitions (2% at T = 10).
     ``ema_decay`` 0 disables EMA (the EMA copy then equals the model).  ``lr_generator_final``: if set, the generator
     learning rate follows a cosine from ``lr_generator`` (epoch 0) to this value (last epoch), set once per epoch
     (None: constant, the paper's protocol).  ``epoch_size``: critic steps per epoch
@@ -85,6 +88,7 @@ class SFTPGConfig:
     n_critic: int = 5
     n_generator: int = 1
     batch_size: int = 128
+    generator_batch: int | None = None
     epochs: int = 300
     epoch_size: int | None = None
     lr_generator: float = 5e-5
@@ -117,7 +121,7 @@ class SFTPGConfig:
         for name in ("n_critic", "n_generator", "batch_size", "epochs", "eval_samples", "keep_checkpoints"):
             if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("n_steps", "epoch_size", "buffer_size"):
+        for name in ("n_steps", "epoch_size", "buffer_size", "generator_batch"):
             v = getattr(self, name)
             if v is not None and (int(v) != v or v < 1):
                 raise ValueError(f"{name} must be None or a positive integer, got {v!r}")
@@ -446,16 +450,18 @@ def add_to_buffer(state: SFTPGState, ro: Rollout, config: SFTPGConfig) -> None:
 
 
 def generator_step(state: SFTPGState, config: SFTPGConfig) -> float:
-    """One generator update: policy gradient (eq. 20) on ``batch_size`` transitions drawn from the buffer, or the
-    reparameterised SFT gradient (eq. 10) on a fresh rollout; then clip, Adam, EMA.  Returns the surrogate loss."""
+    """One generator update: policy gradient (eq. 20) on ``generator_batch`` (default ``batch_size``) transitions
+    drawn from the buffer without replacement, or the reparameterised SFT gradient (eq. 10) on a fresh rollout of that
+    many chains; then clip, Adam, EMA.  Returns the surrogate loss."""
     f = lambda x: critic_values(state.critic, x)  # noqa: E731
     state.model.train()
+    n_gen = config.generator_batch or config.batch_size
     if config.method == "sft":
-        x_T = _prior(state, config.batch_size)
+        x_T = _prior(state, n_gen)
         loss = f(rollout(state.model, x_T, state.ts, config, state.rng).x0).mean()
     else:
         buf = state.buffer
-        idx = torch.randperm(buf["k"].shape[0], generator=state.rng, device=buf["k"].device)[: config.batch_size]
+        idx = torch.randperm(buf["k"].shape[0], generator=state.rng, device=buf["k"].device)[:n_gen]
         k, x0 = buf["k"][idx], buf["x0"][idx]
         with torch.no_grad():
             adv = f(x0)
