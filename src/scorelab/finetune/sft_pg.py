@@ -21,6 +21,8 @@ Notation
                      code's mean over steps)
 ``R_GP``             E (||grad f(x_hat)|| - 1)^2 on interpolates of fake and real x_0 (eq. 29, Gulrajani et al.)
 ``adv``              f(x_0) - V(x_{t+1}, k): the advantage multiplying grad log p (eq. 20)
+``m``                transitions per generator step (``generator_batch``; the paper: m = batch size = 128 of the
+                     n_critic T B transitions in the buffer)
 ===================  ===============================================================================================
 
 Methods (``SFTPGConfig.method``): ``"sft_pg_b"`` (Alg. 1), ``"sft_pg"`` (policy gradient without baseline nor
