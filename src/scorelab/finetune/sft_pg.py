@@ -69,8 +69,8 @@ class SFTPGConfig:
     ``eta`` (DDIM), ``variance`` (DDPM), ``noise_last`` (noise on the last step too, as the SFT-PG toy sampler).
     ``buffer_size``: keep at most this many most recent transitions (None: all since the last generator phase).
     ``generator_batch``: transitions drawn from the buffer per generator step, all of them if the buffer holds fewer
-    (``sft``: chains rolled out per step); None:
-    ``batch_size``, the paper's choice, which uses 1/(n_critic T) of the buffer's transitions (2% at T = 10).
+    (``sft``: chains rolled out per step); None: ``batch_size``, the paper's choice, which uses 1/(n_critic T) of the
+    buffer's transitions (2% at T = 10).
     ``ema_decay`` 0 disables EMA (the EMA copy then equals the model).  ``lr_generator_final``: if set, the generator
     learning rate follows a cosine from ``lr_generator`` (epoch 0) to this value (last epoch), set once per epoch
     (None: constant, the paper's protocol).  ``epoch_size``: critic steps per epoch
