@@ -131,11 +131,17 @@ class Quality:
     1/(r n)) matches x_(i) with the i-th block of r reference points, so W2^2 = mean_i (x_(i) - m_i)^2 + mean_i v_i
     with m_i, v_i the mean and variance of block i: only m [n, n_proj] and mean v [n_proj] are stored."""
 
-    def __init__(self, gm: GaussianMixture, n: int, n_proj: int, seed: int, ref_factor: int = 1, chunk: int = 25):
+    def __init__(self, gm: GaussianMixture, n: int, n_proj: int, seed: int, ref_factor: int = 1, chunk: int = 25,
+                 ref: np.ndarray | None = None):
+        """``ref``: a given reference of ``ref_factor * n`` points instead of target draws (e.g. the exact ODE flow
+        of the sampler's own x_T: ``samplers_pathwise.py``'s coupled sliced W2, which has no two-sample floor)."""
         self.gm, self.n, self.n_proj, self.chunk = gm, n, n_proj, chunk
         P = np.random.RandomState(0).randn(gm.d, n_proj)  # = ot.sliced.get_random_projections(d, n_proj, seed=0)
         self.P = P / np.sqrt((P**2).sum(0, keepdims=True))
-        ref = gm.sample(ref_factor * n, torch.Generator().manual_seed(10_000 + seed)).numpy()
+        if ref is None:
+            ref = gm.sample(ref_factor * n, torch.Generator().manual_seed(10_000 + seed)).numpy()
+        elif ref.shape != (ref_factor * n, gm.d):
+            raise ValueError(f"reference of shape {tuple(ref.shape)}, expected ({ref_factor * n}, {gm.d})")
         self.m, self.vbar = np.empty((n, n_proj)), np.empty(n_proj)
         for j in range(0, n_proj, chunk):
             y = np.sort(ref @ self.P[:, j:j + chunk], axis=0).reshape(n, ref_factor, -1)

@@ -1,7 +1,7 @@
 r"""Floor-free comparison of deterministic samplers: pathwise error to the exact probability-flow ODE solution.
 
     python benchmarks/samplers_pathwise.py --target aniso16d [--nfes 5 10 20 50] [--n-dev 2000] [--n 20000]
-                                           [--seeds 5] [--rtol 1e-9]
+                                           [--seeds 5] [--rtol 1e-9] [--flows-only --flow-seeds 0 1 2]
 
 Why.  Sliced W2 to target draws has a two-sample floor that shrinks slowly with n (ring2d: 0.033 at n = 100k, 0.023
 at 400k): once two samplers are at it, no affordable n separates them.  For *deterministic* samplers on an exact
@@ -17,13 +17,26 @@ difference is precise).  Phi is adaptive dopri5 in float64 at ``--rtol`` = ``--a
 1e-5; the mixture's covariances are full rank, so the flow is smooth there); its own error is reported (rtol 1e-7 vs
 1e-9).
 
+A second floor-free measure, at the level of distributions: the *coupled* sliced W2
+
+    SW2_c(S) = SW2( {S(x_T^i)}_i , {Phi(x_T^i)}_i )     (the same n draws x_T^i for both clouds)
+
+on the 200 fixed directions of ``samplers.py``.  It estimates SW2(S # N(0, I), data law) -- the quantity the sliced-W2
+table of ``samplers.py`` measures -- with common random numbers in place of an independent target sample: it is
+exactly 0 for S = Phi, so no two-sample floor, and it is not inflated by trajectories that swap between modes as
+long as the mode weights stay right (the pathwise RMS counts each swap at the full distance between modes, which
+dominates it in d = 16).  The coupled mode-weight TV (modes of S(x_T) vs. of Phi(x_T)) is reported with it.  It is
+also ``scorelab.grid_opt``'s objective (on other x_T: seed 1000, 512 draws).
+
 What is compared: every deterministic configuration of ``benchmarks/samplers.py`` (scorelab's ODE samplers on every
 grid, Karras rho and option variant, and on grids fitted by ``grid_opt``; every diffusers scheduler variant, all of
 which are deterministic) is run on ``--n-dev`` x_T of dev seed 0; per library and NFE the configuration of least
-pathwise error is the contender (the same rule for both libraries, dev seed only); the contenders are then compared
+pathwise error, and separately the one of least coupled sliced W2, is the contender (the same rule for both
+libraries, dev seed only); the contenders are then compared
 on held-out seeds 1..S (fresh x_T, shared by both libraries within a seed): paired difference, one-sided t-test.
 Samplers that stop at t_min = 1/N without a last step to 0 are compared with Phi(x_T) all the same: not denoising
-is part of their error.
+is part of their error.  The flows are cached (``--cache``, NumPy files without pickle) so that ``--flows-only`` can
+compute the seeds' flows in parallel processes beforehand.
 """
 from __future__ import annotations
 
@@ -39,12 +52,15 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
-from samplers import ExactMixture, diffusers_configs, paired, run, scorelab_configs, targets  # noqa: E402
+from samplers import ExactMixture, Quality, diffusers_configs, paired, run, scorelab_configs, targets  # noqa: E402
 
+from scorelab import metrics  # noqa: E402
 from scorelab.processes import Discrete  # noqa: E402
 from scorelab.samplers import SAMPLERS  # noqa: E402
 
 T_END = 1e-9  # sigma(T_END) = 1e-5 on DDPM-linear: the flow's end point, t = 0 to far below the errors measured
+N_PROJ = 200  # fixed directions of the coupled sliced W2 (those of samplers.py)
+METRICS = {"rms": "pathwise RMS error", "sw2": "coupled sliced W2"}
 
 
 def exact_flow(model, x_T: torch.Tensor, rtol: float) -> torch.Tensor:
@@ -63,10 +79,46 @@ def rms(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x.double() - ref).pow(2).sum(1).mean().sqrt())
 
 
-def dev_stage(model, configs: list[dict], nfes, n_dev: int, d: int, rtol: float) -> list[dict]:
-    """Pathwise error of every configuration at every NFE on n_dev x_T of dev seed 0."""
-    x_T = torch.randn(n_dev, d, generator=torch.Generator().manual_seed(900))
-    ref, rows = exact_flow(model, x_T, rtol), []
+def x_T_of(seed: int, n: int, d: int) -> torch.Tensor:
+    """x_T of seed 0 (dev) and 1..S (held-out), shared by both libraries."""
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(900 + seed))
+
+
+def flow_of(model, target: str, seed: int, n: int, rtol: float, cache: Path | None) -> torch.Tensor:
+    """Phi(x_T) of ``x_T_of(seed, n, d)``, from ``cache`` if there (``.npy``, loaded without pickle)."""
+    path = cache / f"{target}_s{seed}_n{n}_rtol{rtol:g}.npy" if cache else None
+    if path is not None and path.exists():
+        return torch.from_numpy(np.load(path, allow_pickle=False))
+    ref = exact_flow(model, x_T_of(seed, n, model.gm.d), rtol)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, ref.numpy(), allow_pickle=False)
+        tmp.replace(path)  # atomic: a parallel reader never sees half a file
+    return ref
+
+
+class Coupled:
+    """Errors of a sampler's outputs S(x_T) against Phi(x_T) from the same x_T: pathwise RMS, coupled sliced W2
+    (``samplers.Quality`` with Phi(x_T) as its reference: 1-D optimal matching of the sorted projections) and the
+    coupled mode-weight TV (1/2 sum_k |w_k(S) - w_k(Phi)|, each point to its most responsible component)."""
+
+    def __init__(self, gm, ref: torch.Tensor):
+        self.gm, self.ref = gm, ref
+        self.q = Quality(gm, ref.shape[0], N_PROJ, 0, ref=ref.numpy())
+        self.w_ref = metrics.mode_stats(ref.numpy(), gm)["weights"]
+
+    def __call__(self, x: torch.Tensor) -> dict:
+        xn = x.double().numpy()
+        if not np.all(np.isfinite(xn)):
+            return {"rms": float("inf"), "sw2": float("inf"), "tv": 1.0}
+        w = metrics.mode_stats(xn, self.gm)["weights"]
+        return {"rms": rms(x, self.ref), "sw2": self.q.sw2(xn), "tv": 0.5 * float(np.abs(w - self.w_ref).sum())}
+
+
+def dev_stage(model, configs: list[dict], nfes, ref: torch.Tensor) -> list[dict]:
+    """Both errors of every configuration at every NFE on the x_T of dev seed 0 (``ref`` = their flow)."""
+    x_T, err, rows = x_T_of(0, ref.shape[0], ref.shape[1]), Coupled(model.gm, ref), []
     for cfg in tqdm(configs, desc="pathwise dev", leave=False):
         for nfe in nfes:
             row = {k: cfg[k] for k in ("lib", "method", "label")} | {"nfe": nfe}
@@ -75,44 +127,55 @@ def dev_stage(model, configs: list[dict], nfes, n_dev: int, d: int, rtol: float)
             except ValueError as e:  # budget too small for this sampler
                 rows.append(row | {"error": str(e)})
                 continue
-            err = rms(x, ref)
-            rows.append(row | {"nfe_used": used, "rms": err if math.isfinite(err) else float("inf")})
+            rows.append(row | {"nfe_used": used} | {k: v if math.isfinite(v) else float("inf")
+                                                     for k, v in err(x).items()})
     return rows
 
 
-def contenders(rows: list[dict], nfes) -> dict:
-    """(lib, nfe) -> (method, label) of least dev pathwise error within the budget."""
+def contenders(rows: list[dict], nfes, metric: str = "rms") -> dict:
+    """(lib, nfe) -> (method, label) of least dev ``metric`` within the budget."""
     best: dict = {}
     for r in rows:
-        if "rms" in r and math.isfinite(r["rms"]) and r["nfe_used"] <= r["nfe"]:
+        if metric in r and math.isfinite(r[metric]) and r["nfe_used"] <= r["nfe"]:
             key = (r["lib"], r["nfe"])
-            if key not in best or r["rms"] < best[key][0]:
-                best[key] = (r["rms"], r["method"], r["label"])
+            if key not in best or r[metric] < best[key][0]:
+                best[key] = (r[metric], r["method"], r["label"])
     return {k: v[1:] for k, v in best.items()}
 
 
-def heldout(model, by_label: dict, best: dict, args, d: int) -> tuple[list[dict], float]:
-    rows, ref_err = [], float("nan")
+def heldout(model, by_label: dict, best: dict, args, d: int) -> tuple[list[dict], dict]:
+    """Every contender (of either metric) on the held-out seeds; Phi's own error (rtol 1e-7) on seed 1."""
+    runs = sorted({(lib, nfe, m, lab) for b in best.values() for (lib, nfe), (m, lab) in b.items()})
+    rows, ref_err = [], {}
     for seed in range(1, args.seeds + 1):
-        x_T = torch.randn(args.n, d, generator=torch.Generator().manual_seed(900 + seed))
-        ref = exact_flow(model, x_T, args.rtol)
+        ref = flow_of(model, args.target, seed, args.n, args.rtol, args.cache)
+        err = Coupled(model.gm, ref)
         if seed == 1:
-            ref_err = rms(exact_flow(model, x_T, 1e-7), ref)
-        for (lib, nfe), (method, label) in tqdm(sorted(best.items()), desc=f"held-out seed {seed}", leave=False):
+            ref_err = {k: v for k, v in err(exact_flow(model, x_T_of(seed, args.n, d), 1e-7)).items() if k != "tv"}
+        x_T = x_T_of(seed, args.n, d)
+        for lib, nfe, method, label in tqdm(runs, desc=f"held-out seed {seed}", leave=False):
             x, used = run(by_label[(method, label)], model, x_T.float(), nfe, seed)
             rows.append({"seed": seed, "nfe": nfe, "lib": lib, "method": method, "label": label, "nfe_used": used,
-                         "rms": rms(x, ref)})
+                         **err(x)})
     return rows, ref_err
 
 
-def summarize(rows: list[dict], best: dict, nfes) -> dict:
+def summarize(rows: list[dict], best: dict, nfes, metric: str = "rms") -> dict:
+    """Per NFE: each contender's held-out ``metric`` (mean, std; for sw2 also the coupled TV) and the paired
+    difference diffusers - scorelab over the held-out seeds."""
     out = {}
     for nfe in nfes:
-        per = {lib: {r["seed"]: r["rms"] for r in rows if r["nfe"] == nfe and r["lib"] == lib}
-               for lib in ("scorelab", "diffusers")}
-        ent = {lib: {"method": best[(lib, nfe)][0], "label": best[(lib, nfe)][1],
-                     "rms_mean": float(np.mean(list(v.values()))), "rms_std": float(np.std(list(v.values()), ddof=1))}
-               for lib, v in per.items() if v}
+        per, ent = {}, {}
+        for lib in ("scorelab", "diffusers"):
+            if (lib, nfe) not in best:
+                continue
+            method, label = best[(lib, nfe)]
+            rs = {r["seed"]: r for r in rows if (r["nfe"], r["lib"], r["method"], r["label"]) == (nfe, lib, method,
+                                                                                              label)}
+            per[lib] = {s: r[metric] for s, r in rs.items()}
+            v, tv = list(per[lib].values()), [r["tv"] for r in rs.values()]
+            ent[lib] = {"method": method, "label": label, f"{metric}_mean": float(np.mean(v)),
+                        f"{metric}_std": float(np.std(v, ddof=1)), "tv_mean": float(np.mean(tv))}
         if len(ent) == 2:
             ent["paired_diff_diffusers_minus_scorelab"] = paired(
                 [per["diffusers"][s] - per["scorelab"][s] for s in sorted(per["scorelab"])])
@@ -120,27 +183,37 @@ def summarize(rows: list[dict], best: dict, nfes) -> dict:
     return out
 
 
-def markdown(summary: dict, dev: list[dict], args, d: int, ref_err: float) -> str:
-    lines = [f"## Pathwise error to the exact PF-ODE flow ({args.target}, d = {d})", "",
-             f"RMS ||S(x_T) - Phi(x_T)||; Phi = dopri5 (float64, rtol = atol = {args.rtol:g}) to t = {T_END:g}; "
-             f"Phi's own error (rtol 1e-7 vs {args.rtol:g}): {ref_err:.2e}.  An upper bound on W2(sampler law, ODE "
-             "law) with no two-sample floor.  Contenders: least error on dev seed 0 "
-             f"({args.n_dev} x_T; {len({(r['method'], r['label']) for r in dev})} deterministic configurations); "
-             f"held-out seeds 1..{args.seeds}, {args.n} x_T each, shared by both libraries.", "",
-             "| NFE | best scorelab | RMS error | best diffusers | RMS error | paired diff (diffusers - scorelab) "
-             "| one-sided p | 95% lower bound | seeds won | ratio diffusers / scorelab |", "|---" * 10 + "|"]
-    for nfe, e in summary.items():
-        if "paired_diff_diffusers_minus_scorelab" not in e:
-            continue
-        s, f, pd = e["scorelab"], e["diffusers"], e["paired_diff_diffusers_minus_scorelab"]
-        lines.append(f"| {nfe} | {s['method']} `{s['label']}` | {s['rms_mean']:.5f} +- {s['rms_std']:.5f} | "
-                     f"{f['method']} `{f['label']}` | {f['rms_mean']:.5f} +- {f['rms_std']:.5f} | "
-                     f"{pd['mean']:+.5f} +- {pd['std']:.5f} | {pd['p_one_sided']:.3g} | {pd['lower95']:+.5f} | "
-                     f"{pd['wins']}/{pd['n_seeds']} | {f['rms_mean'] / s['rms_mean']:.2f} |")
+def _cell(entry: dict, metric: str) -> str:
+    tv = f" ({entry['tv_mean']:.4f})" if metric == "sw2" else ""
+    return f"{entry[metric + '_mean']:.5f} +- {entry[metric + '_std']:.5f}{tv}"
+
+
+def markdown(summaries: dict, dev: list[dict], args, d: int, ref_err: dict) -> str:
+    lines = [f"## Floor-free errors against the exact PF-ODE flow ({args.target}, d = {d})", "",
+             f"Phi = dopri5 (float64, rtol = atol = {args.rtol:g}) to t = {T_END:g}; Phi's own error (rtol 1e-7 vs "
+             f"{args.rtol:g}): RMS {ref_err['rms']:.2e}, coupled sliced W2 {ref_err['sw2']:.2e}.  Contenders: least "
+             f"error on dev seed 0 ({args.n_dev} x_T; {len({(r['method'], r['label']) for r in dev})} deterministic "
+             f"configurations), chosen separately for each measure; held-out seeds 1..{args.seeds}, {args.n} x_T "
+             "each, shared by both libraries."]
+    for metric, summary in summaries.items():
+        tv = " (coupled mode TV)" if metric == "sw2" else ""
+        lines += ["", f"### {METRICS[metric]}", "",
+                  f"| NFE | best scorelab | {METRICS[metric]}{tv} | best diffusers | {METRICS[metric]}{tv} | paired "
+                  "diff (diffusers - scorelab) | one-sided p | 95% lower bound | seeds won | ratio diffusers / "
+                  "scorelab |", "|---" * 10 + "|"]
+        for nfe, e in summary.items():
+            if "paired_diff_diffusers_minus_scorelab" not in e:
+                continue
+            s, f, pd = e["scorelab"], e["diffusers"], e["paired_diff_diffusers_minus_scorelab"]
+            lines.append(f"| {nfe} | {s['method']} `{s['label']}` | {_cell(s, metric)} | {f['method']} "
+                         f"`{f['label']}` | {_cell(f, metric)} | {pd['mean']:+.5f} +- {pd['std']:.5f} | "
+                         f"{pd['p_one_sided']:.3g} | "
+                         f"{pd['lower95']:+.5f} | {pd['wins']}/{pd['n_seeds']} | "
+                         f"{f[metric + '_mean'] / s[metric + '_mean']:.2f} |")
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--target", required=True, choices=list(targets()))
     ap.add_argument("--nfes", type=int, nargs="+", default=[5, 10, 20, 50])
@@ -148,22 +221,31 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=20_000, help="x_T per held-out seed")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--rtol", type=float, default=1e-9)
+    ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "results" / ".pathwise_flows",
+                    help="folder of cached exact flows (reused when x_T seed, n and rtol match)")
+    ap.add_argument("--flows-only", action="store_true", help="compute and cache the flows of --flow-seeds, then stop")
+    ap.add_argument("--flow-seeds", type=int, nargs="+", default=None, help="with --flows-only (0 = dev seed)")
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.time()
     gm, process = targets()[args.target], Discrete.from_schedule("linear", 1000)
     model = ExactMixture(gm, process)
+    if args.flows_only:
+        for seed in args.flow_seeds if args.flow_seeds is not None else range(args.seeds + 1):
+            flow_of(model, args.target, seed, args.n_dev if seed == 0 else args.n, args.rtol, args.cache)
+        return None
     configs = [c for c in scorelab_configs(False) + diffusers_configs(False) if deterministic(c)]
     by_label = {(c["method"], c["label"]): c for c in configs}
-    dev = dev_stage(model, configs, args.nfes, args.n_dev, gm.d, args.rtol)
-    best = contenders(dev, args.nfes)
+    dev = dev_stage(model, configs, args.nfes, flow_of(model, args.target, 0, args.n_dev, args.rtol, args.cache))
+    best = {m: contenders(dev, args.nfes, m) for m in METRICS}
     rows, ref_err = heldout(model, by_label, best, args, gm.d)
-    summary = summarize(rows, best, args.nfes)
-    payload = {"config": vars(args), "summary": {str(k): v for k, v in summary.items()}, "dev": dev,
+    summaries = {m: summarize(rows, best[m], args.nfes, m) for m in METRICS}
+    payload = {"config": {**vars(args), "cache": str(args.cache)},
+               "summary": {m: {str(k): v for k, v in sm.items()} for m, sm in summaries.items()}, "dev": dev,
                "heldout": rows, "reference_error_rtol1e-7": ref_err, "wall_seconds": time.time() - t0}
     write_results(args.name or f"samplers_pathwise_{args.target}", payload,
-                  markdown(summary, dev, args, gm.d, ref_err))
+                  markdown(summaries, dev, args, gm.d, ref_err))
     return payload
 
 
