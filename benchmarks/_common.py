@@ -37,3 +37,9 @@ def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
     print(markdown)
     print(f"wrote {jpath} and {mpath}")
     return jpath, mpath
+
+
+def paired_cells(pd: dict) -> str:
+    """The table cells of a ``paired`` result: diff +- std | one-sided p | 95% lower bound | seeds won."""
+    return (f"{pd['mean']:+.5f} +- {pd['std']:.5f} | {pd['p_one_sided']:.3g} | {pd['lower95']:+.5f} | "
+            f"{pd['wins']}/{pd['n_seeds']}")

@@ -61,7 +61,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, write_results  # noqa: E402
+from _common import RESULTS, paired_cells, write_results  # noqa: E402
 
 from scorelab import metrics  # noqa: E402
 from scorelab.analytic import GaussianMixture, random_mixture, ring_mixture  # noqa: E402
@@ -622,8 +622,7 @@ def markdown_target(name: str, dev: list[dict], goals: dict, nfes, args, n_dev: 
         s, d, pd = g["scorelab"], g["diffusers"], g["paired_diff_diffusers_minus_scorelab"]
         lines.append(f"| {k} | {s['method']} `{s['label']}` | {s['sw2_mean']:.5f} +- {s['sw2_std']:.5f} | "
                      f"{d['method']} `{d['label']}` | {d['sw2_mean']:.5f} +- {d['sw2_std']:.5f} | "
-                     f"{pd['mean']:+.5f} +- {pd['std']:.5f} | {pd['p_one_sided']:.3g} | {pd['lower95']:+.5f} | "
-                     f"{pd['wins']}/{pd['n_seeds']} | {'yes' if g['scorelab_better'] else 'no'} |")
+                     f"{paired_cells(pd)} | {'yes' if g['scorelab_better'] else 'no'} |")
     return "\n".join(lines)
 
 

@@ -51,7 +51,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import paired_cells, write_results  # noqa: E402
 from samplers import ExactMixture, Quality, diffusers_configs, paired, run, scorelab_configs, targets  # noqa: E402
 
 from scorelab import metrics  # noqa: E402
@@ -206,9 +206,7 @@ def markdown(summaries: dict, dev: list[dict], args, d: int, ref_err: dict) -> s
                 continue
             s, f, pd = e["scorelab"], e["diffusers"], e["paired_diff_diffusers_minus_scorelab"]
             lines.append(f"| {nfe} | {s['method']} `{s['label']}` | {_cell(s, metric)} | {f['method']} "
-                         f"`{f['label']}` | {_cell(f, metric)} | {pd['mean']:+.5f} +- {pd['std']:.5f} | "
-                         f"{pd['p_one_sided']:.3g} | "
-                         f"{pd['lower95']:+.5f} | {pd['wins']}/{pd['n_seeds']} | "
+                         f"`{f['label']}` | {_cell(f, metric)} | {paired_cells(pd)} | "
                          f"{f[metric + '_mean'] / s[metric + '_mean']:.2f} |")
     return "\n".join(lines)
 
