@@ -40,6 +40,30 @@ def test_reference_is_the_converged_ode_solution(oracle):
     assert (fine - ref).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("final_zero", [False, True])
+def test_unipc_reference_matches_a_tight_dopri5(oracle, final_zero):
+    """The fixed-step teacher (UniPC-3 on 1000 log-SNR steps) is the same flow as dopri5 at rtol 1e-10 (and the
+    same final step to 0); it costs exactly its steps (+1 for the step to 0) in evaluations."""
+    from scorelab.denoisers import CountingModel
+
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    tight = ode_reference(oracle, x_T, 1.0, 1e-3, final_zero, rtol=1e-10, atol=1e-10)
+    counter = CountingModel(oracle)
+    fixed = ode_reference(counter, x_T, 1.0, 1e-3, final_zero, method="unipc", steps=1000)
+    assert (fixed - tight).abs().max() < 1e-6
+    assert counter.nfe == 1000 + int(final_zero)
+    with pytest.raises(ValueError, match="reference solver"):
+        ode_reference(oracle, x_T, 1.0, 1e-3, False, method="rk4")
+    with pytest.raises(ValueError, match="steps"):
+        ode_reference(oracle, x_T, 1.0, 1e-3, False, method="unipc", steps=0)
+
+
+def test_fit_with_the_unipc_reference(oracle):
+    fit = optimize_grid(oracle, "dpm_solver_pp_2m", 3, n_samples=64, n_heldout=64, max_objective=30,
+                        dtype=torch.float64, reference="unipc", ref_steps=200)
+    assert fit.loss_fit <= fit.loss_init and fit.model_evals >= 2 * 200
+
+
 def test_fit_lowers_the_held_out_pathwise_error(oracle):
     """The fitted grid is a valid grid on the same endpoints, and it lowers the pathwise error on x_T it never saw
     by a large factor (DDIM with 4 steps on the 8-mode ring)."""
@@ -105,6 +129,7 @@ def test_final_zero_and_multistep(oracle):
     ({"sampler": "ddim", "n_steps": 1}, "n_steps"),
     ({"sampler": "ddim", "n_steps": 3, "objective": "kl"}, "objective"),
     ({"sampler": "ddim", "n_steps": 3, "grid_kw": {"final_zero": True}}, "final_zero"),
+    ({"sampler": "ddim", "n_steps": 3, "reference": "rk4"}, "reference solver"),
 ])
 def test_bad_requests(oracle, kwargs, message):
     with pytest.raises(ValueError, match=message):
