@@ -189,10 +189,23 @@ VARIANTS = {
 RHO_SAMPLERS = ("ddim", "dpm_solver_2", "dpm_solver_3", "dpm_solver_pp_2m", "dpm_solver_pp_3m", "unipc", "unipc_bh2")
 RHOS = (3.0, 5.0)
 # deterministic samplers also run on a grid fitted to the model's own ODE solution (``scorelab.grid_opt``, sliced-W2
-# objective; model only, no data): (sampler, label suffix, options); init uniform_log_snr, x_T of seed FIT_SEED
+# objective; model only, no data): (sampler, label suffix, options); from each grid of FIT["inits"] (--fit-inits), x_T
+# of seed FIT_SEED, teacher FIT["reference"] (--fit-reference: dopri5 at rtol 1e-7 or UniPC-3 on 1000 log-SNR steps)
 OPT_SAMPLERS = [("dpm_solver_pp_2m", "", {}), ("dpm_solver_pp_3m", "", {}), ("unipc", "", {}),
                 ("unipc", "bh2", {"variant": "bh2"})]
-OPT_INIT, FIT_SEED, FIT_N, FIT_BUDGET = "uniform_log_snr", 1000, 512, 400
+FIT_SEED, FIT_N, FIT_BUDGET = 1000, 512, 400
+FIT = {"inits": ("uniform_log_snr",), "reference": "dopri5"}  # set by set_fit from the command line
+
+
+def add_fit_args(ap) -> None:
+    ap.add_argument("--fit-inits", nargs="+", default=list(FIT["inits"]), choices=sorted(GRIDS),
+                    help="initial grids of the fitted configurations (one fitted configuration per init)")
+    ap.add_argument("--fit-reference", default=FIT["reference"], choices=["dopri5", "unipc"],
+                    help="teacher of the grid fits (scorelab.grid_opt.ode_reference)")
+
+
+def set_fit(args) -> None:
+    FIT.update(inits=tuple(args.fit_inits), reference=args.fit_reference)
 FITTED: dict = {}  # (method, label, nfe) -> GridFit report (JSON), filled as the configurations run
 
 
@@ -216,10 +229,11 @@ def scorelab_configs(quick: bool) -> list[dict]:
                         label = ",".join(filter(None, [f"karras{'+0' if fz else ''},rho={rho:g}", suffix]))
                         out.append({"lib": "scorelab", "method": n, "grid": "karras", "final_zero": fz,
                                     "label": label, "opts": opts, "grid_kw": {**gkw, "rho": rho}})
-    for n, suffix, opts in [] if quick else OPT_SAMPLERS:
-        label = ",".join(filter(None, [f"fit[{OPT_INIT}]", suffix]))
-        out.append({"lib": "scorelab", "method": n, "grid": OPT_INIT, "final_zero": False, "label": label,
-                    "opts": opts, "grid_kw": {}, "optimize": True})
+    for init in [] if quick else FIT["inits"]:
+        for n, suffix, opts in OPT_SAMPLERS:
+            label = ",".join(filter(None, [f"fit[{init}]", suffix]))
+            out.append({"lib": "scorelab", "method": n, "grid": init, "final_zero": False, "label": label,
+                        "opts": opts, "grid_kw": {}, "optimize": True})
     return out
 
 
@@ -235,6 +249,7 @@ def fitted_grid(cfg: dict, model: DiffusionModel, ts: torch.Tensor, nfe: int, op
             return ts
         fit: GridFit = optimize_grid(model, cfg["method"], n_steps, init=cfg["grid"], final_zero=cfg["final_zero"],
                                      n_samples=FIT_N, n_heldout=FIT_N, max_objective=FIT_BUDGET, sampler_opts=opts,
+                                     reference=FIT["reference"],
                                      grid_kw=cfg.get("grid_kw", {}), sample_shape=(model.gm.d,),
                                      generator=torch.Generator().manual_seed(FIT_SEED))
         FITTED[key] = {k: v for k, v in fit.to_json().items() if k != "history"}
@@ -580,9 +595,10 @@ def markdown_fitted(refine) -> list[str]:
     keys = [(r["method"], r["label"], r["nfe"]) for r in refine if (r["method"], r["label"], r["nfe"]) in FITTED]
     if not keys:
         return []
-    lines = ["", f"Fitted grids (``scorelab.grid_opt.optimize_grid``, init {OPT_INIT}, {FIT_N} x_T of seed {FIT_SEED}, "
-             f"Powell, {FIT_BUDGET} objective evaluations; model only, no data): squared sliced W2 between the "
-             f"sampler's and the dopri5 ODE solution's outputs from the same {FIT_N} fresh x_T, before -> after; "
+    lines = ["", f"Fitted grids (``scorelab.grid_opt.optimize_grid``, init {' / '.join(FIT['inits'])}, {FIT_N} x_T of "
+             f"seed {FIT_SEED}, Powell, {FIT_BUDGET} objective evaluations; model only, no data): squared sliced W2 "
+             f"between the sampler's and the {FIT['reference']} ODE solution's outputs from the same {FIT_N} fresh "
+             "x_T, before -> after; "
              "network evaluations spent fitting.", "",
              "| NFE | method | configuration | held-out error, init | fitted | evaluations | grid (t x 1000) |",
              "|---|---|---|---|---|---|---|"]
@@ -706,7 +722,9 @@ def main(argv=None) -> None:
     ap.add_argument("--name", default=None, help="results file stem (default samplers / samplers_quick)")
     ap.add_argument("--nfes", type=int, nargs="+", default=None,
                     help=f"NFE budgets to run (default {' '.join(map(str, NFES))}; --quick: 5 10)")
+    add_fit_args(ap)
     args = ap.parse_args(argv)
+    set_fit(args)
     nfes = tuple(args.nfes) if args.nfes else ((5, 10) if args.quick else NFES)
     if any(k < 1 for k in nfes):
         ap.error(f"--nfes must be positive integers, got {nfes}")

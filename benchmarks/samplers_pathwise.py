@@ -59,8 +59,8 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import samplers as bench  # noqa: E402
 from _common import paired_cells, write_results  # noqa: E402
-from samplers import ExactMixture, Quality, diffusers_configs, paired, run, scorelab_configs, targets  # noqa: E402
 
 from scorelab import metrics  # noqa: E402
 from scorelab.processes import Discrete  # noqa: E402
@@ -114,12 +114,14 @@ def x_T_of(seed: int, n: int, d: int) -> torch.Tensor:
     return torch.randn(n, d, generator=torch.Generator().manual_seed(900 + seed))
 
 
-def flow_of(model, seed: int, n: int, args) -> torch.Tensor:
-    """Phi(x_T) of ``x_T_of(seed, n, d)``, from ``args.cache`` if there (``.npy``, loaded without pickle)."""
-    path = args.cache / f"{args.target}_s{seed}_n{n}_{flow_tag(args)}.npy" if args.cache else None
+def flow_of(model, seed: int, n: int, args, check: bool = False) -> torch.Tensor:
+    """Phi(x_T) of ``x_T_of(seed, n, d)`` (or its cross-check), from ``args.cache`` if there (``.npy``, loaded
+    without pickle)."""
+    tag = flow_tag(args) + ("_check" if check else "")
+    path = args.cache / f"{args.target}_s{seed}_n{n}_{tag}.npy" if args.cache else None
     if path is not None and path.exists():
         return torch.from_numpy(np.load(path, allow_pickle=False))
-    ref = flow(model, x_T_of(seed, n, model.gm.d), args)
+    ref = flow(model, x_T_of(seed, n, model.gm.d), args, check)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
@@ -135,7 +137,7 @@ class Coupled:
 
     def __init__(self, gm, ref: torch.Tensor):
         self.gm, self.ref = gm, ref
-        self.q = Quality(gm, ref.shape[0], N_PROJ, 0, ref=ref.numpy())
+        self.q = bench.Quality(gm, ref.shape[0], N_PROJ, 0, ref=ref.numpy())
         self.w_ref = metrics.mode_stats(ref.numpy(), gm)["weights"]
 
     def __call__(self, x: torch.Tensor) -> dict:
@@ -153,7 +155,7 @@ def dev_stage(model, configs: list[dict], nfes, ref: torch.Tensor) -> list[dict]
         for nfe in nfes:
             row = {k: cfg[k] for k in ("lib", "method", "label")} | {"nfe": nfe}
             try:
-                x, used = run(cfg, model, x_T.float(), nfe, 0)
+                x, used = bench.run(cfg, model, x_T.float(), nfe, 0)
             except ValueError as e:  # budget too small for this sampler
                 rows.append(row | {"error": str(e)})
                 continue
@@ -181,13 +183,13 @@ def heldout(model, by_label: dict, best: dict, args, d: int) -> tuple[list[dict]
     for seed in range(1, args.seeds + 1):
         x_T, ref = x_T_of(seed, args.n, d), flow_of(model, seed, args.n, args)
         err = Coupled(model.gm, ref)
-        gap = err(flow(model, x_T, args, check=True))
+        gap = err(flow_of(model, seed, args.n, args, check=True))
         ref_err |= {k: max(ref_err[k], gap[k]) for k in ("rms", "sw2")}
         if seed == 1 and args.dopri_check:
             m = args.dopri_check
             ref_err["dopri5_1e-11_rms"] = rms(exact_flow(model, x_T[:m], 1e-11), ref[:m])
         for lib, nfe, method, label in tqdm(runs, desc=f"held-out seed {seed}", leave=False):
-            x, used = run(by_label[(method, label)], model, x_T.float(), nfe, seed)
+            x, used = bench.run(by_label[(method, label)], model, x_T.float(), nfe, seed)
             rows.append({"seed": seed, "nfe": nfe, "lib": lib, "method": method, "label": label, "nfe_used": used,
                          **err(x)})
     return rows, ref_err
@@ -210,7 +212,7 @@ def summarize(rows: list[dict], best: dict, nfes, metric: str = "rms") -> dict:
             ent[lib] = {"method": method, "label": label, f"{metric}_mean": float(np.mean(v)),
                         f"{metric}_std": float(np.std(v, ddof=1)), "tv_mean": float(np.mean(tv))}
         if len(ent) == 2:
-            ent["paired_diff_diffusers_minus_scorelab"] = paired(
+            ent["paired_diff_diffusers_minus_scorelab"] = bench.paired(
                 [per["diffusers"][s] - per["scorelab"][s] for s in sorted(per["scorelab"])])
         out[nfe] = ent
     return out
@@ -250,7 +252,7 @@ def markdown(summaries: dict, dev: list[dict], args, d: int, ref_err: dict) -> s
 
 def main(argv=None) -> dict | None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--target", required=True, choices=list(targets()))
+    ap.add_argument("--target", required=True, choices=list(bench.targets()))
     ap.add_argument("--nfes", type=int, nargs="+", default=[5, 10, 20, 50])
     ap.add_argument("--n-dev", type=int, default=2000, help="x_T of the dev seed 0 (selection)")
     ap.add_argument("--n", type=int, default=20_000, help="x_T per held-out seed")
@@ -264,16 +266,20 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--flows-only", action="store_true", help="compute and cache the flows of --flow-seeds, then stop")
     ap.add_argument("--flow-seeds", type=int, nargs="+", default=None, help="with --flows-only (0 = dev seed)")
     ap.add_argument("--name", default=None)
+    bench.add_fit_args(ap)
     args = ap.parse_args(argv)
+    bench.set_fit(args)
     torch.set_num_threads(1)
     t0 = time.time()
-    gm, process = targets()[args.target], Discrete.from_schedule("linear", 1000)
-    model = ExactMixture(gm, process)
+    gm, process = bench.targets()[args.target], Discrete.from_schedule("linear", 1000)
+    model = bench.ExactMixture(gm, process)
     if args.flows_only:
         for seed in args.flow_seeds if args.flow_seeds is not None else range(args.seeds + 1):
             flow_of(model, seed, args.n_dev if seed == 0 else args.n, args)
+            if seed > 0:
+                flow_of(model, seed, args.n, args, check=True)
         return None
-    configs = [c for c in scorelab_configs(False) + diffusers_configs(False) if deterministic(c)]
+    configs = [c for c in bench.scorelab_configs(False) + bench.diffusers_configs(False) if deterministic(c)]
     by_label = {(c["method"], c["label"]): c for c in configs}
     dev = dev_stage(model, configs, args.nfes, flow_of(model, 0, args.n_dev, args))
     best = {m: contenders(dev, args.nfes, m) for m in METRICS}
