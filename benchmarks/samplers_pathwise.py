@@ -19,10 +19,10 @@ are full rank, so the flow is smooth there), by one of two solvers:
 
 - ``--reference unipc`` (default): UniPC-3 on ``--ref-steps`` steps uniform in log-SNR, cross-checked on every seed
   by an independent solver, singlestep DPM-Solver-3 on as many quadratic-in-t steps (3x the evaluations); their
-  RMS gap is reported.  On aniso16d with 1000 steps the two agree to 4e-8 and UniPC is 2.9e-6 from dopri5 at rtol
-  1e-11 (100 x_T), ~100x cheaper than dopri5 at rtol 1e-9, which is itself 2.1e-4 off: adaptive dopri5 takes one
-  step size for the whole batch and accumulates error over its many steps near t = 0.  ``--dopri-check N`` reports
-  the gap to dopri5 at rtol 1e-11 on N x_T of seed 1.
+  RMS gap is reported.  On aniso16d with 1000 steps the two agree to 4.4e-6 (RMS) and UniPC is 3.6e-6 from dopri5
+  at rtol 1e-11 (100 x_T), ~50x cheaper than dopri5 at rtol 1e-9, which is itself 2.1e-4 off (adaptive dopri5
+  takes one step size for the whole batch and accumulates error over its many steps near t = 0).
+  ``--dopri-check N`` reports the gap to dopri5 at rtol 1e-11 on N x_T of seed 1.
 - ``--reference dopri5``: adaptive dopri5 at ``--rtol`` = ``--atol``, cross-checked by rtol 1e-7.
 
 A second floor-free measure, at the level of distributions: the *coupled* sliced W2
