@@ -3,6 +3,7 @@ r"""Floor-free comparison of deterministic samplers: pathwise error to the exact
     python benchmarks/samplers_pathwise.py --target aniso16d [--nfes 5 10 20 50] [--n-dev 2000] [--n 20000]
                                            [--seeds 5] [--reference unipc|dopri5] [--ref-steps 1000]
                                            [--rtol 1e-9] [--dopri-check 100] [--flows-only --flow-seeds 0 1 2]
+                                           [--fit-inits uniform_log_snr uniform_t] [--fit-reference unipc]
 
 Why.  Sliced W2 to target draws has a two-sample floor that shrinks slowly with n (ring2d: 0.033 at n = 100k, 0.023
 at 400k): once two samplers are at it, no affordable n separates them.  For *deterministic* samplers on an exact
@@ -37,7 +38,8 @@ dominates it in d = 16).  The coupled mode-weight TV (modes of S(x_T) vs. of Phi
 also ``scorelab.grid_opt``'s objective (on other x_T: seed 1000, 512 draws).
 
 What is compared: every deterministic configuration of ``benchmarks/samplers.py`` (scorelab's ODE samplers on every
-grid, Karras rho and option variant, and on grids fitted by ``grid_opt``; every diffusers scheduler variant, all of
+grid, Karras rho and option variant, and on grids fitted by ``grid_opt`` from each grid of ``--fit-inits`` with the
+teacher ``--fit-reference``; every diffusers scheduler variant, all of
 which are deterministic) is run on ``--n-dev`` x_T of dev seed 0; per library and NFE the configuration of least
 pathwise error, and separately the one of least coupled sliced W2, is the contender (the same rule for both
 libraries, dev seed only); the contenders are then compared
