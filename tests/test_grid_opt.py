@@ -61,7 +61,7 @@ def test_unipc_reference_matches_a_tight_dopri5(oracle, final_zero):
 def test_fit_with_the_unipc_reference(oracle):
     fit = optimize_grid(oracle, "dpm_solver_pp_2m", 3, n_samples=64, n_heldout=64, max_objective=30,
                         dtype=torch.float64, reference="unipc", ref_steps=200)
-    assert fit.loss_fit <= fit.loss_init and fit.model_evals >= 2 * 200
+    assert fit.loss_fit <= fit.loss_init and fit.model_evals >= 2 * 200 and fit.reference == "unipc"
 
 
 def test_fit_lowers_the_held_out_pathwise_error(oracle):
@@ -172,3 +172,7 @@ def test_cli_fit_grid_then_reuse(capsys, tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     assert main(args + ["--grid-file", str(tmp_path / "bad.json")]) == 2
     assert "'ts'" in capsys.readouterr().err
+    assert info["grid_fit"]["reference"] == "dopri5"  # the default teacher
+    assert main(args + ["--fit-grid", "--fit-reference", "unipc", "--out", str(tmp_path / "c")]) == 0
+    fit_c = json.loads((tmp_path / "c" / "sample.json").read_text())["grid_fit"]
+    assert fit_c["reference"] == "unipc" and fit_c["model_evals"] >= 2 * 1000

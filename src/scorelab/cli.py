@@ -288,7 +288,7 @@ def cmd_sample(args) -> int:
         raise CLIError("--fit-grid fits a new grid and --grid-file loads a saved one: give one of them")
     x, info = run_sampler(model, args.sampler, args.nfe, args.n, grid=args.grid, seed=args.seed, options=opts,
                           shape=shape, dtype=dtype, fit_grid=args.fit_grid, grid_file=args.grid_file,
-                          fit_out=os.path.join(out, "grid.json"))
+                          fit_out=os.path.join(out, "grid.json"), fit_kw={"reference": args.fit_reference})
     if hasattr(x, "xs"):
         x = x.x0
     os.makedirs(out, exist_ok=True)
@@ -522,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fit-grid", action="store_true", help="deterministic samplers: fit the grid's interior points "
                     "to the model's own ODE solution first (starts from --grid; saved as OUT/grid.json)")
     sp.add_argument("--grid-file", help="use a grid saved by --fit-grid (JSON with 'ts') instead of --grid")
+    sp.add_argument("--fit-reference", choices=["dopri5", "unipc"], default="dopri5",
+                    help="--fit-grid's teacher: adaptive dopri5 (rtol 1e-7) or UniPC-3 on 1000 log-SNR steps")
     sp.add_argument("--n", type=positive_int, default=5000, help="number of samples")
     sp.add_argument("--opt", nargs="*", metavar="KEY=VALUE", help="sampler options, e.g. eta=1.0")
     sp.add_argument("--guidance", help="discriminator:PATH (discriminator guidance) or cfg:LABEL (classifier-free)")

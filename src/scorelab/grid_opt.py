@@ -65,6 +65,7 @@ class GridFit:
     n_objective: int  # objective evaluations (sampler runs on the fitting batch)
     model_evals: int  # network evaluations spent fitting (teacher solves included)
     history: list = field(default_factory=list)
+    reference: str = "dopri5"  # the teacher's solver (ode_reference's method)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -229,7 +230,7 @@ def optimize_grid(model: DiffusionModel, sampler: str, n_steps: int, *, init: st
     return GridFit(ts=ts, sampler=sampler, init=init, final_zero=final_zero, objective=objective, loss_init=f0,
                    loss_fit=min(res.fun, f0),
                    heldout_init=h0, heldout_fit=h1, n_objective=len(history), model_evals=counter.nfe,
-                   history=[min(history[: i + 1]) for i in range(len(history))])
+                   history=[min(history[: i + 1]) for i in range(len(history))], reference=reference)
 
 
 def discrepancy(out: torch.Tensor, ref: torch.Tensor, directions: torch.Tensor | None) -> float:
