@@ -206,6 +206,8 @@ def add_fit_args(ap) -> None:
 
 def set_fit(args) -> None:
     FIT.update(inits=tuple(args.fit_inits), reference=args.fit_reference)
+
+
 FITTED: dict = {}  # (method, label, nfe) -> GridFit report (JSON), filled as the configurations run
 
 
