@@ -9,7 +9,7 @@ import torch
 from scorelab.denoisers import NetworkModel
 from scorelab.nets import MLP
 from scorelab.processes import VP
-from scorelab.training import TrainConfig, init_distributed, train
+from scorelab.training import TrainConfig, init_distributed, shutdown_distributed, train
 
 CONFIG = TrainConfig(steps=12, batch_size=32, lr=3e-3, warmup_steps=3, grad_clip=1.0, ema_decay=0.9, seed=7,
                      log_every=4, data_shards=2)
@@ -29,7 +29,7 @@ def main(run_dir: str) -> None:
     assert world == 2, world
     model, data, config = setup()
     train(model, data, config, run_dir=run_dir, progress=False)
-    torch.distributed.destroy_process_group()
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

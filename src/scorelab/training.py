@@ -21,7 +21,8 @@ Notation
 
 The loss is any per-example callable ``loss_fn(model, x0, *, generator, **cond) -> [B]`` (``losses.DSMLoss`` by
 default; the ``discrete`` proposal for ``Discrete`` processes).  Launch data-parallel runs with
-``torchrun --nproc_per_node=K script.py`` and call ``init_distributed()`` before ``train`` (gloo on CPU, NCCL on GPU).
+``torchrun --nproc_per_node=K script.py``, call ``init_distributed()`` before ``train`` (gloo on CPU, NCCL on GPU) and
+``shutdown_distributed()`` at the end; every rank returns from ``train`` only after rank 0 wrote the final checkpoint.
 """
 from __future__ import annotations
 
@@ -203,6 +204,16 @@ def init_distributed(backend: str | None = None, init_method: str | None = None)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     return dist_info()
+
+
+def shutdown_distributed() -> None:
+    """End a torchrun job cleanly: wait for every rank (barrier), then destroy the default process group.
+
+    Call it once per process after the last collective.  A rank that tears down gloo while its peer is still busy
+    (rank 0 writing a checkpoint) can abort at exit ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -440,9 +451,11 @@ def train(model: nn.Module, data: torch.Tensor, config: TrainConfig | None = Non
     finally:
         bar.close()
         logger.close()
+    if dist_info()[1] > 1:
+        dist.barrier()  # every rank returns after rank 0 has written the final checkpoint
     return TrainResult(run.model, run.ema, history, max(start, end), run_dir, last_ckpt)
 
 
 __all__ = ["TrainConfig", "TrainResult", "train", "NonFiniteLossError", "lr_at", "ema_decay_at", "update_ema",
-           "make_optimizer", "init_distributed", "dist_info", "BatchIndexer", "derived_seed", "read_log",
-           "RunLogger"]
+           "make_optimizer", "init_distributed", "shutdown_distributed", "dist_info", "BatchIndexer", "derived_seed",
+           "read_log", "RunLogger"]
