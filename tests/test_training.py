@@ -235,3 +235,26 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         torch.testing.assert_close(ddp.ema[k], v, rtol=0, atol=1e-5)
     assert [r["loss"] for r in read_log(tmp_path / "ddp")] == pytest.approx(
         [r["loss"] for r in read_log(tmp_path / "one")], rel=1e-5)
+
+
+def test_cli_train_under_torchrun_matches_one_process(tmp_path):
+    """`torchrun -m scorelab.cli train`: 2 gloo ranks, rank 0 writes and reports; == 1 process with 2 data shards."""
+    import yaml
+
+    cfg = {"data": {"name": "moons", "n": 500}, "model": {"net": {"name": "mlp", "width": 16, "depth": 1}},
+           "train": {"steps": 6, "batch_size": 32, "log_every": 3, "data_shards": 2}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = ["-m", "scorelab.cli", "train", "--config", str(tmp_path / "c.yaml"), "--quiet", "--out"]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *base,
+                          str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=180)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.count('"step": 6') == 1  # one report, from rank 0
+    one = subprocess.run([sys.executable, *base, str(tmp_path / "one")], env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = (load_checkpoint(latest_checkpoint(tmp_path / d)) for d in ("ddp", "one"))
+    assert a.meta["extra"]["world_size"] == 2 and b.meta["extra"]["world_size"] == 1
+    for k, v in b.model.items():
+        torch.testing.assert_close(a.model[k], v, rtol=0, atol=1e-5)
+    assert (tmp_path / "ddp" / "config.yaml").exists() and (tmp_path / "ddp" / "loss.png").exists()

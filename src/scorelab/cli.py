@@ -354,7 +354,16 @@ def cmd_train(args) -> int:
 
     exp = load_experiment(args.config, overrides=parse_options(args.set))
     run_dir = args.out or exp.run_dir
-    result = run_training(exp, run_dir, resume=args.resume, progress=not args.quiet)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: data-parallel, rank 0 writes and reports
+        from .training import init_distributed, shutdown_distributed
+
+        rank, _ = init_distributed()
+        result = run_training(exp, run_dir, resume=args.resume, progress=not args.quiet)
+        shutdown_distributed()  # on an error torchrun stops the other ranks
+        if rank != 0:
+            return 0
+    else:
+        result = run_training(exp, run_dir, resume=args.resume, progress=not args.quiet)
     print(json.dumps({k: v for k, v in result.items() if k != "model"}, indent=2, default=float))
     return 0
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from .losses import LossConfig
@@ -179,21 +180,27 @@ def build_model(exp: ExperimentConfig, event_shape: tuple[int, ...]):
 
 def run_training(exp: ExperimentConfig, run_dir: str | os.PathLike | None = None, resume: bool = False,
                  progress: bool = True) -> dict[str, Any]:
-    """Load data, build the model, train; the run folder gets config.yaml, log.csv and checkpoints."""
+    """Load data, build the model, train; the run folder gets config.yaml, log.csv and checkpoints (under
+    ``torch.distributed`` every rank trains on its shards of each global batch and rank 0 writes)."""
     from .data import load_dataset
-    from .training import train
+    from .training import dist_info, train
 
     run_dir = Path(run_dir or exp.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     x, labels = load_dataset(exp.data.name, n=exp.data.n, seed=exp.data.seed, **exp.data.params)
-    model = build_model(exp, tuple(x.shape[1:]))
-    with open(run_dir / "config.yaml", "w") as f:
-        yaml.safe_dump(exp.to_dict(), f, sort_keys=False)
+    with torch.random.fork_rng(devices=[]):  # weight init from train.seed: runs repeat, ranks start equal
+        torch.manual_seed(exp.train.seed)
+        model = build_model(exp, tuple(x.shape[1:]))
+    rank = dist_info()[0]
+    if rank == 0:
+        with open(run_dir / "config.yaml", "w") as f:
+            yaml.safe_dump(exp.to_dict(), f, sort_keys=False)
     use_labels = labels if exp.model.net.get("num_classes", 0) else None
     t0 = time.perf_counter()
     res = train(model, x.float(), exp.train, run_dir=run_dir, resume=resume, loss_fn=exp.objective.loss_fn(exp.loss),
                 progress=progress, labels=use_labels)
-    _plot_log(run_dir)
+    if rank == 0:
+        _plot_log(run_dir)
     tail = res.history[-min(len(res.history), 100):] if res.history else []
     return {"model": res.ema_model, "run_dir": str(run_dir), "step": res.step, "wall_s": time.perf_counter() - t0,
             "final_loss": sum(tail) / len(tail) if tail else None, "checkpoint": str(res.checkpoint)}
