@@ -209,19 +209,32 @@ def _variances(var: str, steps: torch.Tensor, gam: dict, data_range):
 
 @torch.no_grad()
 def draw(model, steps: torch.Tensor, var: str, gam: dict, n: int, shape, seed: int, data_range,
-         clip_pixels: float | None = None) -> torch.Tensor:
+         clip_pixels: float | None = None, eta: float = 1.0) -> torch.Tensor:
     """n samples on the subsequence ``steps``; with ``clip_pixels`` the reference code's sampling devices (module
-    doc): x0_hat clamped to the data range, last noisy std <= clip_pixels * SCALE * sqrt(pi/2).  The same x_T and
-    noise seed for every variance and for both settings."""
+    doc): x0_hat clamped to the data range, last noisy std <= clip_pixels * SCALE * sqrt(pi/2).  ``eta`` = 0: the
+    DDIM family (Bao et al. Sec. 3.1: ``beta_tilde`` becomes deterministic DDIM, ``analytic`` Analytic-DDIM).  The
+    same x_T and noise seed for every variance, family and setting."""
     kind, gamma, _ = _variances(var, steps, gam, data_range)
     ts = torch.cat([steps.flip(0).double() / DDPM.N, torch.zeros(1, dtype=torch.float64)])
     # Thm. 2's data-range bound is a variance clip of "analytic" only (see _variances)
-    v = grid_variances(DDPM, ts, kind, gamma=gamma, data_range=data_range if var == "analytic" else None)
+    v = grid_variances(DDPM, ts, kind, gamma=gamma, eta=eta, data_range=data_range if var == "analytic" else None)
     clip = {} if clip_pixels is None else {"clip_x0": True, "data_range": data_range,
                                            "max_last_std": clip_pixels * SCALE * math.sqrt(math.pi / 2)}
     g = torch.Generator().manual_seed(40_000 + seed)
     x_T = torch.randn((n, *shape), generator=g)
-    return sample_analytic_dpm(ddpm_view(model), x_T, ts, generator=g, variances=v, **clip)
+    return sample_analytic_dpm(ddpm_view(model), x_T, ts, generator=g, variances=v, eta=eta, **clip)
+
+
+def ddim_rows(model, K: int, sub: str, steps, gam: dict, shape, seed: int, data_range, ref, kind: str, a) -> list:
+    """Sample quality of the DDIM family (eta = 0): DDIM (no noise) vs Analytic-DDIM (norm-form Gamma), plain and
+    with each ``--sample-clip`` device, on the same x_T as the DDPM rows (Bao et al. Table 3's comparison)."""
+    rows = []
+    for var, name in (("beta_tilde", "ddim"), ("analytic", "analytic_ddim")):
+        for P in (None, *((getattr(a, "sample_clip", None) or ()) if kind == "digits" else ())):
+            x = draw(model, steps, var, gam, a.n_samples, shape, seed, data_range, P, eta=0.0)
+            rows.append({"K": K, "subsequence": sub, "variance": name if P is None else f"{name}+clip{P:g}",
+                         "quality": quality(x, ref, kind), "kl_cost": None, "clip": P, "eta": 0.0})
+    return rows
 
 
 def quality(x: torch.Tensor, ref, kind: str) -> float:
@@ -260,6 +273,7 @@ def analytic_dpm_part(model, x_train, x_test, kind: str, seed: int, a) -> dict:
                 xc = draw(model, steps, var, gam, a.n_samples, shape, seed, data_range, P)
                 rows.append({"K": K, "subsequence": sub, "variance": f"{var}+clip{P:g}",
                              "quality": quality(xc, ref, kind), "kl_cost": row["kl_cost"], "clip": P})
+        rows += ddim_rows(model, K, sub, steps, gam, shape, seed, data_range, ref, kind, a) if a.ddim else []
     return {"rows": rows, "gamma_norm_gt1": int((gam["norm"] > 1).sum())}
 
 
@@ -325,7 +339,7 @@ def summarize(runs: dict, a) -> tuple[dict, str]:
                         "quality": [r["quality"] for r in rs],
                         "elbo_nll": [r["elbo_nll"]["mean"] for r in rs if "elbo_nll" in r]}
             lines.append(f"| {K} | {sub} | {' | '.join(q)} | {' | '.join(e)} |")
-        lines += _clip_table(name, seeds, summary)
+        lines += _clip_table(name, seeds, summary) + _ddim_table(name, seeds, summary)
         if name != "digits":
             lines.append(f"\nTwo-sample floor (train vs test sliced W2): "
                          f"{_agg([s['data_floor'] for s in seeds.values()])}.")
@@ -351,6 +365,27 @@ def _clip_table(name: str, seeds: dict, summary: dict) -> list[str]:
                 if c:
                     summary[f"{name}/adpm/K{K}/{sub}/{key[2]}"] = {"quality": c}
             out.append(f"| {K} | {sub} | {' | '.join(cells)} |")
+    return out
+
+
+def _ddim_table(name: str, seeds: dict, summary: dict) -> list[str]:
+    """DDIM vs Analytic-DDIM (``--ddim``): per cell both qualities and the paired difference over seeds."""
+    rows = [r for s in seeds.values() for r in s["adpm"]["rows"] if r.get("eta") == 0.0]
+    if not rows:
+        return []
+    metric = "FID-digits" if name == "digits" else "sliced W2 to test"
+    out = ["", f"## {name}: DDIM family (eta = 0), DDIM vs Analytic-DDIM ({metric}; seeds {list(seeds)}; same x_T "
+           "as above; difference = analytic - DDIM, paired by seed, and the seeds where Analytic-DDIM is better)", "",
+           "| K | subseq. | devices | DDIM | Analytic-DDIM | difference | better |", "|---|---|---|---|---|---|---|"]
+    for K, sub, clip in dict.fromkeys((r["K"], r["subsequence"], r.get("clip")) for r in rows):
+        suffix = "" if clip is None else f"+clip{clip:g}"
+        q = {v: [r["quality"] for r in rows if (r["K"], r["subsequence"], r["variance"]) == (K, sub, v + suffix)]
+             for v in ("ddim", "analytic_ddim")}
+        diff = np.subtract(q["analytic_ddim"], q["ddim"])
+        for v, vals in q.items():
+            summary[f"{name}/adpm/K{K}/{sub}/{v}{suffix}"] = {"quality": vals}
+        out.append(f"| {K} | {sub} | {'plain' if clip is None else f'P = {clip:g}'} | {_agg(q['ddim'])} | "
+                   f"{_agg(q['analytic_ddim'])} | {_agg(diff)} | {int((diff < 0).sum())}/{diff.size} |")
     return out
 
 
@@ -456,6 +491,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sample-clip", type=float, nargs="+", metavar="P",
                    help="digits: also sample every cell with x0 clamped to [-1, 1] and the last noisy std capped at "
                         "P grey levels of mean absolute noise (Analytic-DPM reference code: P = 2 of 255)")
+    p.add_argument("--ddim", action="store_true",
+                   help="also sample the DDIM family (eta = 0): DDIM vs Analytic-DDIM, sample quality only")
     p.add_argument("--progress", action="store_true")
     a = p.parse_args(argv)
     if a.merge:
