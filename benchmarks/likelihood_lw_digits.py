@@ -40,7 +40,7 @@ from likelihood import (  # noqa: E402
 )
 
 from scorelab.data.images import digits_split  # noqa: E402
-from scorelab.denoisers import NetworkModel  # noqa: E402
+from scorelab.denoisers import ClippedModel, NetworkModel  # noqa: E402
 from scorelab.losses import DSMLoss, LossConfig  # noqa: E402
 from scorelab.plotting import line_plot  # noqa: E402
 from scorelab.training import TrainConfig, train  # noqa: E402
@@ -48,6 +48,7 @@ from scorelab.training import TrainConfig, train  # noqa: E402
 RESULTS = HERE / "results"
 LOSSES = {"simple": LossConfig(proposal="uniform", weighting="eps"),
           "likelihood": LossConfig(proposal="importance", weighting="likelihood")}
+DENOISERS = {"raw": "the network's denoiser", "clipped": "x0 clipped to [-1, 1] (`ClippedModel`)"}
 METRICS = ("ode_nll_median", "ode_nll", "ode_max_abs_xT", "cont_elbo_nll", "disc_elbo_nll")
 
 
@@ -74,13 +75,16 @@ def run_seed(seed: int, a) -> list[dict]:
                 res = train(copy.deepcopy(init), xtr, cfg, run_dir=run_dir, resume=True, until_step=k,
                             loss_fn=Dequantized(DSMLoss(lc)), progress=False)
                 t_train += time.perf_counter() - t0
-                model = res.ema_model.eval()
-                for split, x in sets.items():
-                    rows.append({"seed": seed, "weighting": name, "step": k, "split": split,
-                                 **_flat(nll_metrics(model, x, "digits", seed, ev))})
-                print(f"[seed {seed}] {name} step {k}: " + ", ".join(
-                    f"{r['split']} ode med {r['ode_nll_median']:.3f} max|xT| {r['ode_max_abs_xT']:.3g} "
-                    f"cont {r['cont_elbo_nll']:.3f}" for r in rows[-2:]) + f" (train {t_train:.0f}s)", flush=True)
+                models = {"raw": res.ema_model.eval()}
+                if a.clip:
+                    models["clipped"] = ClippedModel(models["raw"], (-1.0, 1.0))
+                for denoiser, model in models.items():
+                    for split, x in sets.items():
+                        rows.append({"seed": seed, "weighting": name, "step": k, "split": split, "denoiser": denoiser,
+                                     **_flat(nll_metrics(model, x, "digits", seed, ev))})
+                    print(f"[seed {seed}] {name} ({denoiser}) step {k}: " + ", ".join(
+                        f"{r['split']} ode med {r['ode_nll_median']:.3f} max|xT| {r['ode_max_abs_xT']:.3g} "
+                        f"cont {r['cont_elbo_nll']:.3f}" for r in rows[-2:]) + f" (train {t_train:.0f}s)", flush=True)
     return rows
 
 
@@ -97,8 +101,9 @@ def summarize(rows: list[dict], meta: dict, stem: str) -> None:
              f"steps (warmup 50 + cosine), EMA 0.999; {meta['n_eval']} training and {meta['n_eval']} held-out digits, "
              "fresh uniform dequantization for both; ODE with one Rademacher probe, dopri5 rtol = atol = "
              f"{meta['rtol']}; bits/dim of the 17-level data; seeds {seeds} (per-seed values separated by /).", ""]
-    for name in LOSSES:
-        lines += [f"## {name} weighting", "",
+    for name, denoiser in ((n, d) for d in DENOISERS for n in LOSSES if any(r.get("denoiser", "raw") == d
+                                                                            for r in rows)):
+        lines += [f"## {name} weighting, {DENOISERS[denoiser]}", "",
                   "| step | ODE median train | ODE median held-out | max abs x_T train | max abs x_T held-out | "
                   "-cont. ELBO train | -cont. ELBO held-out | -disc. ELBO train | -disc. ELBO held-out |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -106,8 +111,9 @@ def summarize(rows: list[dict], meta: dict, stem: str) -> None:
             cells = []
             for metric in ("ode_nll_median", "ode_max_abs_xT", "cont_elbo_nll", "disc_elbo_nll"):
                 for split in ("train", "test"):
-                    vals = [r[metric] for s in seeds for r in rows
-                            if (r["seed"], r["weighting"], r["step"], r["split"]) == (s, name, k, split)]
+                    vals = [r[metric] for s in seeds for r in rows if (r["seed"], r["weighting"], r["step"], r["split"],
+                                                                       r.get("denoiser", "raw")) ==
+                            (s, name, k, split, denoiser)]
                     cells.append(" / ".join(_fmt(v) for v in vals))
             lines.append(f"| {k} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -115,12 +121,18 @@ def summarize(rows: list[dict], meta: dict, stem: str) -> None:
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     curves = {}
     for name in LOSSES:
-        for split in ("train", "test"):
-            curves[f"{name}, {'held-out' if split == 'test' else 'train'}"] = [
-                float(np.mean([r["cont_elbo_nll"] for r in rows if (r["weighting"], r["step"], r["split"])
-                               == (name, k, split)])) for k in steps]
-    line_plot(steps, curves, str(RESULTS / f"{stem}.png"), xlabel="training step", ylabel="-ELBO (bits/dim)",
-              title="continuous ELBO: train vs held-out digits")
+        for metric, split, label in (("ode_nll_median", "test", "ODE median, held-out"),
+                                     ("ode_nll_median", "train", "ODE median, train"),
+                                     ("cont_elbo_nll", "test", "-cont. ELBO, held-out")):
+            curves[f"{name}: {label}"] = [float(np.mean([r[metric] for r in rows if (
+                r["weighting"], r["step"], r["split"], r.get("denoiser", "raw")) == (name, k, split, "raw")]))
+                for k in steps]
+        if any(r.get("denoiser") == "clipped" for r in rows):
+            curves[f"{name}: ODE median, held-out, clipped x0"] = [float(np.mean([r["ode_nll_median"] for r in rows if (
+                r["weighting"], r["step"], r["split"], r.get("denoiser")) == (name, k, "test", "clipped")]))
+                for k in steps]
+    line_plot(steps, curves, str(RESULTS / f"{stem}.png"), xlabel="training step", ylabel="bits/dim (mean of seeds)",
+              title="digits: simple vs likelihood weighting along training")
 
 
 def main(argv=None) -> int:
@@ -132,12 +144,15 @@ def main(argv=None) -> int:
     p.add_argument("--n-eval", type=int, default=200, help="digits per split")
     p.add_argument("--rtol", type=float, default=1e-4)
     p.add_argument("--elbo-samples", type=int, default=32)
+    p.add_argument("--clip", action="store_true", help="also evaluate each snapshot as a ClippedModel (x0 in [-1, 1])")
     p.add_argument("--stem", default="likelihood_lw_digits")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="only merge these per-seed result files into --stem")
     a = p.parse_args(argv)
     if a.merge:
         parts = [json.loads(Path(f).read_text()) for f in a.merge]
-        meta = {**parts[0]["meta"], "command": parts[0]["meta"]["command"] + " (per seed, merged with --merge)"}
+        cmds = [part["meta"]["command"] for part in parts]
+        meta = {**parts[0]["meta"], "command": "; ".join(cmds + ["python benchmarks/likelihood_lw_digits.py --merge "
+                                                                 + " ".join(a.merge) + f" --stem {a.stem}"])}
         summarize([r for part in parts for r in part["rows"]], meta, a.stem)
         return 0
     if sorted(a.snapshots) != a.snapshots or a.snapshots[-1] > a.steps or a.snapshots[0] < 1:

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from scorelab.analytic import GaussianMixture, random_mixture, ring_mixture
+from scorelab.analytic import GaussianMixture, MixtureModel, random_mixture, ring_mixture
 from scorelab.denoisers import (
+    ClippedModel,
     CountingModel,
     DiffusionModel,
     FunctionModel,
@@ -178,3 +179,25 @@ def test_counting_and_errors():
     with pytest.raises(NotImplementedError):
         Bad().x0(x, 0.5)
     assert math.isfinite(float(m.model.score(x, 0.5).sum()))
+
+
+def test_clipped_model_projects_the_denoiser_into_the_data_box():
+    """Data in [-1, 1]^2 (near-atoms): the exact denoiser is inside the box, so clipping leaves it unchanged and can
+    only move a wrong denoiser towards it; eps and score follow from the clipped x0."""
+    p = VP()
+    means = torch.tensor([[-0.9, 0.8], [0.7, -0.6], [0.2, 0.9], [-0.5, -0.95]], dtype=torch.float64)
+    exact = MixtureModel(GaussianMixture(torch.ones(4) / 4, means, covs=1e-8), p)
+    g = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn(512, 2, generator=g, dtype=torch.float64)
+    t = torch.rand(512, generator=g, dtype=torch.float64) * 0.99 + 0.01
+    torch.testing.assert_close(ClippedModel(exact).x0(x, t), exact.x0(x, t), rtol=0, atol=1e-12)
+    bad = FunctionModel(lambda x, t: exact.x0(x, t) + 2 * x, p, "x0")  # extrapolates linearly off the data
+    clipped = ClippedModel(bad, (-1, 1))
+    err_raw, err_clip = ((m.x0(x, t) - exact.x0(x, t)).abs() for m in (bad, clipped))
+    assert torch.all(err_clip <= err_raw + 1e-12) and err_clip.mean() < 0.5 * err_raw.mean()
+    a, s = p.alpha(t)[:, None], p.sigma(t)[:, None]
+    torch.testing.assert_close(clipped.eps(x, t), (x - a * clipped.x0(x, t)) / s)
+    torch.testing.assert_close(clipped.score(x, t), -clipped.eps(x, t) / s)
+    assert clipped.process is p
+    with pytest.raises(ValueError, match="data_range"):
+        ClippedModel(exact, (1.0, -1.0))

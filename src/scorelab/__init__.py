@@ -5,12 +5,13 @@ model currency (``denoisers``), exact Gaussian-mixture oracles (``analytic``), s
 (``samplers``), training (``losses``, ``training``), metrics, refinement and density samplers.
 """
 from .analytic import GaussianMixture, MixtureModel
-from .denoisers import CountingModel, DiffusionModel, FunctionModel, NetworkModel
+from .denoisers import ClippedModel, CountingModel, DiffusionModel, FunctionModel, NetworkModel
 from .processes import EDM, VE, VP, Discrete, ForwardProcess, SubVP, VPCosine, process_from_config
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EDM", "VE", "VP", "Discrete", "ForwardProcess", "SubVP", "VPCosine", "process_from_config",
-    "CountingModel", "DiffusionModel", "FunctionModel", "NetworkModel", "GaussianMixture", "MixtureModel",
+    "ClippedModel", "CountingModel", "DiffusionModel", "FunctionModel", "NetworkModel", "GaussianMixture",
+    "MixtureModel",
 ]

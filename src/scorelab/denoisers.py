@@ -201,6 +201,26 @@ class FunctionModel(DiffusionModel):
         return super().eps(x, t)
 
 
+class ClippedModel(DiffusionModel):
+    """``model`` with its denoiser projected into the data's box: x0 = clamp(model.x0(x, t), low, high).
+
+    For data supported in [low, high]^D the exact denoiser E[x_0 | x_t] lies in that box (a mean of points in a
+    convex set), so the projection can only move an estimate towards it, coordinate by coordinate.  This is Ho et al.'s
+    ``clip_denoised`` as a model: samplers, the probability-flow ODE and its likelihood all see the clipped x0 (and the
+    eps, score, v derived from it), so it is a different model than the raw network.  It keeps a network that
+    extrapolates badly off the data (huge eps at large |x|) from driving the flow to infinity."""
+
+    def __init__(self, model: DiffusionModel, data_range: tuple[float, float] = (-1.0, 1.0)):
+        super().__init__()
+        low, high = (float(v) for v in data_range)
+        if not high > low:
+            raise ValueError(f"data_range must be (low, high) with high > low, got {data_range}")
+        self.model, self.process, self.data_range = model, model.process, (low, high)
+
+    def x0(self, x, t, **cond):
+        return self.model.x0(x, t, **cond).clamp(*self.data_range)
+
+
 class CountingModel(DiffusionModel):
     """Counts network function evaluations (NFE): each call of x0/eps/score/v is one evaluation.
 
