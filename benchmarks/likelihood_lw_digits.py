@@ -33,6 +33,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from likelihood import (  # noqa: E402
+    SCALE,
     VP_PROCESS,
     Dequantized,
     make_net,
@@ -41,6 +42,7 @@ from likelihood import (  # noqa: E402
 
 from scorelab.data.images import digits_split  # noqa: E402
 from scorelab.denoisers import ClippedModel, NetworkModel  # noqa: E402
+from scorelab.likelihood import dequantize  # noqa: E402
 from scorelab.losses import DSMLoss, LossConfig  # noqa: E402
 from scorelab.plotting import line_plot  # noqa: E402
 from scorelab.training import TrainConfig, train  # noqa: E402
@@ -49,11 +51,39 @@ RESULTS = HERE / "results"
 LOSSES = {"simple": LossConfig(proposal="uniform", weighting="eps"),
           "likelihood": LossConfig(proposal="importance", weighting="likelihood")}
 DENOISERS = {"raw": "the network's denoiser", "clipped": "x0 clipped to [-1, 1] (`ClippedModel`)"}
+TRACE_TS = (1e-3, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 METRICS = ("ode_nll_median", "ode_nll", "ode_max_abs_xT", "cont_elbo_nll", "disc_elbo_nll")
 
 
 def _flat(m: dict) -> dict:
     return {k: (v["mean"] if isinstance(v, dict) else v) for k, v in m.items() if k in METRICS}
+
+
+@torch.no_grad()
+def trace_flow(model, x: torch.Tensor, ts: tuple[float, ...], rtol: float) -> list[dict]:
+    """Where the probability-flow ODE leaves the data: integrate x_0 -> x_T (dopri5) and, at each t in ``ts``, the
+    largest |x| coordinate and the largest RMS of eps_hat among trajectories that end with |x_T|_inf > 10 ("blown
+    up") and among the others."""
+    from torchdiffeq import odeint
+
+    from scorelab.samplers.ode import pf_ode_drift
+
+    def f(t, y):
+        return pf_ode_drift(model, y, t.expand(y.shape[0]))[0]
+
+    grid = torch.tensor(ts, dtype=x.dtype)
+    traj = odeint(f, x, grid, rtol=rtol, atol=rtol, method="dopri5")
+    blown = traj[-1].flatten(1).abs().amax(1) > 10
+    out = []
+    for i, t in enumerate(ts):
+        xi = traj[i].flatten(1).abs().amax(1)
+        ei = model.eps(traj[i], grid[i].expand(x.shape[0])).flatten(1).pow(2).mean(1).sqrt()
+        row = {"t": t, "n_blown": int(blown.sum())}
+        for tag, m in (("blown", blown), ("others", ~blown)):
+            row[f"max_abs_x_{tag}"] = float(xi[m].max()) if m.any() else None
+            row[f"max_rms_eps_{tag}"] = float(ei[m].max()) if m.any() else None
+        out.append(row)
+    return out
 
 
 def run_seed(seed: int, a) -> list[dict]:
@@ -66,7 +96,7 @@ def run_seed(seed: int, a) -> list[dict]:
     init = NetworkModel(make_net("digits"), VP_PROCESS, "eps")
     cfg = TrainConfig(steps=a.steps, batch_size=256, lr=a.lr, warmup_steps=50, ema_decay=0.999, seed=seed,
                       log_every=10**9, keep_checkpoints=1)
-    rows = []
+    rows, traces = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name, lc in LOSSES.items():
             run_dir, t_train = Path(tmp) / name, 0.0
@@ -85,14 +115,39 @@ def run_seed(seed: int, a) -> list[dict]:
                     print(f"[seed {seed}] {name} ({denoiser}) step {k}: " + ", ".join(
                         f"{r['split']} ode med {r['ode_nll_median']:.3f} max|xT| {r['ode_max_abs_xT']:.3g} "
                         f"cont {r['cont_elbo_nll']:.3f}" for r in rows[-2:]) + f" (train {t_train:.0f}s)", flush=True)
-    return rows
+                if a.trace and k == a.snapshots[-1]:
+                    for split, x in sets.items():
+                        gen = torch.Generator().manual_seed(20_000 + seed)  # the dequantization of nll_metrics
+                        xd = dequantize(torch.round((x + 1) * 8), generator=gen, scale=SCALE)
+                        traces.append({"seed": seed, "weighting": name, "step": k, "split": split,
+                                       "rows": trace_flow(models["raw"], xd, TRACE_TS, a.rtol)})
+    return rows, traces
 
 
 def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) >= 100 else f"{v:.3f}"
 
 
-def summarize(rows: list[dict], meta: dict, stem: str) -> None:
+def _trace_lines(traces: list[dict]) -> list[str]:
+    """Per (seed, weighting, split): largest |x| coordinate and RMS eps_hat along the flow, blown-up vs others."""
+    if not traces:
+        return []
+    lines = ["## Where the flow leaves the data (last snapshot, raw denoiser)", "",
+             "Trajectories x_0 -> x_T of the same digits (dopri5); \"blown up\" = |x_T|_inf > 10.  Cells: largest "
+             "|x| coordinate / largest RMS of eps_hat, blown-up trajectories vs the others.", "",
+             "| seed | weighting | split | blown up | " + " | ".join(f"t = {t:g}" for t in TRACE_TS) + " |",
+             "|---" * (4 + len(TRACE_TS)) + "|"]
+    for tr in traces:
+        cells = []
+        for r in tr["rows"]:
+            b = "-" if r["max_abs_x_blown"] is None else f"{_fmt(r['max_abs_x_blown'])}/{_fmt(r['max_rms_eps_blown'])}"
+            cells.append(f"{b} vs {_fmt(r['max_abs_x_others'])}/{_fmt(r['max_rms_eps_others'])}")
+        lines.append(f"| {tr['seed']} | {tr['weighting']} | {'held-out' if tr['split'] == 'test' else 'train'} | "
+                     f"{tr['rows'][0]['n_blown']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def summarize(rows: list[dict], meta: dict, stem: str, traces: list[dict] | None = None) -> None:
     seeds = sorted({r["seed"] for r in rows})
     steps = sorted({r["step"] for r in rows})
     lines = ["# Likelihood weighting on digits: train vs held-out along training", "",
@@ -117,8 +172,9 @@ def summarize(rows: list[dict], meta: dict, stem: str) -> None:
                     cells.append(" / ".join(_fmt(v) for v in vals))
             lines.append(f"| {k} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _trace_lines(traces or [])
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows, "traces": traces or []}, indent=1))
     curves = {}
     for name in LOSSES:
         for metric, split, label in (("ode_nll_median", "test", "ODE median, held-out"),
@@ -145,6 +201,8 @@ def main(argv=None) -> int:
     p.add_argument("--rtol", type=float, default=1e-4)
     p.add_argument("--elbo-samples", type=int, default=32)
     p.add_argument("--clip", action="store_true", help="also evaluate each snapshot as a ClippedModel (x0 in [-1, 1])")
+    p.add_argument("--trace", action="store_true",
+                   help="at the last snapshot, trace where the raw model's flow leaves the data (|x|, eps along t)")
     p.add_argument("--stem", default="likelihood_lw_digits")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="only merge these per-seed result files into --stem")
     a = p.parse_args(argv)
@@ -153,15 +211,19 @@ def main(argv=None) -> int:
         cmds = [part["meta"]["command"] for part in parts]
         meta = {**parts[0]["meta"], "command": "; ".join(cmds + ["python benchmarks/likelihood_lw_digits.py --merge "
                                                                  + " ".join(a.merge) + f" --stem {a.stem}"])}
-        summarize([r for part in parts for r in part["rows"]], meta, a.stem)
+        summarize([r for part in parts for r in part["rows"]], meta, a.stem,
+                  [tr for part in parts for tr in part.get("traces", [])])
         return 0
     if sorted(a.snapshots) != a.snapshots or a.snapshots[-1] > a.steps or a.snapshots[0] < 1:
         p.error("--snapshots must be increasing, >= 1 and <= --steps")
     torch.set_num_threads(1)
-    rows = [r for s in a.seeds for r in run_seed(s, a)]
+    rows, traces = [], []
+    for s in a.seeds:
+        r, tr = run_seed(s, a)
+        rows, traces = rows + r, traces + tr
     meta = {"command": "python benchmarks/likelihood_lw_digits.py " + " ".join(argv or sys.argv[1:]),
             "steps": a.steps, "lr": a.lr, "n_eval": a.n_eval, "rtol": a.rtol, "elbo_samples": a.elbo_samples}
-    summarize(rows, meta, a.stem)
+    summarize(rows, meta, a.stem, traces)
     return 0
 
 
