@@ -1,20 +1,22 @@
 r"""Why the likelihood-weighted digits model's ODE likelihood fails on held-out digits: a training-curve diagnosis.
 
 ``likelihood_digits20k_lr5e-4.md`` found that likelihood weighting (Song, Durkan, Murray & Ermon 2021) lowers both
-ELBOs of the flattened-digits MLP after 20k steps, but its probability-flow ODE carries some *held-out* digits to
-|x_T| ~ 1e9 (the simple-weighting model's flow stays bounded).  Hypothesis: memorization at small t.  Likelihood
-weighting with importance-sampled t puts most updates at small noise levels, where a model of 1437 training digits
-can learn the empirical score; the empirical score makes the flow repel a point from its nearest training
-digit at a rate ~ beta(t) / (2 sigma(t)^2), which explodes as sigma -> 0.  The test: train both weightings once
-(same init, data order, lr 5e-4, the schedule of a 20k-step run) and, at snapshots along the run, evaluate on the
-same number of *training* and *held-out* digits (fresh dequantization noise for both): ODE NLL (median, mean, max
-|x_T|), continuous and discrete ELBO, in bits/dim of the 17-level data.  Memorization predicts a held-out / train
-gap that grows with steps, larger for likelihood weighting, with the explosions on held-out digits only.
+ELBOs of the flattened-digits MLP after 20k steps, but its probability-flow ODE carries some held-out digits to
+|x_T| ~ 1e9 (the simple-weighting model's flow stays bounded).  This script trains both weightings once (same init,
+data order, lr 5e-4, the schedule of a 20k-step run) and, at snapshots along the run, evaluates the same number of
+*training* and *held-out* digits (fresh dequantization noise for both): ODE NLL (median, mean, max |x_T|),
+continuous and discrete ELBO, in bits/dim of the 17-level data.  ``--clip`` also evaluates every snapshot as a
+``ClippedModel`` (x0 projected into [-1, 1], where the exact denoiser of this data lies); ``--trace`` integrates the
+raw flows of the last snapshot on a time grid and reports where the blown-up trajectories leave the others.
 
-    python benchmarks/likelihood_lw_digits.py --seeds 0 --snapshots 1250 2500 5000 10000 20000
+Hypothesis tested first: memorization at small t (the flow repelled from the nearest training digit).  The run
+refutes it (``results/likelihood_findings.md``): training digits blow up too, and the trajectories separate at
+t ~ 0.3-0.5, where the network's eps grows with |x| off the data (extrapolation), not at small t.
 
-Writes ``benchmarks/results/likelihood_lw_digits.{json,md,png}`` (``--stem`` to rename; ``--merge`` joins per-seed
-files).
+    python benchmarks/likelihood_lw_digits.py --seeds S --clip --trace --stem likelihood_lw_digits_clip_sS
+    python benchmarks/likelihood_lw_digits.py --merge benchmarks/results/likelihood_lw_digits_clip_s{0,1}.json
+
+Writes ``benchmarks/results/<stem>.{json,md,png}`` (default stem ``likelihood_lw_digits``).
 """
 from __future__ import annotations
 
