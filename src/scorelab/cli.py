@@ -97,17 +97,27 @@ def make_process(name: str, **params):
 
 
 def load_any_model(args) -> Any:
-    """A model from ``--checkpoint`` or an exact oracle from ``--model gmm:...`` (+ ``--process``)."""
+    """A model from ``--checkpoint`` or an exact oracle from ``--model gmm:...`` (+ ``--process``); with
+    ``--clip-x0 LO HI`` its denoiser is projected into [LO, HI] (``ClippedModel``)."""
     if getattr(args, "checkpoint", None):
         from .checkpoints import load_model
 
         if not os.path.exists(args.checkpoint):
             raise CLIError(f"checkpoint {args.checkpoint!r} does not exist")
-        return load_model(args.checkpoint, ema=not getattr(args, "no_ema", False))
-    if getattr(args, "model", None):
-        gm = oracle_mixture(args.model)
-        return gm.as_model(make_process(args.process))
-    raise CLIError("give --checkpoint DIR or --model gmm:NAME")
+        model = load_model(args.checkpoint, ema=not getattr(args, "no_ema", False))
+    elif getattr(args, "model", None):
+        model = oracle_mixture(args.model).as_model(make_process(args.process))
+    else:
+        raise CLIError("give --checkpoint DIR or --model gmm:NAME")
+    if getattr(args, "clip_x0", None):
+        from .denoisers import ClippedModel
+
+        clipped = ClippedModel(model, tuple(args.clip_x0))
+        for attr in ("event_shape", "mixture"):  # the sample shape and an oracle's data law stay the same
+            if hasattr(model, attr):
+                setattr(clipped, attr, getattr(model, attr))
+        model = clipped
+    return model
 
 
 def config_from_options(cls, options: dict[str, Any], **fixed: Any):
@@ -520,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--process", default="vp", help="process for --model: vp|subvp|vp_cosine|ve|edm|"
                         "discrete:SCHEDULE:N")
         sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--clip-x0", nargs=2, type=float, metavar=("LO", "HI"),
+                        help="project the model's x0 into [LO, HI] (data range, e.g. -1 1 for images)")
 
     sp = add("sample", cmd_sample, "draw samples with any sampler under an NFE budget",
              "examples:\n  scorelab sample --model gmm:ring8 --sampler dpm_solver_pp_2m --nfe 10\n"
