@@ -97,7 +97,7 @@ def run_seed(seed: int, a) -> list[dict]:
     torch.manual_seed(seed)
     init = NetworkModel(make_net("digits"), VP_PROCESS, "eps")
     cfg = TrainConfig(steps=a.steps, batch_size=256, lr=a.lr, warmup_steps=50, ema_decay=0.999, seed=seed,
-                      log_every=10**9, keep_checkpoints=1)
+                      log_every=10**9, keep_checkpoints=1, weight_decay=a.weight_decay)
     rows, traces = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name, lc in LOSSES.items():
@@ -154,8 +154,9 @@ def summarize(rows: list[dict], meta: dict, stem: str, traces: list[dict] | None
     steps = sorted({r["step"] for r in rows})
     lines = ["# Likelihood weighting on digits: train vs held-out along training", "",
              f"Command: `{meta['command']}`", "",
-             f"Flattened-digits MLP (width 256, depth 3), lr {meta['lr']}, batch 256, schedule of {meta['steps']} "
-             f"steps (warmup 50 + cosine), EMA 0.999; {meta['n_eval']} training and {meta['n_eval']} held-out digits, "
+             f"Flattened-digits MLP (width 256, depth 3), lr {meta['lr']}, AdamW weight decay "
+             f"{meta.get('weight_decay', 0.0)}, batch 256, schedule of {meta['steps']} steps (warmup 50 + cosine), "
+             f"EMA 0.999; {meta['n_eval']} training and {meta['n_eval']} held-out digits, "
              "fresh uniform dequantization for both; ODE with one Rademacher probe, dopri5 rtol = atol = "
              f"{meta['rtol']}; bits/dim of the 17-level data; seeds {seeds} (per-seed values separated by /).", ""]
     for name, denoiser in ((n, d) for d in DENOISERS for n in LOSSES if any(r.get("denoiser", "raw") == d
@@ -199,6 +200,7 @@ def main(argv=None) -> int:
     p.add_argument("--snapshots", type=int, nargs="+", default=[1250, 2500, 5000, 10000, 20000])
     p.add_argument("--steps", type=int, default=20000, help="the schedule's length (last snapshot <= steps)")
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled weight decay")
     p.add_argument("--n-eval", type=int, default=200, help="digits per split")
     p.add_argument("--rtol", type=float, default=1e-4)
     p.add_argument("--elbo-samples", type=int, default=32)
@@ -224,7 +226,8 @@ def main(argv=None) -> int:
         r, tr = run_seed(s, a)
         rows, traces = rows + r, traces + tr
     meta = {"command": "python benchmarks/likelihood_lw_digits.py " + " ".join(argv or sys.argv[1:]),
-            "steps": a.steps, "lr": a.lr, "n_eval": a.n_eval, "rtol": a.rtol, "elbo_samples": a.elbo_samples}
+            "steps": a.steps, "lr": a.lr, "weight_decay": a.weight_decay, "n_eval": a.n_eval, "rtol": a.rtol,
+            "elbo_samples": a.elbo_samples}
     summarize(rows, meta, a.stem, traces)
     return 0
 
