@@ -22,6 +22,10 @@ digits; the discrete ELBO at the same K.  ``--sample-clip P ...`` (digits) also 
 devices of the Analytic-DPM reference code, for every variance alike: x0_hat clamped to [-1, 1] and the std of the
 last noisy step capped at P * (2/17) * sqrt(pi/2) (a mean absolute noise of P grey levels; their clip_pixel = 2 on
 255 levels); these rows carry no ELBO (the devices change the sampler, not the model the ELBO scores).
+``--clamp-rows`` adds the x0_hat clamp alone and a table of the comparisons the reference code actually makes (its
+run_cifar10.py: the beta_tilde baseline and DDIM with the clamp only, Analytic-DPM / -DDIM with clamp and cap) next to
+the matched ones (the same devices for both).  ``--ddpm-schedule cosine`` views the same VP-trained model as a cosine
+DDPM (Nichol & Dhariwal; the "CS" rows of Bao et al.) instead of the linear one ("LS").
 A K = 1000 (toy) / 200 (digits) reference shows the speed-up.
 
 Models.  All models are trained on the VP SDE (beta 0.1..20), the continuous limit of DDPM's linear betas.  The DDPM
@@ -209,17 +213,19 @@ def _variances(var: str, steps: torch.Tensor, gam: dict, data_range):
 
 @torch.no_grad()
 def draw(model, steps: torch.Tensor, var: str, gam: dict, n: int, shape, seed: int, data_range,
-         clip_pixels: float | None = None, eta: float = 1.0) -> torch.Tensor:
+         clip_pixels: float | None = None, eta: float = 1.0, clamp: bool = False) -> torch.Tensor:
     """n samples on the subsequence ``steps``; with ``clip_pixels`` the reference code's sampling devices (module
-    doc): x0_hat clamped to the data range, last noisy std <= clip_pixels * SCALE * sqrt(pi/2).  ``eta`` = 0: the
-    DDIM family (Bao et al. Sec. 3.1: ``beta_tilde`` becomes deterministic DDIM, ``analytic`` Analytic-DDIM).  The
-    same x_T and noise seed for every variance, family and setting."""
+    doc): x0_hat clamped to the data range, last noisy std <= clip_pixels * SCALE * sqrt(pi/2); with ``clamp``
+    alone only the x0_hat clamp (the reference code's beta_tilde baseline).  ``eta`` = 0: the DDIM family (Bao et
+    al. Sec. 3.1: ``beta_tilde`` becomes deterministic DDIM, ``analytic`` Analytic-DDIM).  The same x_T and noise
+    seed for every variance, family and setting."""
     kind, gamma, _ = _variances(var, steps, gam, data_range)
     ts = torch.cat([steps.flip(0).double() / DDPM.N, torch.zeros(1, dtype=torch.float64)])
     # Thm. 2's data-range bound is a variance clip of "analytic" only (see _variances)
     v = grid_variances(DDPM, ts, kind, gamma=gamma, eta=eta, data_range=data_range if var == "analytic" else None)
-    clip = {} if clip_pixels is None else {"clip_x0": True, "data_range": data_range,
-                                           "max_last_std": clip_pixels * SCALE * math.sqrt(math.pi / 2)}
+    clip = {"clip_x0": True, "data_range": data_range} if clamp or clip_pixels is not None else {}
+    if clip_pixels is not None:
+        clip["max_last_std"] = clip_pixels * SCALE * math.sqrt(math.pi / 2)
     g = torch.Generator().manual_seed(40_000 + seed)
     x_T = torch.randn((n, *shape), generator=g)
     return sample_analytic_dpm(ddpm_view(model), x_T, ts, generator=g, variances=v, eta=eta, **clip)
@@ -230,11 +236,20 @@ def ddim_rows(model, K: int, sub: str, steps, gam: dict, shape, seed: int, data_
     with each ``--sample-clip`` device, on the same x_T as the DDPM rows (Bao et al. Table 3's comparison)."""
     rows = []
     for var, name in (("beta_tilde", "ddim"), ("analytic", "analytic_ddim")):
-        for P in (None, *((getattr(a, "sample_clip", None) or ()) if kind == "digits" else ())):
-            x = draw(model, steps, var, gam, a.n_samples, shape, seed, data_range, P, eta=0.0)
-            rows.append({"K": K, "subsequence": sub, "variance": name if P is None else f"{name}+clip{P:g}",
-                         "quality": quality(x, ref, kind), "kl_cost": None, "clip": P, "eta": 0.0})
+        for P, suffix in devices(a, kind):
+            x = draw(model, steps, var, gam, a.n_samples, shape, seed, data_range, P, eta=0.0, clamp=suffix == "+clamp")
+            rows.append({"K": K, "subsequence": sub, "variance": name + suffix, "quality": quality(x, ref, kind),
+                         "kl_cost": None, "clip": P, "eta": 0.0})
     return rows
+
+
+def devices(a, kind: str) -> list[tuple[float | None, str]]:
+    """(cap P or None, variance-name suffix) of every sampling-device setting: plain, each ``--sample-clip`` P
+    (clamp + cap) and, with ``--clamp-rows``, the x0_hat clamp alone (digits only)."""
+    if kind != "digits":
+        return [(None, "")]
+    caps = [(P, f"+clip{P:g}") for P in (getattr(a, "sample_clip", None) or ())]
+    return [(None, ""), *caps, *([(None, "+clamp")] if getattr(a, "clamp_rows", False) else [])]
 
 
 def quality(x: torch.Tensor, ref, kind: str) -> float:
@@ -269,9 +284,9 @@ def analytic_dpm_part(model, x_train, x_test, kind: str, seed: int, a) -> dict:
                                   variances=_variances(var, steps, gam, data_range)[2])
                 row["elbo_nll"] = _ms(conv(r.elbo))
             rows.append(row)
-            for P in (getattr(a, "sample_clip", None) or ()) if kind == "digits" else ():
-                xc = draw(model, steps, var, gam, a.n_samples, shape, seed, data_range, P)
-                rows.append({"K": K, "subsequence": sub, "variance": f"{var}+clip{P:g}",
+            for P, suffix in devices(a, kind)[1:]:
+                xc = draw(model, steps, var, gam, a.n_samples, shape, seed, data_range, P, clamp=suffix == "+clamp")
+                rows.append({"K": K, "subsequence": sub, "variance": var + suffix,
                              "quality": quality(xc, ref, kind), "kl_cost": row["kl_cost"], "clip": P})
         rows += ddim_rows(model, K, sub, steps, gam, shape, seed, data_range, ref, kind, a) if a.ddim else []
     return {"rows": rows, "gamma_norm_gt1": int((gam["norm"] > 1).sum())}
@@ -339,7 +354,7 @@ def summarize(runs: dict, a) -> tuple[dict, str]:
                         "quality": [r["quality"] for r in rs],
                         "elbo_nll": [r["elbo_nll"]["mean"] for r in rs if "elbo_nll" in r]}
             lines.append(f"| {K} | {sub} | {' | '.join(q)} | {' | '.join(e)} |")
-        lines += _clip_table(name, seeds, summary) + _ddim_table(name, seeds, summary)
+        lines += _clip_table(name, seeds, summary) + _ddim_table(name, seeds, summary) + _reference_table(name, seeds)
         if name != "digits":
             lines.append(f"\nTwo-sample floor (train vs test sliced W2): "
                          f"{_agg([s['data_floor'] for s in seeds.values()])}.")
@@ -348,17 +363,21 @@ def summarize(runs: dict, a) -> tuple[dict, str]:
 
 
 def _clip_table(name: str, seeds: dict, summary: dict) -> list[str]:
-    """FID rows of the ``--sample-clip`` draws next to the plain ones (same x_T and noise), if any."""
+    """FID rows of the ``--sample-clip`` / ``--clamp-rows`` draws next to the plain ones (same x_T and noise)."""
     rows = [r for s in seeds.values() for r in s["adpm"]["rows"]]
+    suffixes = [f"+clip{P:g}" for P in dict.fromkeys(r["clip"] for r in rows if r.get("clip"))]
+    suffixes += ["+clamp"] if any(r["variance"].endswith("+clamp") for r in rows) else []
     out = []
-    for P in dict.fromkeys(r["clip"] for r in rows if r.get("clip")):
-        out += ["", f"## {name}: the same cells sampled with x0_hat clamped to [-1, 1] and the last noisy std "
-                f"capped at {P:g} grey levels (`--sample-clip {P:g}`; FID-digits, seeds {list(seeds)}; plain values in "
-                "parentheses)", "", f"| K | subseq. | {' | '.join(VARIANCES)} |", "|---" * (2 + len(VARIANCES)) + "|"]
-        for K, sub in dict.fromkeys((r["K"], r["subsequence"]) for r in rows if r.get("clip") == P):
+    for suffix in suffixes:
+        what = ("x0_hat clamped to [-1, 1] (`--clamp-rows`)" if suffix == "+clamp" else
+                f"x0_hat clamped to [-1, 1] and the last noisy std capped at {suffix[5:]} grey levels "
+                f"(`--sample-clip {suffix[5:]}`)")
+        out += ["", f"## {name}: the same cells sampled with {what}; FID-digits, seeds {list(seeds)}; plain values in "
+                "parentheses", "", f"| K | subseq. | {' | '.join(VARIANCES)} |", "|---" * (2 + len(VARIANCES)) + "|"]
+        for K, sub in dict.fromkeys((r["K"], r["subsequence"]) for r in rows if r["variance"].endswith(suffix)):
             cells = []
             for var in VARIANCES:
-                key = (K, sub, f"{var}+clip{P:g}")
+                key = (K, sub, var + suffix)
                 c = [r["quality"] for r in rows if (r["K"], r["subsequence"], r["variance"]) == key]
                 p = [r["quality"] for r in rows if (r["K"], r["subsequence"], r["variance"]) == (K, sub, var)]
                 cells.append(f"{_agg(c)} ({_agg(p)})" if c else "-")
@@ -377,15 +396,58 @@ def _ddim_table(name: str, seeds: dict, summary: dict) -> list[str]:
     out = ["", f"## {name}: DDIM family (eta = 0), DDIM vs Analytic-DDIM ({metric}; seeds {list(seeds)}; same x_T "
            "as above; difference = analytic - DDIM, paired by seed, and the seeds where Analytic-DDIM is better)", "",
            "| K | subseq. | devices | DDIM | Analytic-DDIM | difference | better |", "|---|---|---|---|---|---|---|"]
-    for K, sub, clip in dict.fromkeys((r["K"], r["subsequence"], r.get("clip")) for r in rows):
-        suffix = "" if clip is None else f"+clip{clip:g}"
+    ddim = [r for r in rows if not r["variance"].startswith("analytic_ddim")]
+    for K, sub, suffix in dict.fromkeys((r["K"], r["subsequence"], r["variance"][len("ddim"):]) for r in ddim):
         q = {v: [r["quality"] for r in rows if (r["K"], r["subsequence"], r["variance"]) == (K, sub, v + suffix)]
              for v in ("ddim", "analytic_ddim")}
         diff = np.subtract(q["analytic_ddim"], q["ddim"])
         for v, vals in q.items():
             summary[f"{name}/adpm/K{K}/{sub}/{v}{suffix}"] = {"quality": vals}
-        out.append(f"| {K} | {sub} | {'plain' if clip is None else f'P = {clip:g}'} | {_agg(q['ddim'])} | "
+        out.append(f"| {K} | {sub} | {_device_label(suffix)} | {_agg(q['ddim'])} | "
                    f"{_agg(q['analytic_ddim'])} | {_agg(diff)} | {int((diff < 0).sum())}/{diff.size} |")
+    return out
+
+
+def _device_label(suffix: str) -> str:
+    if not suffix:
+        return "plain"
+    return "x0 clamp" if suffix == "+clamp" else f"clamp + cap P = {suffix[len('+clip'):]}"
+
+
+def _reference_table(name: str, seeds: dict) -> list[str]:
+    """Analytic vs baseline as the Analytic-DPM reference code compares them (its run_cifar10.py): the beta_tilde
+    baseline and deterministic DDIM with the x0 clamp only, Analytic-DPM / -DDIM with the clamp and the last-step
+    cap; next to the matched comparison (the same devices for both).  Paired by seed.  (Their DDIM clamps x0_hat but
+    keeps the raw eps_hat in the direction term; ``sample_analytic_dpm`` recomputes eps_hat from the clamped x0_hat,
+    which is what their DDPM posterior-mean form amounts to.)"""
+    rows = [r for s in seeds.values() for r in s["adpm"]["rows"]]
+    names = {r["variance"] for r in rows}
+    caps = sorted({r["variance"].split("+clip")[1] for r in rows if "+clip" in r["variance"]}, key=float)
+    pairs = []
+    for P in caps:
+        pairs += [(f"DDPM, reference: β̃ + clamp vs analytic + clamp + cap {P}", "beta_tilde+clamp",
+                   f"analytic+clip{P}"),
+                  (f"DDPM, matched: both clamp + cap {P}", f"beta_tilde+clip{P}", f"analytic+clip{P}"),
+                  (f"DDIM, reference: DDIM + clamp vs Analytic-DDIM + clamp + cap {P}", "ddim+clamp",
+                   f"analytic_ddim+clip{P}")]  # DDIM adds no noise: its cap does nothing, reference = matched
+    pairs += [("DDPM, matched: both clamp", "beta_tilde+clamp", "analytic+clamp"),
+              ("DDIM, matched: both clamp", "ddim+clamp", "analytic_ddim+clamp")]
+    pairs = [p for p in pairs if p[1] in names and p[2] in names]
+    if not pairs:
+        return []
+    out = ["", f"## {name}: Analytic-DPM vs its baseline as the reference code compares them, and matched "
+           f"(FID-digits; seeds {list(seeds)}; difference = analytic - baseline, paired by seed)", "",
+           "| K | subseq. | comparison | baseline | analytic | difference | analytic better |",
+           "|---|---|---|---|---|---|---|"]
+    for K, sub in dict.fromkeys((r["K"], r["subsequence"]) for r in rows):
+        for label, base, cand in pairs:
+            q = [[r["quality"] for r in rows if (r["K"], r["subsequence"], r["variance"]) == (K, sub, v)]
+                 for v in (base, cand)]
+            if not q[0] or len(q[0]) != len(q[1]):
+                continue
+            diff = np.subtract(q[1], q[0])
+            out.append(f"| {K} | {sub} | {label} | {_agg(q[0])} | {_agg(q[1])} | {_agg(diff)} | "
+                       f"{int((diff < 0).sum())}/{diff.size} |")
     return out
 
 
@@ -493,8 +555,15 @@ def main(argv: list[str] | None = None) -> dict:
                         "P grey levels of mean absolute noise (Analytic-DPM reference code: P = 2 of 255)")
     p.add_argument("--ddim", action="store_true",
                    help="also sample the DDIM family (eta = 0): DDIM vs Analytic-DDIM, sample quality only")
+    p.add_argument("--clamp-rows", action="store_true",
+                   help="digits: also sample every cell with the x0 clamp alone (the reference code's beta_tilde "
+                        "baseline) and report the reference code's comparison next to the matched one")
+    p.add_argument("--ddpm-schedule", choices=("linear", "cosine"), default="linear",
+                   help="beta schedule of the DDPM view of the VP-trained model (Part B; default linear)")
     p.add_argument("--progress", action="store_true")
     a = p.parse_args(argv)
+    global DDPM
+    DDPM = Discrete.from_schedule(a.ddpm_schedule, 1000)
     if a.merge:
         return merge(a.merge, a.stem or "likelihood")
     q = a.quick

@@ -157,22 +157,53 @@ def seed_data(name: str, seed: int, n_exact: int) -> tuple[torch.Tensor, torch.T
     return train_fn(10_000, seed), held_fn(10_000, 100 + seed), held_fn(n_exact, 200 + seed)
 
 
-def resampled_train_row(name: str, seed: int, args) -> dict:
-    """The reference a critic trained on the training points pulls towards: draws with replacement from the 10,000
-    training points themselves (their empirical law, where every IPM against the training sample is 0), scored like a
-    model (same seeds for the single draw and the evaluation draws).  Its held-out metrics are what fitting the
-    training sample perfectly buys; cached in ``args.work``."""
-    path = args.work / f"{name}_seed{seed}_resampled_{args.eval_draws}.json"
+def scored_reference(path: Path, name: str, seed: int, make_draw, args) -> dict:
+    """Score a reference sampler exactly like a model (same seeds for the single draw and the evaluation draws);
+    ``make_draw(x_train) -> (n, generator) -> [n, 2]``; cached at ``path``."""
     if path.exists():
         return json.loads(path.read_text())
     x, held, held_small = seed_data(name, seed, args.n_exact)
-    draw = lambda n, g: x[torch.randint(0, x.shape[0], (n,), generator=g)]  # noqa: E731
+    draw = make_draw(x)
     row = metrics(draw(10_000, torch.Generator().manual_seed(seed)), x, held, held_small, args.n_exact, seed)
     if args.eval_draws > 1:
         row["draws"] = draw_metrics(draw, name, seed, x, args)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row))
     return row
+
+
+def resampled_train_row(name: str, seed: int, args) -> dict:
+    """The reference a critic trained on the training points pulls towards: draws with replacement from the 10,000
+    training points themselves (their empirical law, where every IPM against the training sample is 0).  Its
+    held-out metrics are what fitting the training sample perfectly buys; cached in ``args.work``."""
+    return scored_reference(args.work / f"{name}_seed{seed}_resampled_{args.eval_draws}.json", name, seed,
+                            lambda x: lambda n, g: x[torch.randint(0, x.shape[0], (n,), generator=g)], args)
+
+
+DATA_ROW = "data distribution, fresh draws"
+
+
+def mixture_label(w: float) -> str:
+    return DATA_ROW if w == 0 else f"{1 - w:g} data + {w:g} training sample (mixture)"
+
+
+def mixture_row(name: str, seed: int, w: float, args) -> dict:
+    """A sampler whose law is (1 - w) q + w q_hat_train: fresh points of the data distribution q itself (w = 0: the
+    perfect model, scored exactly like a model, on the same held-out draws) mixed with draws from the 10,000 training
+    points (w = 1 is the resampled training sample).  It measures what a metric's value is for a model that matches
+    q, and how far fitting the training sample moves (a) down and (b) up.  Fresh-data seeds lie in [1e6, 2e6), clear
+    of every other data seed; cached in ``args.work``."""
+    held_fn = DATA[name][1]
+
+    def make_draw(x):
+        def draw(n, g):
+            fresh = held_fn(n, int(torch.randint(10**6, 2 * 10**6, (1,), generator=g)))
+            pick = torch.rand(n, generator=g) < w
+            return torch.where(pick[:, None], x[torch.randint(0, x.shape[0], (n,), generator=g)], fresh)
+        return draw
+
+    return scored_reference(args.work / f"{name}_seed{seed}_mixture{w:g}_{args.eval_draws}.json", name, seed,
+                            make_draw, args)
 
 
 def floors(train_fn, held_fn, n: int, n_exact: int, repeats: int) -> dict:
@@ -285,6 +316,15 @@ def _draws_table(summ: dict, f: dict) -> list[str]:
         cells = [f"{100 * d[m]['mean']:.3f} +- {100 * d[m]['std']:.3f} [{d[m]['mean'] / f[m]['mean']:.2f}]"
                  for m in mets]
         lines.append(f"| {key} | {' | '.join(cells)} |")
+    if DATA_ROW in keys:
+        perfect = summ[DATA_ROW]["draws"]
+        lines += ["", f"Ratio to the perfect model ('{DATA_ROW}': the same held-out draws, so paired per seed), "
+                  "mean +- std over seeds:", "", "| model | (a) paper | (b) SW2 held-out | (c) W2 exact |",
+                  "|---|---|---|---|"]
+        for key in keys:
+            r = {m: np.divide(summ[key]["draws"][m]["values"], perfect[m]["values"]) for m in mets}
+            sd = {m: r[m].std(ddof=1) if r[m].size > 1 else 0.0 for m in mets}
+            lines.append(f"| {key} | " + " | ".join(f"{r[m].mean():.2f} +- {sd[m]:.2f}" for m in mets) + " |")
     return lines
 
 
@@ -346,6 +386,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="buffer transitions per generator step (default: the batch size, 128, as in the paper)")
     p.add_argument("--resampled-reference", action="store_true",
                    help=f"add the row '{RESAMPLED}' (the IPM minimiser against the training points) at the merge")
+    p.add_argument("--mixtures", type=float, nargs="+", metavar="W",
+                   help=f"add rows of the sampler (1 - W) data + W training sample at the merge; W = 0 is the row "
+                        f"'{DATA_ROW}' (a perfect model, scored like one; the ratios are then also given against it)")
     p.add_argument("--pretrained-from", default=None, help="reuse the cached DDPMs of the run with this --tag")
     p.add_argument("--floor-repeats", type=int)
     p.add_argument("--tag", default="")
@@ -381,6 +424,9 @@ def main(argv: list[str] | None = None) -> dict:
         if args.resampled_reference:
             for s, run in zip(args.seeds, runs, strict=True):
                 run["rows"][RESAMPLED] = resampled_train_row(name, s, args)
+        for w in args.mixtures or ():
+            for s, run in zip(args.seeds, runs, strict=True):
+                run["rows"][mixture_label(w)] = mixture_row(name, s, w, args)
         out["summary"][name] = summarise(runs)
         out["runs"][name] = [{"seed": s, "rows": r["rows"]} for s, r in zip(args.seeds, runs, strict=True)]
         plots[name] = runs[0]
