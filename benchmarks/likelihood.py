@@ -559,7 +559,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="digits: also sample every cell with the x0 clamp alone (the reference code's beta_tilde "
                         "baseline) and report the reference code's comparison next to the matched one")
     p.add_argument("--ddpm-schedule", choices=("linear", "cosine"), default="linear",
-                   help="beta schedule of the DDPM view of the VP-trained model (Part B; default linear)")
+                   help="beta schedule of the DDPM view of the VP-trained model (Part B; default linear).  The cosine "
+                        "chain's top steps lie below the VP model's log-SNR range (-10.05; the view clamps the VP time "
+                        "to 1), so with cosine only rows with the x0 clamp are meaningful")
     p.add_argument("--progress", action="store_true")
     a = p.parse_args(argv)
     global DDPM
