@@ -14,6 +14,7 @@ from scorelab.finetune.sft_pg import (
     SFTPGConfig,
     check_resume_config,
     generator_lr,
+    gradient_penalty,
     make_policy_grid,
     paper_metric,
     pg_surrogate,
@@ -274,6 +275,32 @@ def test_generator_batch_sets_the_transitions_per_generator_step(biased, monkeyp
     assert gen_calls == [expected, expected], seen
     with pytest.raises(ValueError, match="generator_batch"):
         SFTPGConfig(generator_batch=0)
+
+
+def test_gradient_penalty_is_exact_for_a_linear_critic_and_pairs_unequal_batches():
+    """f(x) = w.x has ||grad f|| = ||w|| everywhere, so R_GP = (||w|| - 1)^2 whatever the interpolates; an epoch's
+    last data batch may be shorter than the rollout batch."""
+    class Linear(nn.Linear):  # critics take (x, t_in)
+        def forward(self, x, t_in):
+            return super().forward(x)
+
+    critic = Linear(2, 1)
+    with torch.no_grad():
+        critic.weight.copy_(torch.tensor([[1.2, 1.6]]))  # ||w|| = 2
+    g = torch.Generator().manual_seed(0)
+    fake, real = torch.randn(128, 2, generator=g), torch.randn(16, 2, generator=g)
+    assert gradient_penalty(critic, fake, real, g).item() == pytest.approx(1.0, abs=1e-6)
+    with torch.no_grad():
+        critic.weight.copy_(torch.tensor([[0.6, 0.8]]))  # a 1-Lipschitz critic: no penalty
+    assert gradient_penalty(critic, real, fake, g).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_gradient_penalty_run_with_a_short_last_batch(biased):
+    """40 data points in batches of 16: the third critic step sees 8 real points against 16 generated ones."""
+    process, data = biased
+    cfg = SFTPGConfig(epochs=1, batch_size=16, n_critic=3, gp_weight=10.0, eval_every=0, ckpt_every=0, **SMALL_NETS)
+    res = sft_pg(GaussianWithCorrection(process), data[:40], cfg, progress=False)
+    assert math.isfinite(res.history[0]["gap"])
 
 
 def test_generator_lr_cosine():

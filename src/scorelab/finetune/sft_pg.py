@@ -315,8 +315,11 @@ def baseline_regression(baseline: nn.Module, ro: Rollout, f_x0: torch.Tensor) ->
 
 def gradient_penalty(critic: nn.Module, fake: torch.Tensor, real: torch.Tensor,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """R_GP (eq. 29): mean over interpolates x_hat = u fake + (1-u) real of (||grad f(x_hat)|| - 1)^2 -> scalar."""
-    u = torch.rand(fake.shape[0], *([1] * (fake.ndim - 1)), generator=generator, dtype=fake.dtype, device=fake.device)
+    """R_GP (eq. 29): mean over interpolates x_hat = u fake + (1-u) real of (||grad f(x_hat)|| - 1)^2 -> scalar.
+    Pairs the first min(len(fake), len(real)) rows (an epoch's last data batch can be shorter than the rollout)."""
+    n = min(fake.shape[0], real.shape[0])
+    fake, real = fake[:n], real[:n]
+    u = torch.rand(n, *([1] * (fake.ndim - 1)), generator=generator, dtype=fake.dtype, device=fake.device)
     x_hat = (u * fake.detach() + (1 - u) * real.detach()).requires_grad_(True)
     grad, = torch.autograd.grad(critic_values(critic, x_hat).sum(), x_hat, create_graph=True)
     return ((grad.reshape(grad.shape[0], -1).norm(dim=1) - 1) ** 2).mean()
