@@ -39,7 +39,8 @@ def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
     return jpath, mpath
 
 
-def paired_cells(pd: dict) -> str:
-    """The table cells of a ``paired`` result: diff +- std | one-sided p | 95% lower bound | seeds won."""
-    return (f"{pd['mean']:+.5f} +- {pd['std']:.5f} | {pd['p_one_sided']:.3g} | {pd['lower95']:+.5f} | "
+def paired_cells(pd: dict, spec: str = ".5f") -> str:
+    """The table cells of a ``paired`` result: diff +- std | one-sided p | 95% lower bound | seeds won (numbers in
+    the format ``spec``)."""
+    return (f"{pd['mean']:+{spec}} +- {pd['std']:{spec}} | {pd['p_one_sided']:.3g} | {pd['lower95']:+{spec}} | "
             f"{pd['wins']}/{pd['n_seeds']}")

@@ -1,7 +1,8 @@
 r"""Samplers benchmark: quality against NFE on exact Gaussian-mixture oracles, scorelab vs. diffusers side by side.
 
     python benchmarks/samplers.py [--quick] [--targets ring2d,aniso16d] [--n 100000] [--n-dev 10000] [--seeds 5]
-                                  [--ref-factor 4] [--n-proj 200] [--skip-overhead]
+                                  [--first-seed 1] [--metric sw2|mmd] [--ref-factor 4] [--n-proj 200]
+                                  [--skip-overhead]
 
 Anchor: diffusers' DDIM, Euler, DPM-Solver++(2M), UniPC and DEIS schedulers (the ``bench`` extra), run in the same
 process, on the same forward process (DDPM linear betas 1e-4..0.02, N = 1000 = ``Discrete.from_schedule("linear",
@@ -23,17 +24,21 @@ configurations      scorelab: every fixed-step sampler x grid {uniform_t, unifor
                     ``scorelab.grid_opt.optimize_grid`` to the model's own dopri5 ODE solution (model only, x_T of
                     seed 1000, never a dev or held-out seed)
 dev stage           every configuration on ``n_dev`` samples of the dev seed 0; per (method, NFE) the configuration
-                    of least sliced W2 is kept, and per (library, NFE) the method of least sliced W2 is the
-                    contender (both libraries selected the same way, on the dev seed only)
-held-out stage      the contenders on seeds 1..S at ``n`` samples with common random numbers: within a seed both
-                    libraries get the same x_T, the same reference sample and the same sampler-noise seed; the goal
-                    is the *paired* difference sliced W2(diffusers) - sliced W2(scorelab) over the seeds: mean +- std,
-                    one-sided t-test and 95% lower confidence bound (met when the bound is > 0); the floor is an
-                    exact target sample of the same n scored the same way
-metrics             sliced W2 on ``n_proj`` fixed directions (POT's, seed 0) against a reference of
-                    ``ref_factor * n`` target draws, exact for unequal sizes by block means of the sorted reference
-                    (checked against ``scorelab.metrics.sliced_w2``); mode-weight TV and outlier fraction
-                    (``scorelab.metrics.mode_stats``)
+                    of least selection metric (``--metric``) is kept, and per (library, NFE) the method of least
+                    metric is the contender (both libraries selected the same way, on the dev seed only)
+held-out stage      the contenders on seeds ``--first-seed`` .. + S - 1 at ``n`` samples with common random numbers:
+                    within a seed both libraries get the same x_T, the same reference sample and the same
+                    sampler-noise seed; the goal is the *paired* difference metric(diffusers) - metric(scorelab) over
+                    the seeds: mean +- std, one-sided t-test and 95% lower confidence bound (met when the bound is
+                    > 0); the floor is an exact target sample of the same n scored the same way
+metrics             both always reported; ``--metric`` picks the one that selects and judges.  ``sw2``: sliced W2 on
+                    ``n_proj`` fixed directions (POT's, seed 0) against a reference of ``ref_factor * n`` target
+                    draws, exact for unequal sizes by block means of the sorted reference (checked against
+                    ``scorelab.metrics.sliced_w2``); it has a two-sample floor that hides differences below it.
+                    ``mmd``: unbiased MMD^2 to the exact target (``scorelab.metrics.mmd2_to_mixture``, the mixture's
+                    characteristic function in closed form; Gaussian kernels of 4 bandwidths c sqrt(tr Cov), c = 1/16
+                    .. 1/2, 1024 fixed frequencies each, mean of the 4): 0 in expectation for an exact sample at any
+                    n, so no floor.  Plus mode-weight TV and outlier fraction (``scorelab.metrics.mode_stats``)
 overhead            batch 1, a model returning eps = 0, ``--overhead-steps`` evaluations, all implementations timed in
                     interleaved rounds (median and min): us per step of scorelab sampler functions vs. diffusers
                     ``scheduler.step`` loops; one-time grid work (``set_timesteps``; scorelab's grid and first-call
@@ -134,8 +139,11 @@ class Quality:
     def __init__(self, gm: GaussianMixture, n: int, n_proj: int, seed: int, ref_factor: int = 1, chunk: int = 25,
                  ref: np.ndarray | None = None):
         """``ref``: a given reference of ``ref_factor * n`` points instead of target draws (e.g. the exact ODE flow
-        of the sampler's own x_T: ``samplers_pathwise.py``'s coupled sliced W2, which has no two-sample floor)."""
+        of the sampler's own x_T: ``samplers_pathwise.py``'s coupled sliced W2, which has no two-sample floor).
+        Against target draws each call also reports MMD^2 to the exact target
+        (``metrics.mmd2_to_mixture_by_bandwidth``: 4 bandwidths x 1024 fixed frequencies), overall and per bandwidth."""
         self.gm, self.n, self.n_proj, self.chunk = gm, n, n_proj, chunk
+        self.to_target = ref is None
         P = np.random.RandomState(0).randn(gm.d, n_proj)  # = ot.sliced.get_random_projections(d, n_proj, seed=0)
         self.P = P / np.sqrt((P**2).sum(0, keepdims=True))
         if ref is None:
@@ -160,9 +168,13 @@ class Quality:
     def __call__(self, x: torch.Tensor) -> dict:
         xn = x.to(torch.float64).reshape(x.shape[0], -1).numpy()
         if not np.all(np.isfinite(xn)):
-            return {"sw2": float("inf"), "tv": 1.0, "outliers": 1.0}
+            return {"sw2": float("inf"), "tv": 1.0, "outliers": 1.0, "mmd": float("inf")}
         ms = metrics.mode_stats(xn, self.gm)
-        return {"sw2": self.sw2(xn), "tv": ms["tv"], "outliers": ms["outlier_fraction"]}
+        out = {"sw2": self.sw2(xn), "tv": ms["tv"], "outliers": ms["outlier_fraction"]}
+        if self.to_target:
+            mmd = metrics.mmd2_to_mixture_by_bandwidth(xn, self.gm)
+            out.update(mmd=mmd["mmd2"], mmd_per_bandwidth=list(mmd["per_bandwidth"].values()))
+        return out
 
 
 def check_sw2(gm: GaussianMixture) -> float:
@@ -176,6 +188,27 @@ def check_sw2(gm: GaussianMixture) -> float:
     if diff > 1e-9:
         raise RuntimeError(f"block-mean sliced W2 differs from scorelab.metrics.sliced_w2 by {diff:.3g}")
     return diff
+
+
+# -- the selection metric -------------------------------------------------------------------------------------------
+SEL = {"key": "sw2"}  # --metric: the metric of every selection and of the verdict ("sw2" or "mmd"); both are reported
+METRIC_NAMES = {"sw2": "sliced W2", "mmd": "MMD^2 to the exact target"}
+
+
+def score(r: dict) -> float | None:
+    """The selection metric of a row, or None when it failed, is not finite, or broke its NFE budget."""
+    v = r.get(SEL["key"])
+    ok = v is not None and math.isfinite(v) and r.get("nfe_used", 0) <= r["nfe"]
+    return v if ok else None
+
+
+def metric_name() -> str:
+    return METRIC_NAMES[SEL["key"]]
+
+
+def fmt(v: float, key: str | None = None) -> str:
+    """A metric value for the tables: sliced W2 as 0.01234, MMD^2 (~1e-5 here) as 1.234e-05."""
+    return f"{v:.3e}" if (key or SEL["key"]) == "mmd" else f"{v:.5f}"
 
 
 # -- scorelab side --------------------------------------------------------------------------------------------------
@@ -374,20 +407,20 @@ def dev_stage(gm, model, configs, n_dev: int, nfes, args) -> list[dict]:
 
 
 def select(rows: list[dict], configs: list[dict]) -> dict:
-    """(method, nfe) -> the configuration of least dev sliced W2 (finite, within budget)."""
+    """(method, nfe) -> the configuration of least dev selection metric (finite, within budget)."""
     by_label = {(c["method"], c["label"]): c for c in configs}
     best: dict = {}
     for r in rows:
-        if "sw2" in r and math.isfinite(r["sw2"]) and r["nfe_used"] <= r["nfe"]:
+        if (v := score(r)) is not None:
             key = (r["method"], r["nfe"])
-            if key not in best or r["sw2"] < best[key][0]:
-                best[key] = (r["sw2"], by_label[(r["method"], r["label"])])
+            if key not in best or v < best[key][0]:
+                best[key] = (v, by_label[(r["method"], r["label"])])
     return {k: v[1] for k, v in best.items()}
 
 
 def contenders(chosen: dict, rows: list[dict], nfes) -> dict:
-    """Per NFE and library, the method (with its chosen configuration) of least dev sliced W2."""
-    dev = {(r["method"], r["label"], r["nfe"]): r["sw2"] for r in rows if "sw2" in r}
+    """Per NFE and library, the method (with its chosen configuration) of least dev selection metric."""
+    dev = {(r["method"], r["label"], r["nfe"]): score(r) for r in rows if score(r) is not None}
     out = {}
     for nfe in nfes:
         for lib in ("scorelab", "diffusers"):
@@ -399,24 +432,24 @@ def contenders(chosen: dict, rows: list[dict], nfes) -> dict:
 
 def refine_stage(gm, model, dev: list[dict], configs: list[dict], chosen: dict, args, nfes) -> tuple[dict, list]:
     """Successive halving of the dev stage, the same for both libraries: per library and NFE the ``args.refine_top``
-    configurations of least dev sliced W2 (any method; exact duplicates, e.g. ``unipc,bh2`` = ``unipc_bh2,order=3``,
-    counted once) are re-run on the dev seed 0 at ``args.n`` samples, and the least wins.  Held-out seeds are not
-    touched.  Updates ``chosen`` for the winners; returns ({(lib, nfe): method}, rows)."""
+    configurations of least dev selection metric (any method; exact duplicates, e.g. ``unipc,bh2`` =
+    ``unipc_bh2,order=3``, counted once) are re-run on the dev seed 0 at ``args.n`` samples, and the least wins.
+    Held-out seeds are not touched.  Updates ``chosen`` for the winners; returns ({(lib, nfe): method}, rows)."""
     by_label = {(c["method"], c["label"]): c for c in configs}
     x_T = torch.randn(args.n, gm.d, generator=torch.Generator().manual_seed(0))
     q, rows, best = Quality(gm, args.n, args.n_proj, 0, args.ref_factor), [], {}
     for nfe in nfes:
         for lib in ("scorelab", "diffusers"):
-            ok = sorted((r["sw2"], r["method"], r["label"]) for r in dev if r["lib"] == lib and r["nfe"] == nfe
-                        and "sw2" in r and math.isfinite(r["sw2"]) and r["nfe_used"] <= nfe)
+            ok = sorted((score(r), r["method"], r["label"]) for r in dev if r["lib"] == lib and r["nfe"] == nfe
+                        and score(r) is not None)
             cands = [c for i, c in enumerate(ok) if i == 0 or c[0] != ok[i - 1][0]][: args.refine_top]
             res = []
             for _, method, label in tqdm(cands, desc=f"refine {lib} NFE {nfe}", leave=False):
                 r = {"lib": lib, "method": method, "label": label, "nfe": nfe, "seed": 0,
                      **evaluate(by_label[(method, label)], model, x_T, nfe, 0, q)}
                 rows.append(r)
-                if "sw2" in r and math.isfinite(r["sw2"]):
-                    res.append((r["sw2"], method, label))
+                if score(r) is not None:
+                    res.append((score(r), method, label))
             if res:
                 _, method, label = min(res)
                 best[(lib, nfe)], chosen[(method, nfe)] = method, by_label[(method, label)]
@@ -425,15 +458,15 @@ def refine_stage(gm, model, dev: list[dict], configs: list[dict], chosen: dict, 
 
 def load_dev(path: str, name: str, configs: list[dict], gm, model, nfes, args) -> list[dict]:
     """Dev rows of target ``name`` from an earlier results JSON (``--dev-from``, run with the same ``--n-dev``: same
-    x_T, reference and projections); configurations it lacks, or that failed there, are run now on the same dev
-    seed."""
+    x_T, reference and projections); configurations it lacks, that failed there, or whose rows lack the selection
+    metric (an older file without MMD), are run now on the same dev seed."""
     data = json.loads(Path(path).read_text())
     if data["config"]["n_dev"] != args.n_dev:
         raise ValueError(f"{path} was run with --n-dev {data['config']['n_dev']}, not {args.n_dev}")
     known = {(c["method"], c["label"]) for c in configs}
     old = [r for r in data["targets"][name]["dev"] if (r["method"], r["label"]) in known]
     failed = {(r["method"], r["label"]) for r in old if "error" in r}
-    rows = [r for r in old if (r["method"], r["label"]) not in failed]
+    rows = [r for r in old if (r["method"], r["label"]) not in failed and SEL["key"] in r]
     have = {(r["method"], r["label"]) for r in rows}
     missing = [c for c in configs if (c["method"], c["label"]) not in have]
     return rows + (dev_stage(gm, model, missing, args.n_dev, nfes, args) if missing else [])
@@ -444,7 +477,7 @@ def heldout_stage(gm, model, chosen: dict, best: dict, args, name: str, partial:
     sampler noise seed for both libraries; plus the floor row (an independent n-sample of the target).  The rows
     so far are written to ``<name>.partial.json`` after each seed."""
     rows = []
-    for seed in range(1, args.seeds + 1):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         x_T = torch.randn(args.n, gm.d, generator=torch.Generator().manual_seed(seed))
         q = Quality(gm, args.n, args.n_proj, seed, args.ref_factor)
         for (lib, nfe), method in tqdm(sorted(best.items()), desc=f"held-out seed {seed}", leave=False):
@@ -555,25 +588,37 @@ def paired(diffs: list[float]) -> dict:
             "lower95": mean - float(stats.t.ppf(0.95, k - 1)) * se, "wins": int((d > 0).sum())}
 
 
+def _mean_std(vals) -> dict:
+    return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+
+
 def summarize(rows: list[dict], best: dict, nfes) -> dict:
-    """Per NFE: each contender's held-out sliced W2 (mean, std), the paired difference diffusers - scorelab over the
-    held-out seeds (same x_T, reference and projections within a seed) with its one-sided test, and the floor."""
-    floor_ = [r["sw2"] for r in rows if r["method"] == "floor"]
-    goals = {"floor_sw2": {"mean": float(np.mean(floor_)), "std": float(np.std(floor_, ddof=1))}}
+    """Per NFE: each contender's held-out selection metric (``metric_mean``, ``metric_std``; plus sliced W2 and, when
+    measured, MMD^2), the paired difference diffusers - scorelab of the selection metric over the held-out seeds (same
+    x_T, reference and projections within a seed) with its one-sided test, and the floor (an exact target sample)."""
+    key = SEL["key"]
+    floor_ = [r for r in rows if r["method"] == "floor"]
+    goals = {"metric": key, "floor_sw2": _mean_std([r["sw2"] for r in floor_])}
+    if all("mmd" in r for r in floor_):
+        goals["floor_mmd"] = _mean_std([r["mmd"] for r in floor_])
     for nfe in nfes:
         entry, per = {}, {}
         for lib in ("scorelab", "diffusers"):
-            rs = {r["seed"]: r for r in rows if r["lib"] == lib and r["nfe"] == nfe and "sw2" in r}
+            rs = {r["seed"]: r for r in rows if r["lib"] == lib and r["nfe"] == nfe and key in r}
             if rs:
-                sw = [r["sw2"] for r in rs.values()]
-                entry[lib] = {"method": best[(lib, nfe)], "label": next(iter(rs.values()))["label"], "seeds": len(sw),
-                              "sw2_mean": float(np.mean(sw)), "sw2_std": float(np.std(sw, ddof=1)),
-                              "tv_mean": float(np.mean([r["tv"] for r in rs.values()]))}
+                e = {"method": best[(lib, nfe)], "label": next(iter(rs.values()))["label"], "seeds": len(rs)}
+                for k in dict.fromkeys([key, "sw2", "mmd"]):
+                    if all(k in r for r in rs.values()):
+                        ms = _mean_std([r[k] for r in rs.values()])
+                        e.update({f"{k}_mean": ms["mean"], f"{k}_std": ms["std"]})
+                e.update(metric_mean=e[f"{key}_mean"], metric_std=e[f"{key}_std"],
+                         tv_mean=float(np.mean([r["tv"] for r in rs.values()])))
+                entry[lib] = e
                 per[lib] = rs
         if len(per) == 2:
             seeds = sorted(set(per["scorelab"]) & set(per["diffusers"]))
             entry["paired_diff_diffusers_minus_scorelab"] = paired(
-                [per["diffusers"][k]["sw2"] - per["scorelab"][k]["sw2"] for k in seeds])
+                [per["diffusers"][k][key] - per["scorelab"][k][key] for k in seeds])
             entry["scorelab_better"] = entry["paired_diff_diffusers_minus_scorelab"]["lower95"] > 0
         goals[nfe] = entry
     return goals
@@ -583,10 +628,10 @@ def markdown_refine(refine: list[dict], args) -> list[str]:
     if not refine:
         return []
     lines = ["", f"Refinement (dev seed 0 at n = {args.n}; top {args.refine_top} dev configurations per library and "
-             "NFE; the least is the contender):", "", "| NFE | library | method | configuration | sliced W2 |",
+             "NFE; the least is the contender):", "", f"| NFE | library | method | configuration | {metric_name()} |",
              "|---|---|---|---|---|"]
-    for r in sorted(refine, key=lambda r: (r["nfe"], r["lib"], r.get("sw2", math.inf))):
-        val = f"{r['sw2']:.5f}" if "sw2" in r else r.get("error", "-")
+    for r in sorted(refine, key=lambda r: (r["nfe"], r["lib"], r.get(SEL["key"], math.inf))):
+        val = fmt(r[SEL["key"]]) if SEL["key"] in r else r.get("error", "-")
         lines.append(f"| {r['nfe']} | {r['lib']} | {r['method']} | `{r['label']}` | {val} |")
     return lines
 
@@ -612,35 +657,48 @@ def markdown_fitted(refine) -> list[str]:
 
 
 def markdown_target(name: str, dev: list[dict], goals: dict, nfes, args, n_dev: int, refine=()) -> str:
-    fl = goals["floor_sw2"]
-    lines = [f"### {name}: dev stage (seed 0, n = {n_dev}): sliced W2 of each method's best configuration "
+    key = SEL["key"]
+    fl = goals[f"floor_{key}"]
+    lines = [f"### {name}: dev stage (seed 0, n = {n_dev}): {metric_name()} of each method's best configuration "
              "(TV in parentheses)", "", "| method | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
              "|---" * (len(nfes) + 1) + "|"]
     cell: dict = {}
     for r in dev:
-        if "sw2" in r and math.isfinite(r["sw2"]) and r["nfe_used"] <= r["nfe"]:
-            key = (r["method"], r["nfe"])
-            if key not in cell or r["sw2"] < cell[key]["sw2"]:
-                cell[key] = r
+        if (v := score(r)) is not None:
+            ck = (r["method"], r["nfe"])
+            if ck not in cell or v < cell[ck][key]:
+                cell[ck] = r
     for method in dict.fromkeys(r["method"] for r in dev):
-        vals = [f"{c['sw2']:.4f} ({c['tv']:.3f}) `{c['label']}`" if (c := cell.get((method, k))) else "-"
+        vals = [f"{fmt(c[key])} ({c['tv']:.3f}) `{c['label']}`" if (c := cell.get((method, k))) else "-"
                 for k in nfes]
         lines.append(f"| {method} | " + " | ".join(vals) + " |")
     lines += markdown_refine(list(refine), args)
     lines += markdown_fitted(refine)
-    lines += ["", f"Goal: contenders chosen on the dev seed only; held-out seeds 1..{args.seeds}, n = {args.n}, "
-              f"reference {args.ref_factor} n, {args.n_proj} fixed directions, common x_T / reference / noise seed "
-              f"within a seed.  Floor (an exact target sample of the same n): {fl['mean']:.4f} +- {fl['std']:.4f}.",
-              "", "| NFE | best scorelab | sliced W2 | best diffusers | sliced W2 | paired diff (diffusers - scorelab) "
-              "| one-sided p | 95% lower bound | seeds won | scorelab better? |", "|---" * 10 + "|"]
+    last = args.first_seed + args.seeds - 1
+    lines += ["", f"Goal ({metric_name()}): contenders chosen on the dev seed only; held-out seeds "
+              f"{args.first_seed}..{last}, n = {args.n}, reference {args.ref_factor} n, {args.n_proj} fixed "
+              "directions, common x_T / reference / noise seed within a seed.  Floor (an exact target sample of the "
+              f"same n): {fmt(fl['mean'])} +- {fmt(fl['std'])}" + (" (unbiased: 0 in expectation)." if key == "mmd"
+                                                                    else "."),
+              "", f"| NFE | best scorelab | {metric_name()} | best diffusers | {metric_name()} | "
+              "paired diff (diffusers - scorelab) | one-sided p | 95% lower bound | seeds won | scorelab better? |",
+              "|---" * 10 + "|"]
     for k in nfes:
         g = goals[k]
         if "paired_diff_diffusers_minus_scorelab" not in g:
             continue
         s, d, pd = g["scorelab"], g["diffusers"], g["paired_diff_diffusers_minus_scorelab"]
-        lines.append(f"| {k} | {s['method']} `{s['label']}` | {s['sw2_mean']:.5f} +- {s['sw2_std']:.5f} | "
-                     f"{d['method']} `{d['label']}` | {d['sw2_mean']:.5f} +- {d['sw2_std']:.5f} | "
-                     f"{paired_cells(pd)} | {'yes' if g['scorelab_better'] else 'no'} |")
+        spec = ".3e" if key == "mmd" else ".5f"
+        lines.append(f"| {k} | {s['method']} `{s['label']}` | {fmt(s['metric_mean'])} +- {fmt(s['metric_std'])} | "
+                     f"{d['method']} `{d['label']}` | {fmt(d['metric_mean'])} +- {fmt(d['metric_std'])} | "
+                     f"{paired_cells(pd, spec)} | {'yes' if g['scorelab_better'] else 'no'} |")
+    if key != "sw2":
+        lines += ["", "The same held-out samples on sliced W2 (floor "
+                  f"{fmt(goals['floor_sw2']['mean'], 'sw2')} +- {fmt(goals['floor_sw2']['std'], 'sw2')}):", "",
+                  "| NFE | scorelab | diffusers |", "|---|---|---|"]
+        lines += [f"| {k} | {fmt(goals[k]['scorelab']['sw2_mean'], 'sw2')} | "
+                  f"{fmt(goals[k]['diffusers']['sw2_mean'], 'sw2')} |" for k in nfes
+                  if "paired_diff_diffusers_minus_scorelab" in goals[k]]
     return "\n".join(lines)
 
 
@@ -692,12 +750,13 @@ def run_target(name, gm, process, args, nfes) -> tuple[dict, str]:
     goals = summarize(held, best, nfes)
     curves = {}
     for method in dict.fromkeys(r["method"] for r in dev):
-        pts = sorted((r["nfe_used"], r["sw2"]) for r in dev if r["method"] == method and r["label"] ==
-                     chosen.get((method, r["nfe"]), {}).get("label") and "sw2" in r and math.isfinite(r["sw2"]))
+        pts = sorted((r["nfe_used"], score(r)) for r in dev if r["method"] == method and r["label"] ==
+                     chosen.get((method, r["nfe"]), {}).get("label") and score(r) is not None)
         if pts:
             curves[method] = ([p[0] for p in pts], [p[1] for p in pts])
-    png = quality_vs_nfe(curves, str(RESULTS / f"{stem}.png"),
-                         title=f"{name} (d={gm.d}): scorelab vs diffusers, dev seed, n={args.n_dev}")
+    png = quality_vs_nfe(curves, str(RESULTS / f"{stem}.png"), ylabel=metric_name(),
+                         title=f"{name} (d={gm.d}): scorelab vs diffusers, dev seed, n={args.n_dev}"
+                         + (" (values <= 0 not drawn)" if SEL["key"] == "mmd" else ""))
     payload = {"d": gm.d, "K": gm.K, "dev": dev, "refine": refine, "heldout": held, "goals": goals,
                "fitted_grids": [{"method": m, "label": lab, "nfe": k, **v} for (m, lab, k), v in FITTED.items()],
                "contenders": {f"{lib}@{k}": m for (lib, k), m in best.items()},
@@ -711,7 +770,12 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: small n, NFE 5 and 10, fewer configurations")
     ap.add_argument("--n", type=int, default=100_000, help="samples per held-out seed")
     ap.add_argument("--n-dev", type=int, default=10_000, help="samples of the dev stage (seed 0)")
-    ap.add_argument("--seeds", type=int, default=5, help="held-out seeds 1..S")
+    ap.add_argument("--seeds", type=int, default=5, help="number of held-out seeds")
+    ap.add_argument("--first-seed", type=int, default=1, help="held-out seeds first-seed .. first-seed + S - 1 "
+                    "(>= 1: seed 0 is the dev seed)")
+    ap.add_argument("--metric", choices=sorted(METRIC_NAMES), default="sw2",
+                    help="metric of the dev selection, the refinement and the verdict: sw2 (sliced W2 to target "
+                    "draws) or mmd (unbiased MMD^2 to the exact target, no two-sample floor); both are reported")
     ap.add_argument("--ref-factor", type=int, default=4, help="reference sample size / n")
     ap.add_argument("--n-proj", type=int, default=200, help="fixed projection directions of sliced W2")
     ap.add_argument("--refine-top", type=int, default=10, help="configurations per library and NFE re-run on the "
@@ -727,6 +791,9 @@ def main(argv=None) -> None:
     add_fit_args(ap)
     args = ap.parse_args(argv)
     set_fit(args)
+    SEL["key"] = args.metric
+    if args.first_seed < 1:
+        ap.error(f"--first-seed must be >= 1 (seed 0 is the dev seed), got {args.first_seed}")
     nfes = tuple(args.nfes) if args.nfes else ((5, 10) if args.quick else NFES)
     if any(k < 1 for k in nfes):
         ap.error(f"--nfes must be positive integers, got {nfes}")

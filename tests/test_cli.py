@@ -151,3 +151,23 @@ def test_refinement_commands_end_to_end(capsys, tmp_path):
                          "--K", "2", "--n", "50", "--out", str(tmp_path / "rej"), "--set", "sampler=ddpm", "nfe=10")
     assert code == 0, err
     assert np.load(tmp_path / "rej" / "samples.npy").shape == (50, 2)
+
+
+def test_evaluate_against_exact_oracle(capsys, tmp_path):
+    # a fine sampler scores ~0 MMD^2 to the exact ring, a 2-step Euler far more; wrong dimension is a clear error
+    for name, sampler, nfe in (("good", "dpm_solver_pp_2m", "30"), ("bad", "euler", "2")):
+        code, _, err = run(capsys, "sample", "--model", "gmm:ring8", "--process", "vp", "--sampler", sampler,
+                           "--nfe", nfe, "--n", "2000", "--out", str(tmp_path / name))
+        assert code == 0, err
+    res = {}
+    for name in ("good", "bad"):
+        code, out, _ = run(capsys, "evaluate", "--samples", str(tmp_path / name / "samples.npy"),
+                           "--reference", "gmm:ring8", "--out", str(tmp_path / f"{name}.json"))
+        assert code == 0
+        res[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert len(res["good"]["mmd2_to_exact_per_bandwidth"]) == 4
+    assert abs(res["good"]["mmd2_to_exact"]) < 2e-3 < res["bad"]["mmd2_to_exact"]
+    assert res["good"]["mode_tv"] < res["bad"]["mode_tv"]
+    np.save(tmp_path / "x3.npy", np.zeros((10, 3), dtype=np.float32))
+    code, _, err = run(capsys, "evaluate", "--samples", str(tmp_path / "x3.npy"), "--reference", "gmm:ring8")
+    assert code != 0 and "d=2" in err

@@ -127,6 +127,77 @@ def test_mmd2_median_heuristic_separates(gen):
         M.mmd2_unbiased(x, y, bandwidth=0.0)
 
 
+# -- MMD to an exact mixture --------------------------------------------------------------------------------------
+def _mix3(gen) -> GaussianMixture:
+    A = 0.4 * torch.randn(3, 3, 3, generator=gen, dtype=torch.float64)
+    return GaussianMixture([0.2, 0.5, 0.3], torch.randn(3, 3, generator=gen, dtype=torch.float64),
+                           A @ A.mT + 0.1 * torch.eye(3, dtype=torch.float64))
+
+
+def test_characteristic_function_matches_monte_carlo(gen):
+    gm, n = _mix3(gen), 200_000
+    omega = 0.7 * torch.randn(50, 3, generator=gen, dtype=torch.float64)
+    x = gm.sample(n, gen)
+    ecf = torch.exp(1j * (x @ omega.T)).mean(0)
+    assert gm.characteristic_function(torch.zeros(1, 3)).item() == pytest.approx(1.0, abs=1e-15)
+    assert (ecf - gm.characteristic_function(omega)).abs().max() < 5 / math.sqrt(n)  # each part has se <= 1/sqrt(2n)
+    with pytest.raises(ValueError, match=r"\[M, d\] with d=3"):
+        gm.characteristic_function(torch.zeros(4, 2))
+
+
+def test_mmd2_to_mixture_is_the_u_statistic_and_exact_for_a_point_mass(gen):
+    gm = _mix3(gen)
+    omega, hs = M.mixture_frequencies(gm, n_per_bandwidth=64)
+    q = gm.characteristic_function(omega)
+    x = gm.sample(7, gen)
+    diff = (x[:, None, :] - x[None, :, :]) @ omega.T  # [7, 7, M]
+    off = ~torch.eye(7, dtype=torch.bool)
+    u = torch.cos(diff)[off].mean(0)  # mean_{i != j} cos(omega^T (x_i - x_j))
+    cross = torch.exp(1j * (x @ omega.T)).mean(0)
+    explicit = (u - 2 * (cross * q.conj()).real + q.abs() ** 2).mean()
+    assert M.mmd2_to_mixture(x, gm, omega) == pytest.approx(float(explicit), rel=1e-10)
+    a = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)  # all samples at a: |phi_P|^2 = 1 exactly
+    truth = (torch.exp(1j * (omega @ a)) - q).abs().pow(2).mean()
+    assert M.mmd2_to_mixture(a.expand(5, 3), gm, omega, chunk=2) == pytest.approx(float(truth), rel=1e-12)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3])
+def test_mmd2_to_mixture_is_unbiased(gen, shift):
+    # samples of Q' = Q shifted by `shift`: E estimate = mean_m |phi_Q' - phi_Q|^2 (closed form) at n = 20, 0 for Q
+    gm = _mix3(gen)
+    moved = GaussianMixture(gm.weights, gm.means + shift, gm.covs)
+    omega, _ = M.mixture_frequencies(gm, n_per_bandwidth=32)
+    truth = float((moved.characteristic_function(omega) - gm.characteristic_function(omega)).abs().pow(2).mean())
+    vals = np.array([M.mmd2_to_mixture(moved.sample(20, gen), gm, omega) for _ in range(400)])
+    se = vals.std(ddof=1) / math.sqrt(len(vals))
+    assert abs(vals.mean() - truth) < 4 * se
+    if shift > 0:
+        assert truth > 10 * se
+    else:  # the plug-in |phi_hat - phi_Q|^2 would be biased up by (1 - |phi_Q|^2) / n
+        bias = float((1 - gm.characteristic_function(omega).abs() ** 2).mean() / 20)
+        assert bias > 10 * se
+
+
+def test_mixture_frequencies_bandwidths_and_guards(gen):
+    gm = GaussianMixture([1.0], torch.zeros(1, 4), 1.0)  # N(0, I_4): sqrt(tr Cov) = 2
+    omega, hs = M.mixture_frequencies(gm, n_per_bandwidth=20_000, seed=3)
+    assert hs == pytest.approx([2 / 16, 2 / 8, 2 / 4, 2 / 2])
+    assert omega.shape == (80_000, 4)
+    for k, h in enumerate(hs):  # omega ~ N(0, I / h^2) in block k
+        assert float(omega[k * 20_000:(k + 1) * 20_000].std()) * h == pytest.approx(1.0, abs=0.01)
+    x = gm.sample(300, torch.Generator().manual_seed(1))
+    rep = M.mmd2_to_mixture_by_bandwidth(x, gm, n_per_bandwidth=16, seed=3)
+    small, hs2 = M.mixture_frequencies(gm, n_per_bandwidth=16, seed=3)
+    assert rep["bandwidths"] == hs2 == hs and list(rep["per_bandwidth"]) == hs
+    assert rep["mmd2"] == pytest.approx(M.mmd2_to_mixture(x, gm, small), rel=1e-12)  # equal blocks: mean = whole
+    with pytest.raises(ValueError, match="positive scales"):
+        M.mixture_frequencies(gm, scales=(0.5, -1.0))
+    with pytest.raises(ValueError, match="at least 2"):
+        M.mmd2_to_mixture(torch.zeros(1, 4), gm, omega)
+    with pytest.raises(ValueError, match="d=4 columns"):
+        M.mmd2_to_mixture(torch.zeros(5, 3), gm, omega)
+
+
 # -- mode statistics ---------------------------------------------------------------------------------------------
 
 
