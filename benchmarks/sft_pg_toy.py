@@ -206,6 +206,24 @@ def mixture_row(name: str, seed: int, w: float, args) -> dict:
                             make_draw, args)
 
 
+def kde_label(h: float) -> str:
+    return f"training sample + N(0, {h:g}^2 I) (smoothed bootstrap / KDE)"
+
+
+def kde_row(name: str, seed: int, h: float, args) -> dict:
+    """Draws of the Gaussian kernel density estimate of the 10,000 training points with bandwidth h (a resampled
+    training point plus N(0, h^2 I)): the classic smoothed estimator of a law from its sample, a learner that uses
+    nothing but the training points.  Scanning h shows how close to the data law smoothing the sample can get (choosing
+    h by the held-out metric gives it an oracle's advantage); cached in ``args.work``."""
+    def make_draw(x):
+        def draw(n, g):
+            return x[torch.randint(0, x.shape[0], (n,), generator=g)] + h * torch.randn(n, x.shape[1], generator=g)
+        return draw
+
+    return scored_reference(args.work / f"{name}_seed{seed}_kde{h:g}_{args.eval_draws}.json", name, seed,
+                            make_draw, args)
+
+
 def floors(train_fn, held_fn, n: int, n_exact: int, repeats: int) -> dict:
     out = {k: [] for k in ("paper_sw2", "sw2_1000_heldout", "w2_exact_heldout")}
     for r in range(repeats):
@@ -389,6 +407,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--mixtures", type=float, nargs="+", metavar="W",
                    help=f"add rows of the sampler (1 - W) data + W training sample at the merge; W = 0 is the row "
                         f"'{DATA_ROW}' (a perfect model, scored like one; the ratios are then also given against it)")
+    p.add_argument("--kde", type=float, nargs="+", metavar="H",
+                   help="add rows of the Gaussian KDE of the training points with bandwidth H at the merge (a learner "
+                        "from the sample alone: how far smoothing it goes towards the data law)")
     p.add_argument("--pretrained-from", default=None, help="reuse the cached DDPMs of the run with this --tag")
     p.add_argument("--floor-repeats", type=int)
     p.add_argument("--tag", default="")
@@ -424,6 +445,9 @@ def main(argv: list[str] | None = None) -> dict:
         if args.resampled_reference:
             for s, run in zip(args.seeds, runs, strict=True):
                 run["rows"][RESAMPLED] = resampled_train_row(name, s, args)
+        for h in args.kde or ():
+            for s, run in zip(args.seeds, runs, strict=True):
+                run["rows"][kde_label(h)] = kde_row(name, s, h, args)
         for w in args.mixtures or ():
             for s, run in zip(args.seeds, runs, strict=True):
                 run["rows"][mixture_label(w)] = mixture_row(name, s, w, args)
