@@ -36,10 +36,11 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from scorelab import checkpoints as ckpts
+from scorelab.core.denoisers import NetworkModel
+from scorelab.core.processes import VP
 from scorelab.data.images import load_digits
-from scorelab.denoisers import NetworkModel
-from scorelab.finetune.discriminator import (
+from scorelab.evaluation.metrics import digits_features, fid_from_features, precision_recall
+from scorelab.guidance.discriminator import (
     DiscriminatorConfig,
     ce_terms,
     generate_samples,
@@ -47,14 +48,13 @@ from scorelab.finetune.discriminator import (
     mse_terms,
     train_discriminator,
 )
-from scorelab.guidance import DiscriminatorGuidance
-from scorelab.metrics import digits_features, fid_from_features, precision_recall
+from scorelab.guidance.wrappers import DiscriminatorGuidance
+from scorelab.io import checkpoints as ckpts
 from scorelab.nets import UNet
 from scorelab.plotting import image_grid
-from scorelab.processes import VP
 from scorelab.samplers import SAMPLERS
-from scorelab.schedules import grid_for_nfe
-from scorelab.training import TrainConfig, train
+from scorelab.samplers.budget import grid_for_nfe
+from scorelab.training.loop import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_results  # noqa: E402

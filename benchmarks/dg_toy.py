@@ -42,8 +42,10 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from scorelab.analytic import GaussianMixture
-from scorelab.finetune.discriminator import (
+from scorelab.core.analytic import GaussianMixture
+from scorelab.core.processes import SubVP
+from scorelab.evaluation.metrics import mode_stats, two_sample_floor, w2_exact
+from scorelab.guidance.discriminator import (
     DiscriminatorConfig,
     MixtureLogRatio,
     ce_terms,
@@ -53,12 +55,10 @@ from scorelab.finetune.discriminator import (
     mse_terms,
     train_discriminator,
 )
-from scorelab.guidance import DiscriminatorGuidance
-from scorelab.metrics import mode_stats, two_sample_floor, w2_exact
+from scorelab.guidance.wrappers import DiscriminatorGuidance
 from scorelab.plotting import scatter_panels
-from scorelab.processes import SubVP
 from scorelab.samplers import SAMPLERS
-from scorelab.schedules import grid_for_nfe
+from scorelab.samplers.budget import grid_for_nfe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_results  # noqa: E402

@@ -58,7 +58,20 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_results  # noqa: E402
 
-from scorelab.analytic_dpm import (  # noqa: E402
+from scorelab.core.denoisers import FunctionModel, NetworkModel  # noqa: E402
+from scorelab.core.processes import VP, Discrete  # noqa: E402
+from scorelab.data import load_dataset  # noqa: E402
+from scorelab.data.images import digits_split  # noqa: E402
+from scorelab.evaluation.likelihood import (
+    bits_per_dim,
+    continuous_elbo,
+    dequantize,
+    discrete_elbo,
+    ode_log_likelihood,
+)  # noqa
+from scorelab.evaluation.metrics import digits_features, fid_from_features, sliced_w2  # noqa: E402
+from scorelab.nets import MLP  # noqa: E402
+from scorelab.samplers.analytic_dpm import (
     analytic_variances,
     cost_matrix,
     estimate_gamma,
@@ -68,16 +81,9 @@ from scorelab.analytic_dpm import (  # noqa: E402
     sample_analytic_dpm,
     subsequence_cost,
 )
-from scorelab.data import load_dataset  # noqa: E402
-from scorelab.data.images import digits_split  # noqa: E402
-from scorelab.denoisers import FunctionModel, NetworkModel  # noqa: E402
-from scorelab.hodsm import hodsm_loss  # noqa: E402
-from scorelab.likelihood import bits_per_dim, continuous_elbo, dequantize, discrete_elbo, ode_log_likelihood  # noqa
-from scorelab.losses import DSMLoss, LossConfig  # noqa: E402
-from scorelab.metrics import digits_features, fid_from_features, sliced_w2  # noqa: E402
-from scorelab.nets import MLP  # noqa: E402
-from scorelab.processes import VP, Discrete  # noqa: E402
-from scorelab.training import TrainConfig, train  # noqa: E402
+from scorelab.training.hodsm import hodsm_loss  # noqa: E402
+from scorelab.training.loop import TrainConfig, train  # noqa: E402
+from scorelab.training.losses import DSMLoss, LossConfig  # noqa: E402
 
 VP_PROCESS = VP()
 DDPM = Discrete.from_schedule("linear", 1000)

@@ -42,12 +42,12 @@ from likelihood import (  # noqa: E402
     nll_metrics,
 )
 
+from scorelab.core.denoisers import ClippedModel, NetworkModel  # noqa: E402
 from scorelab.data.images import digits_split  # noqa: E402
-from scorelab.denoisers import ClippedModel, NetworkModel  # noqa: E402
-from scorelab.likelihood import dequantize  # noqa: E402
-from scorelab.losses import DSMLoss, LossConfig  # noqa: E402
+from scorelab.evaluation.likelihood import dequantize  # noqa: E402
 from scorelab.plotting import line_plot  # noqa: E402
-from scorelab.training import TrainConfig, train  # noqa: E402
+from scorelab.training.loop import TrainConfig, train  # noqa: E402
+from scorelab.training.losses import DSMLoss, LossConfig  # noqa: E402
 
 RESULTS = HERE / "results"
 LOSSES = {"simple": LossConfig(proposal="uniform", weighting="eps"),

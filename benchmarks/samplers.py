@@ -68,12 +68,13 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, paired_cells, write_results  # noqa: E402
 
-from scorelab import metrics  # noqa: E402
-from scorelab.analytic import GaussianMixture, random_mixture, ring_mixture  # noqa: E402
-from scorelab.denoisers import CountingModel, DiffusionModel  # noqa: E402
-from scorelab.processes import Discrete  # noqa: E402
+from scorelab.core.analytic import GaussianMixture, random_mixture, ring_mixture  # noqa: E402
+from scorelab.core.denoisers import CountingModel, DiffusionModel  # noqa: E402
+from scorelab.core.processes import Discrete  # noqa: E402
+from scorelab.core.schedules import make_grid, t_from_sigma_hat  # noqa: E402
+from scorelab.evaluation import metrics  # noqa: E402
 from scorelab.samplers import SAMPLERS  # noqa: E402
-from scorelab.schedules import grid_for_nfe, make_grid, t_from_sigma_hat  # noqa: E402
+from scorelab.samplers.budget import grid_for_nfe  # noqa: E402
 
 NFES = (5, 10, 20, 50)
 GRIDS = ("uniform_t", "uniform_log_snr", "karras", "quadratic")
@@ -275,7 +276,7 @@ def scorelab_configs(quick: bool) -> list[dict]:
 def fitted_grid(cfg: dict, model: DiffusionModel, ts: torch.Tensor, nfe: int, opts: dict) -> torch.Tensor:
     """The grid of ``cfg`` refitted by ``scorelab.grid_opt.optimize_grid`` (same steps, endpoints and sampler
     options), once per (method, label, NFE); its report goes to ``FITTED``."""
-    from scorelab.grid_opt import GridFit, optimize_grid
+    from scorelab.samplers.grid_opt import GridFit, optimize_grid
 
     key = (cfg["method"], cfg["label"], nfe)
     if key not in FITTED:
@@ -298,7 +299,7 @@ def run_scorelab(cfg: dict, model: DiffusionModel, x_T: torch.Tensor, nfe: int, 
     grid_kw = {**{k: opts[k] for k in ("K", "n_restart") if k in opts}, **cfg.get("grid_kw", {})}
     ts, _, extra = grid_for_nfe(name, p, nfe, cfg["grid"], return_opts=True, final_zero=cfg["final_zero"], **grid_kw)
     if name == "analytic_dpm":  # Gamma_t at the grid times from fresh data (a precomputation, not counted as NFE)
-        from scorelab.analytic_dpm import estimate_gamma
+        from scorelab.samplers.analytic_dpm import estimate_gamma
 
         g = torch.Generator().manual_seed(77)
         opts["gamma"] = estimate_gamma(model, model.gm.sample(4000, g), ts[:-1], generator=g).gamma

@@ -64,10 +64,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import samplers as bench  # noqa: E402
 from _common import paired_cells, write_results  # noqa: E402
 
-from scorelab import metrics  # noqa: E402
-from scorelab.processes import Discrete  # noqa: E402
+from scorelab.core.processes import Discrete  # noqa: E402
+from scorelab.core.schedules import make_grid  # noqa: E402
+from scorelab.evaluation import metrics  # noqa: E402
 from scorelab.samplers import SAMPLERS  # noqa: E402
-from scorelab.schedules import make_grid  # noqa: E402
 
 T_END = 1e-9  # sigma(T_END) = 1e-5 on DDPM-linear: the flow's end point, t = 0 to far below the errors measured
 N_PROJ = 200  # fixed directions of the coupled sliced W2 (those of samplers.py)

@@ -20,14 +20,14 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from scorelab.core.denoisers import NetworkModel
+from scorelab.core.processes import Discrete
 from scorelab.data import load_digits
-from scorelab.denoisers import NetworkModel
+from scorelab.evaluation.metrics import digits_features, fid_from_features, precision_recall
 from scorelab.finetune.sft_pg import SFTPGConfig, make_policy_grid, rollout, sft_pg
-from scorelab.losses import DSMLoss, LossConfig
-from scorelab.metrics import digits_features, fid_from_features, precision_recall
 from scorelab.nets import UNet
-from scorelab.processes import Discrete
-from scorelab.training import TrainConfig, train
+from scorelab.training.loop import TrainConfig, train
+from scorelab.training.losses import DSMLoss, LossConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_results  # noqa: E402

@@ -33,11 +33,11 @@ import safetensors.torch
 import torch
 from sklearn.datasets import make_moons, make_swiss_roll
 
-from scorelab.denoisers import NetworkModel
+from scorelab.core.denoisers import NetworkModel
+from scorelab.core.processes import Discrete
+from scorelab.evaluation.metrics import sliced_w2, subsample, w2_exact
 from scorelab.finetune.sft_pg import SFTPGConfig, pg_variance, sample_policy, sft_pg
-from scorelab.metrics import sliced_w2, subsample, w2_exact
 from scorelab.nets import StepEmbedMLP
-from scorelab.processes import Discrete
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_results  # noqa: E402

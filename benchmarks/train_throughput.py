@@ -18,12 +18,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
+from scorelab.core.denoisers import NetworkModel  # noqa: E402
+from scorelab.core.processes import VP, Discrete  # noqa: E402
 from scorelab.data import load_dataset  # noqa: E402
-from scorelab.denoisers import NetworkModel  # noqa: E402
-from scorelab.losses import DSMLoss, LossConfig  # noqa: E402
 from scorelab.nets import MLP, UNet  # noqa: E402
-from scorelab.processes import VP, Discrete  # noqa: E402
-from scorelab.training import TrainConfig, train  # noqa: E402
+from scorelab.training.loop import TrainConfig, train  # noqa: E402
+from scorelab.training.losses import DSMLoss, LossConfig  # noqa: E402
 
 
 def case(name: str, steps: int, repeats: int = 3) -> dict:

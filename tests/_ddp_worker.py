@@ -6,10 +6,10 @@ import sys
 
 import torch
 
-from scorelab.denoisers import NetworkModel
+from scorelab.core.denoisers import NetworkModel
+from scorelab.core.processes import VP
 from scorelab.nets import MLP
-from scorelab.processes import VP
-from scorelab.training import TrainConfig, init_distributed, shutdown_distributed, train
+from scorelab.training.loop import TrainConfig, init_distributed, shutdown_distributed, train
 
 CONFIG = TrainConfig(steps=12, batch_size=32, lr=3e-3, warmup_steps=3, grad_clip=1.0, ema_decay=0.9, seed=7,
                      log_every=4, data_shards=2)

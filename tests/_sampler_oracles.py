@@ -2,7 +2,7 @@
 import ot
 import torch
 
-from scorelab.analytic import GaussianMixture
+from scorelab.core.analytic import GaussianMixture
 
 F64 = torch.float64
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from scorelab import Discrete, GaussianMixture
-from scorelab.analytic_dpm import (
+from scorelab.core.processes import linear_betas
+from scorelab.evaluation.likelihood import discrete_elbo, gaussian_prior_kl, reverse_variances
+from scorelab.samplers.analytic_dpm import (
     analytic_variances,
     cost_matrix,
     estimate_gamma,
@@ -18,8 +20,6 @@ from scorelab.analytic_dpm import (
     sample_analytic_dpm,
     subsequence_cost,
 )
-from scorelab.likelihood import discrete_elbo, gaussian_prior_kl, reverse_variances
-from scorelab.processes import linear_betas
 from scorelab.samplers.base import SAMPLERS
 
 PROC = Discrete(linear_betas(100, 1e-3, 0.2))

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from scorelab.cli import main
-from scorelab.experiment import experiment_from_dict, load_experiment
+from scorelab.training.experiment import experiment_from_dict, load_experiment
 
 
 def run(capsys, *args):
@@ -89,7 +89,7 @@ def test_train_then_sample_from_checkpoint(capsys, tmp_path):
 
 
 def test_hodsm_objective_trains_from_config(tmp_path):
-    from scorelab.experiment import run_training
+    from scorelab.training.experiment import run_training
 
     exp = experiment_from_dict({"run_dir": str(tmp_path / "r"), "data": {"name": "moons", "n": 500},
                                 "model": {"net": {"name": "mlp", "width": 16, "depth": 1}},

@@ -8,7 +8,7 @@ from PIL import Image
 from sklearn.datasets import load_digits as sk_digits
 from sklearn.datasets import make_moons, make_swiss_roll
 
-from scorelab.analytic import GaussianMixture
+from scorelab.core.analytic import GaussianMixture
 from scorelab.data import DATASETS, describe_datasets, load_dataset, toy2d
 from scorelab.data.images import digits_split, load_array, load_csv, load_digits, load_image_folder, read_image
 

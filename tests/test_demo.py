@@ -1,8 +1,8 @@
 """The demo's scoring and report: sliced W2 tables, and on the exact oracle the floor-free MMD^2 to its law."""
 import torch
 
-from scorelab.analytic import ring_mixture
-from scorelab.demo import _report, _score
+from scorelab.cli.demo import _report, _score
+from scorelab.core.analytic import ring_mixture
 
 
 def test_demo_scores_oracle_samples_against_the_exact_law_and_reports_both_tables(tmp_path):

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from scorelab.analytic import GaussianMixture, MixtureModel, random_mixture, ring_mixture
-from scorelab.denoisers import (
+from scorelab.core.analytic import GaussianMixture, MixtureModel, random_mixture, ring_mixture
+from scorelab.core.denoisers import (
     ClippedModel,
     CountingModel,
     DiffusionModel,
@@ -17,7 +17,7 @@ from scorelab.denoisers import (
     v_from_eps_x0,
     x0_from_v,
 )
-from scorelab.processes import EDM, VE, VP, Discrete, SubVP, VPCosine
+from scorelab.core.processes import EDM, VE, VP, Discrete, SubVP, VPCosine
 
 PROCS = [VP(), SubVP(), VPCosine(), VE(), EDM(), Discrete.from_schedule("linear", 100)]
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from scorelab.analytic import GaussianMixture
+from scorelab.core.analytic import GaussianMixture
+from scorelab.core.processes import VP, ForwardProcess
 from scorelab.densities import (
     DDS,
     DIS,
@@ -33,7 +34,6 @@ from scorelab.densities import (
     run,
     train,
 )
-from scorelab.processes import VP, ForwardProcess
 
 F64 = torch.float64
 G2 = dict(mean=[1.0, -0.5], cov=[[1.0, 0.3], [0.3, 0.5]], log_Z=1.3)  # exp(1.3) N(m, S): log Z = 1.3

@@ -6,10 +6,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from scorelab import checkpoints as ckpts
-from scorelab.analytic import GaussianMixture
-from scorelab.denoisers import FunctionModel, NetworkModel
-from scorelab.finetune.discriminator import (
+from scorelab.core.analytic import GaussianMixture
+from scorelab.core.denoisers import FunctionModel, NetworkModel
+from scorelab.core.processes import VP
+from scorelab.guidance import DiscriminatorGuidance, guidance_from_spec
+from scorelab.guidance.discriminator import (
     DiscriminatorConfig,
     MixtureLogRatio,
     TrainDiscriminatorCLIConfig,
@@ -24,10 +25,10 @@ from scorelab.finetune.discriminator import (
     train_discriminator,
     train_discriminator_cli,
 )
-from scorelab.guidance import DiscriminatorGuidance, guidance_from_spec, scalar_field_grad
-from scorelab.losses import dsm_loss
+from scorelab.io import checkpoints as ckpts
 from scorelab.nets import MLP
-from scorelab.processes import VP
+from scorelab.nets.heads import scalar_field_grad
+from scorelab.training.losses import dsm_loss
 
 F64 = torch.float64
 MEANS = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]], dtype=F64)

@@ -7,12 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from scorelab.analytic import ring_mixture
 from scorelab.cli import main
-from scorelab.grid_opt import GridFit, grid_from_theta, load_grid, ode_reference, optimize_grid, theta_from_grid
-from scorelab.processes import VP, Discrete
+from scorelab.core.analytic import ring_mixture
+from scorelab.core.processes import VP, Discrete
+from scorelab.core.schedules import make_grid
 from scorelab.samplers import SAMPLERS
-from scorelab.schedules import make_grid
+from scorelab.samplers.grid_opt import (
+    GridFit,
+    grid_from_theta,
+    load_grid,
+    ode_reference,
+    optimize_grid,
+    theta_from_grid,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +51,7 @@ def test_reference_is_the_converged_ode_solution(oracle):
 def test_unipc_reference_matches_a_tight_dopri5(oracle, final_zero):
     """The fixed-step teacher (UniPC-3 on 1000 log-SNR steps) is the same flow as dopri5 at rtol 1e-10 (and the
     same final step to 0); it costs exactly its steps (+1 for the step to 0) in evaluations."""
-    from scorelab.denoisers import CountingModel
+    from scorelab.core.denoisers import CountingModel
 
     x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     tight = ode_reference(oracle, x_T, 1.0, 1e-3, final_zero, rtol=1e-10, atol=1e-10)

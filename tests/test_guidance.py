@@ -2,23 +2,23 @@
 import pytest
 import torch
 
-from scorelab.analytic import GaussianMixture
-from scorelab.denoisers import DiffusionModel
-from scorelab.finetune.discriminator import MixtureLogRatio
+from scorelab.core.analytic import GaussianMixture
+from scorelab.core.denoisers import DiffusionModel
+from scorelab.core.processes import EDM, VP, SubVP
+from scorelab.core.schedules import make_grid
+from scorelab.evaluation.metrics import mode_stats
 from scorelab.guidance import (
     ClassifierFreeGuidance,
     ClassifierGuidance,
     DiscriminatorGuidance,
     EnergyGuidance,
-    TimeConditionedHead,
     guidance_from_spec,
     parse_window,
 )
-from scorelab.metrics import mode_stats
+from scorelab.guidance.discriminator import MixtureLogRatio
 from scorelab.nets import VectorHead
-from scorelab.processes import EDM, VP, SubVP
+from scorelab.nets.heads import TimeConditionedHead
 from scorelab.samplers import SAMPLERS
-from scorelab.schedules import make_grid
 
 F64 = torch.float64
 MEANS = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]], dtype=F64)

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from scorelab import VP, GaussianMixture, NetworkModel, hodsm
-from scorelab.denoisers import DiffusionModel
+from scorelab import VP, GaussianMixture, NetworkModel
+from scorelab.core.denoisers import DiffusionModel
+from scorelab.training import hodsm
 
 MIX = GaussianMixture([0.3, 0.7], [[-1.0, 0.5], [1.0, -0.5]], [[0.2, 0.1], [0.1, 0.15]])
 PROC = VP()

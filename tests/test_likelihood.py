@@ -7,8 +7,9 @@ import torch
 from scipy import integrate
 
 from scorelab import VE, VP, Discrete, GaussianMixture, SubVP
-from scorelab.analytic import random_mixture
-from scorelab.likelihood import (
+from scorelab.core.analytic import random_mixture
+from scorelab.core.processes import linear_betas
+from scorelab.evaluation.likelihood import (
     bits_per_dim,
     continuous_elbo,
     dequantize,
@@ -19,7 +20,6 @@ from scorelab.likelihood import (
     ode_log_likelihood,
     reverse_variances,
 )
-from scorelab.processes import linear_betas
 
 MIX = random_mixture(3, 2, generator=torch.Generator().manual_seed(0))
 TOL = dict(rtol=1e-7, atol=1e-7)

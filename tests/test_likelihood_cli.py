@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from scorelab.checkpoints import load_model, save_checkpoint
-from scorelab.cli import main, oracle_mixture
-from scorelab.denoisers import NetworkModel
-from scorelab.likelihood import ode_log_likelihood
+from scorelab.cli import main
+from scorelab.core.denoisers import NetworkModel
+from scorelab.core.processes import VP
+from scorelab.evaluation.likelihood import ode_log_likelihood
+from scorelab.io.checkpoints import load_model, save_checkpoint
+from scorelab.io.loading import oracle_mixture
 from scorelab.nets import MLP
-from scorelab.processes import VP
 
 
 def run(capsys, *args):
@@ -90,7 +91,7 @@ def test_elbo_flag_gives_bounds_below_the_exact_log_likelihood(capsys):
 
 def test_clip_x0_evaluates_the_clipped_model(capsys, tmp_path):
     """`--clip-x0 LO HI` = the library's ClippedModel; an oracle inside the box is unchanged; bad ranges exit 2."""
-    from scorelab.denoisers import ClippedModel
+    from scorelab.core.denoisers import ClippedModel
 
     torch.manual_seed(0)
     model = NetworkModel(MLP(2, width=32, depth=2), VP(), "eps")

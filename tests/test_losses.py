@@ -6,9 +6,11 @@ import pytest
 import torch
 from scipy import stats
 
-from scorelab.analytic import random_mixture
-from scorelab.denoisers import DiffusionModel, NetworkModel
-from scorelab.losses import (
+from scorelab.core.analytic import random_mixture
+from scorelab.core.denoisers import DiffusionModel, NetworkModel
+from scorelab.core.processes import EDM, VE, VP, Discrete, VPCosine
+from scorelab.nets import MLP
+from scorelab.training.losses import (
     DSMLoss,
     LossConfig,
     dsm_loss,
@@ -17,8 +19,6 @@ from scorelab.losses import (
     sample_times,
     sliced_score_matching_loss,
 )
-from scorelab.nets import MLP
-from scorelab.processes import EDM, VE, VP, Discrete, VPCosine
 
 
 def _g(seed):

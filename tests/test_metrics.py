@@ -8,10 +8,10 @@ import pytest
 import scipy.linalg
 import torch
 
-from scorelab import metrics as M
-from scorelab.analytic import GaussianMixture
+from scorelab.core.analytic import GaussianMixture
 from scorelab.data import toy2d
 from scorelab.data.images import digits_split, load_digits
+from scorelab.evaluation import metrics as M
 
 # -- exact W2 ----------------------------------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scorelab.denoisers import NetworkModel
+from scorelab.core.denoisers import NetworkModel
+from scorelab.core.processes import Discrete
 from scorelab.nets import (
     MLP,
     NETS,
@@ -21,7 +22,6 @@ from scorelab.nets import (
     register_net,
 )
 from scorelab.nets.unet import SelfAttention
-from scorelab.processes import Discrete
 
 
 def _randomize(net, seed=0, scale=0.2):

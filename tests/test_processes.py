@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from scorelab.processes import (
+from scorelab.core.processes import (
     EDM,
     VE,
     VP,

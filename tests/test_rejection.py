@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from scorelab import checkpoints as ckpts
-from scorelab.analytic import GaussianMixture
-from scorelab.denoisers import NetworkModel
-from scorelab.finetune.discriminator import make_discriminator, save_discriminator
-from scorelab.finetune.rejection import (
+from scorelab.core.analytic import GaussianMixture
+from scorelab.core.denoisers import NetworkModel
+from scorelab.core.processes import VP
+from scorelab.evaluation.metrics import mode_stats
+from scorelab.guidance.discriminator import make_discriminator, save_discriminator
+from scorelab.guidance.rejection import (
     RejectConfig,
     budget_log_c,
     calibrate,
@@ -21,9 +22,8 @@ from scorelab.finetune.rejection import (
     rejection_sample,
     sample_with_rejection,
 )
-from scorelab.metrics import mode_stats
+from scorelab.io import checkpoints as ckpts
 from scorelab.nets import MLP
-from scorelab.processes import VP
 
 F64 = torch.float64
 MEANS = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]], dtype=F64)

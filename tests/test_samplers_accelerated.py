@@ -6,8 +6,8 @@ import torch
 from _sampler_oracles import F64, lam_grid, mixture, prior, sliced_w2  # noqa: E402
 from torchdiffeq import odeint
 
-from scorelab.analytic import ring_mixture
-from scorelab.processes import EDM, VP, Discrete
+from scorelab.core.analytic import ring_mixture
+from scorelab.core.processes import EDM, VP, Discrete
 from scorelab.samplers import SAMPLERS
 from scorelab.samplers.accelerated import (
     accel_stoch_transition,

@@ -8,15 +8,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scorelab.analytic import GaussianMixture
-from scorelab.processes import EDM, VE, VP, Discrete, SubVP, VPCosine
+from scorelab.core.analytic import GaussianMixture
+from scorelab.core.processes import EDM, VE, VP, Discrete, SubVP, VPCosine
+from scorelab.core.schedules import make_grid
 from scorelab.samplers import SAMPLERS
 from scorelab.samplers.accelerated import accel_det_1eval_step, accel_det_step
 from scorelab.samplers.base import GridCoefs
 from scorelab.samplers.multistep import ddim_step, dpm_solver_pp_step, dpm_solver_step
 from scorelab.samplers.ode import euler_step, heun_step
 from scorelab.samplers.sde import ddpm_transition
-from scorelab.schedules import make_grid
 
 F64 = torch.float64
 PROCESSES = [VP(), SubVP(), VPCosine(), VE(), EDM(), Discrete.from_schedule("linear", 1000)]

@@ -10,12 +10,12 @@ import ot
 import pytest
 import torch
 
-from scorelab.analytic import GaussianMixture
-from scorelab.processes import EDM, VE, VP, Discrete, SubVP, VPCosine
+from scorelab.core.analytic import GaussianMixture
+from scorelab.core.processes import EDM, VE, VP, Discrete, SubVP, VPCosine
+from scorelab.core.schedules import make_grid
 from scorelab.samplers import SAMPLERS
 from scorelab.samplers.multistep import ddim_transition
 from scorelab.samplers.restart import restart_transition
-from scorelab.schedules import make_grid
 
 F64 = torch.float64
 PROCESSES = [VP(), SubVP(), VPCosine(), VE(), EDM(), Discrete.from_schedule("linear", 1000)]

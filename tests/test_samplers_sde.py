@@ -5,8 +5,8 @@ import pytest
 import torch
 from _sampler_oracles import F64, lam_grid, mixture, prior, sliced_w2  # noqa: E402
 
-from scorelab.analytic import GaussianMixture
-from scorelab.processes import EDM, VE, VP, Discrete, SubVP, VPCosine
+from scorelab.core.analytic import GaussianMixture
+from scorelab.core.processes import EDM, VE, VP, Discrete, SubVP, VPCosine
 from scorelab.samplers import SAMPLERS
 from scorelab.samplers.base import transition_log_prob
 from scorelab.samplers.pc import langevin_transition, sample_annealed_langevin, sample_pc

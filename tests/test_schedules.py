@@ -4,12 +4,10 @@ import math
 import pytest
 import torch
 
-from scorelab.processes import EDM, VE, VP, Discrete, SubVP, VPCosine, li_betas
-from scorelab.samplers import SAMPLERS
-from scorelab.schedules import (
+from scorelab.core.processes import EDM, VE, VP, Discrete, SubVP, VPCosine, li_betas
+from scorelab.core.schedules import (
     GRIDS,
     dpm_solver_orders,
-    grid_for_nfe,
     karras,
     li,
     make_grid,
@@ -18,6 +16,8 @@ from scorelab.schedules import (
     uniform_log_snr,
     uniform_t,
 )
+from scorelab.samplers import SAMPLERS
+from scorelab.samplers.budget import grid_for_nfe
 
 PROCESSES = [VP(), SubVP(), VPCosine(), VE(), EDM(), Discrete.from_schedule("linear", 1000)]
 SMOOTH_GRIDS = ["uniform_t", "uniform_log_snr", "karras", "quadratic"]
@@ -131,7 +131,7 @@ def test_dpm_solver_orders_spend_the_budget(nfe, order):
 @pytest.mark.parametrize("final_zero", [False, True])
 @pytest.mark.parametrize("nfe", [7, 20])
 def test_grid_for_nfe_reports_the_nfe_a_run_uses(name, final_zero, nfe):
-    from scorelab.analytic import GaussianMixture
+    from scorelab.core.analytic import GaussianMixture
 
     p = VP()
     model = GaussianMixture([1.0, 1.0], [[-1.0, 0.0], [1.0, 0.0]], 0.2).as_model(p)

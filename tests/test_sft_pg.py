@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from scorelab.denoisers import DiffusionModel
+from scorelab.core.denoisers import DiffusionModel
+from scorelab.core.processes import Discrete
+from scorelab.evaluation.metrics import sliced_w2
 from scorelab.finetune.sft_pg import (
     SFTPGConfig,
     check_resume_config,
@@ -23,8 +25,6 @@ from scorelab.finetune.sft_pg import (
     sft_pg,
     step_surrogate,
 )
-from scorelab.metrics import sliced_w2
-from scorelab.processes import Discrete
 from scorelab.samplers.accelerated import accel_stoch_noise, sample_accel_stoch
 from scorelab.samplers.base import transition_log_prob
 from scorelab.samplers.multistep import sample_ddim

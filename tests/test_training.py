@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from scorelab.analytic import GaussianMixture
-from scorelab.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint, load_model
-from scorelab.denoisers import NetworkModel
-from scorelab.losses import DSMLoss, LossConfig
+from scorelab.core.analytic import GaussianMixture
+from scorelab.core.denoisers import NetworkModel
+from scorelab.core.processes import VP, Discrete
+from scorelab.io.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint, load_model
 from scorelab.nets import MLP, StepEmbedMLP, UNet
-from scorelab.processes import VP, Discrete
-from scorelab.training import (
+from scorelab.training.loop import (
     BatchIndexer,
     NonFiniteLossError,
     TrainConfig,
@@ -25,6 +24,7 @@ from scorelab.training import (
     train,
     update_ema,
 )
+from scorelab.training.losses import DSMLoss, LossConfig
 
 HERE = Path(__file__).parent
 
@@ -245,7 +245,7 @@ def test_cli_train_under_torchrun_matches_one_process(tmp_path):
            "train": {"steps": 6, "batch_size": 32, "log_every": 3, "data_shards": 2}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = ["-m", "scorelab.cli", "train", "--config", str(tmp_path / "c.yaml"), "--quiet", "--out"]
+    base = ["-m", "scorelab.cli.main", "train", "--config", str(tmp_path / "c.yaml"), "--quiet", "--out"]
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *base,
                           str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=180)
     assert ddp.returncode == 0, ddp.stderr[-3000:]

@@ -1,17 +1,19 @@
 """scorelab: score-based diffusion models in PyTorch.
 
-See ``DESIGN.md`` at the project root of the development tree for the map: forward processes (``processes``), one
-model currency (``denoisers``), exact Gaussian-mixture oracles (``analytic``), samplers over explicit time grids
-(``samplers``), training (``losses``, ``training``), metrics, refinement and density samplers.
+The map is ``DESIGN.md``; the folders name the workflow from the bottom up: ``core`` (forward processes, the model
+currency, exact Gaussian-mixture oracles, time grids), ``nets``, ``data``, ``samplers`` (every sampler, one loop, one
+NFE-budget entry point ``sample``), ``densities`` (samplers for unnormalized densities), ``evaluation``, ``io``
+(checkpoints, model loading), ``training``, ``guidance``, ``finetune``, ``cli``.
 """
-from .analytic import GaussianMixture, MixtureModel
-from .denoisers import ClippedModel, CountingModel, DiffusionModel, FunctionModel, NetworkModel
-from .processes import EDM, VE, VP, Discrete, ForwardProcess, SubVP, VPCosine, process_from_config
-
-__version__ = "0.1.0"
+from ._version import __version__
+from .core.analytic import GaussianMixture, MixtureModel
+from .core.denoisers import ClippedModel, CountingModel, DiffusionModel, FunctionModel, NetworkModel
+from .core.processes import EDM, VE, VP, Discrete, ForwardProcess, SubVP, VPCosine, process_from_config
+from .samplers import SAMPLERS
+from .samplers.budget import run_sampler as sample
 
 __all__ = [
-    "EDM", "VE", "VP", "Discrete", "ForwardProcess", "SubVP", "VPCosine", "process_from_config",
+    "__version__", "EDM", "VE", "VP", "Discrete", "ForwardProcess", "SubVP", "VPCosine", "process_from_config",
     "ClippedModel", "CountingModel", "DiffusionModel", "FunctionModel", "NetworkModel", "GaussianMixture",
-    "MixtureModel",
+    "MixtureModel", "SAMPLERS", "sample",
 ]

@@ -19,18 +19,10 @@ from typing import Callable
 
 import torch
 
-from ..analytic import GaussianMixture
+from ..core.analytic import GaussianMixture
 from . import images, toy2d
 from .images import load_array, load_csv, load_digits, load_image_folder, load_path
-from .toy2d import (
-    checkerboard,
-    eight_gaussians,
-    pinwheel,
-    rings,
-    swiss_roll,
-    twenty_five_gaussians,
-    two_moons,
-)
+from .toy2d import checkerboard, eight_gaussians, pinwheel, rings, swiss_roll, twenty_five_gaussians, two_moons
 
 DEFAULT_TOY_N = 10_000
 

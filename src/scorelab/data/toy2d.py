@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from sklearn.datasets import make_moons, make_swiss_roll
 
-from ..analytic import GaussianMixture, grid_mixture, ring_mixture
+from ..core.analytic import GaussianMixture, grid_mixture, ring_mixture
 
 
 def _check_n(n: int) -> int:

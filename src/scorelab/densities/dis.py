@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from ..processes import VP
+from ..core.processes import VP
 from .controlled import DiffusionSampler, normal_log_prob
 
 

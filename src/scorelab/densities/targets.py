@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from scipy import integrate
 
-from ..analytic import GaussianMixture, grid_mixture
+from ..core.analytic import GaussianMixture, grid_mixture
 
 
 class Target:

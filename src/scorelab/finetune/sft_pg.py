@@ -45,10 +45,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import checkpoints as ckpts
-from ..denoisers import DiffusionModel
-from ..metrics import sliced_w2
-from ..processes import Discrete, ForwardProcess
+from ..core.denoisers import DiffusionModel
+from ..core.processes import Discrete, ForwardProcess
+from ..evaluation.metrics import sliced_w2
+from ..io import checkpoints as ckpts
 from ..samplers.accelerated import accel_stoch_noise, accel_stoch_transition
 from ..samplers.base import check_grid, transition_log_prob
 from ..samplers.multistep import ddim_transition
@@ -155,7 +155,7 @@ def make_policy_grid(process: ForwardProcess, n_steps: int | None = None, grid: 
     ``"native"``: a ``Discrete`` chain's own steps N/N, ..., 1/N, 0 (n_steps must be None or N).  Any other name is a
     ``schedules`` grid with ``final_zero``; on a ``Discrete`` chain its times are rounded to whole steps i/N
     (FastDPM-style subsequences, so step-embedded nets see trained indices)."""
-    from ..schedules import make_grid
+    from ..core.schedules import make_grid
 
     if grid == "native":
         if not isinstance(process, Discrete):
@@ -481,7 +481,7 @@ def generator_step(state: SFTPGState, config: SFTPGConfig) -> float:
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
     state.opt_g.step()
     state.critic.zero_grad(set_to_none=True)
-    from ..training import update_ema
+    from ..training.loop import update_ema
     update_ema(state.ema, state.model, config.ema_decay)
     state.gen_steps += 1
     return float(loss.detach())

@@ -15,11 +15,15 @@ Notation
 from __future__ import annotations
 
 from itertools import pairwise
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._utils import TimeLike, batch_time
+from ..core.denoisers import net_time_input
+from ..core.processes import EDM, Discrete, ForwardProcess
 from .mlp import MLP, ConfigMixin, StepEmbedMLP, TimeLabelEmbedding, _check_int, check_time_input, make_activation
 from .unet import ResBlock, group_norm
 
@@ -115,3 +119,62 @@ class CriticMLP(ConfigMixin, nn.Module):
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"CriticMLP expects x of shape [B, {self.dim}], got {tuple(x.shape)}")
         return _squeeze(self.body(x), self.num_outputs)
+
+
+# -- heads called in process time (discriminators, classifiers, critics) ----------------------------------------
+HEAD_TIME_INPUTS = ("t", "index", "log_snr", "c_noise")
+
+
+ScalarField = Callable[..., torch.Tensor]  # f(x [B, ...], t [B]) -> [B]
+
+
+def _param_dtype(fn) -> torch.dtype | None:
+    """Floating dtype of a module's first parameter (None for plain functions / parameter-free modules)."""
+    for p in getattr(fn, "parameters", lambda: [])():
+        return p.dtype if p.is_floating_point() else None
+    return None
+
+
+def scalar_field_grad(fn: ScalarField, x: torch.Tensor, t: TimeLike, create_graph: bool = False) -> torch.Tensor:
+    """grad_x sum_b fn(x, t)_b for a per-example scalar field ``fn(x [B, ...], t [B]) -> [B]``; shape of ``x``.
+
+    Works inside ``torch.no_grad``.  A module is evaluated in its parameters' dtype and the gradient returned in
+    x's dtype.  With ``create_graph=True`` the result stays differentiable in fn's parameters (needed to train a
+    discriminator through its gradient, J_MSE).  A field that does not depend on x has gradient 0."""
+    dtype = _param_dtype(fn) or x.dtype
+    with torch.enable_grad():
+        x_ = x.to(dtype) if (create_graph and x.requires_grad) else x.detach().to(dtype).requires_grad_(True)
+        t_ = batch_time(t, x_)
+        val = fn(x_, t_)
+        if val.shape != (x.shape[0],):
+            raise ValueError(f"the scalar field must return one value per example [{x.shape[0]}], "
+                             f"got shape {tuple(val.shape)}")
+        if not val.requires_grad:
+            return torch.zeros_like(x)
+        (grad,) = torch.autograd.grad(val.sum(), x_, create_graph=create_graph, allow_unused=True)
+    if grad is None:
+        return torch.zeros_like(x)
+    return (grad if create_graph else grad.detach()).to(x.dtype)
+
+
+class TimeConditionedHead(nn.Module):
+    """A head network ``net(x, t_in) -> logits`` (``nets.VectorHead``/``ImageHead``) called in process time.
+
+    ``time_input`` chooses t_in as for score networks: ``"t"`` (process time; default), ``"index"`` (t N, Discrete
+    processes), ``"log_snr"`` or ``"c_noise"`` (log(sigma/alpha)/4; default for EDM).  ``forward(x, t)`` with t a
+    scalar or ``[B]`` returns ``[B]`` (one output: a discriminator logit) or ``[B, C]`` (class logits)."""
+
+    def __init__(self, net: nn.Module, process: ForwardProcess, time_input: str | None = None):
+        super().__init__()
+        time_input = time_input or ("c_noise" if isinstance(process, EDM) else "t")
+        if time_input not in HEAD_TIME_INPUTS:
+            raise ValueError(f"unknown time_input {time_input!r}; expected one of {HEAD_TIME_INPUTS}")
+        if time_input == "index" and not isinstance(process, Discrete):
+            raise ValueError("time_input='index' needs a Discrete process")
+        self.net, self.process, self.time_input = net, process, time_input
+
+    def net_time(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        return net_time_input(self.process, self.time_input, x, t)
+
+    def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        return self.net(x, self.net_time(x, t).to(x.dtype))

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .._utils import bcast
-from ..denoisers import DiffusionModel
+from ..core.denoisers import DiffusionModel
 from .base import Callback, GridCoefs, TrajectoryRecorder, combine, fexp, fexpm1, fsqrt, register
 from .sde import draw, gaussian_step, prepare
 

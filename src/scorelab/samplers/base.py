@@ -21,7 +21,7 @@ from typing import Callable, Union
 import torch
 
 from .._utils import bcast
-from ..denoisers import CountingModel, DiffusionModel
+from ..core.denoisers import CountingModel, DiffusionModel
 
 Callback = Callable[[dict], None]
 

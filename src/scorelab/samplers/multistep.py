@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ..denoisers import DiffusionModel
+from ..core.denoisers import DiffusionModel
 from .base import (
     Callback,
     GridCoefs,

@@ -31,7 +31,7 @@ from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
 from .._utils import bcast
-from ..denoisers import CountingModel, DiffusionModel
+from ..core.denoisers import CountingModel, DiffusionModel
 from .base import Callback, GridCoefs, TrajectoryRecorder, check_grid, combine, counted, point_coefs, register
 
 # step(i, x, t, s, state) -> (x_next, x0_hat, mean, std, state); mean/std None for deterministic steps

@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._utils import bcast
-from ..denoisers import DiffusionModel
+from ..core.denoisers import DiffusionModel
 from .base import Callback, TrajectoryRecorder, register, step_times
 from .sde import _ddpm_step, _em_step, draw, is_positive, prepare
 

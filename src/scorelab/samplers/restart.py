@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ..denoisers import DiffusionModel
-from ..schedules import karras_between, t_from_sigma_hat
+from ..core.denoisers import DiffusionModel
+from ..core.schedules import karras_between, t_from_sigma_hat
 from .base import Callback, TrajectoryRecorder, gaussian_sample, register, step_times
 from .ode import coefs, heun_step, prepare
 

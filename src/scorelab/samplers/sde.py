@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._utils import bcast
-from ..denoisers import DiffusionModel
+from ..core.denoisers import DiffusionModel
 from .base import (
     Callback,
     GridCoefs,

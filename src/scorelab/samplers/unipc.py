@@ -48,7 +48,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..denoisers import DiffusionModel
+from ..core.denoisers import DiffusionModel
 from .base import Callback, GridCoefs, combine, register
 from .ode import prepare, reaches_zero, run_steps
 

@@ -259,9 +259,9 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device: str | t
     returned in eval mode on ``device``."""
     if ema is not None:
         weights = "ema" if ema else "model"
-    from .denoisers import NetworkModel
-    from .nets import build_net
-    from .processes import process_from_config
+    from ..core.denoisers import NetworkModel
+    from ..core.processes import process_from_config
+    from ..nets import build_net
 
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")

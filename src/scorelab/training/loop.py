@@ -42,9 +42,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import checkpoints as ckpts
+from ..core.processes import Discrete
+from ..io import checkpoints as ckpts
 from .losses import DSMLoss, LossConfig
-from .processes import Discrete
 
 OPTIMIZERS = ("adamw", "adam", "rmsprop")
 LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "time")

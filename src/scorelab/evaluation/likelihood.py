@@ -52,9 +52,9 @@ import torch
 from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
-from ._utils import as_tensor, bcast
-from .denoisers import CountingModel, DiffusionModel
-from .processes import Discrete, ForwardProcess
+from .._utils import as_tensor, bcast
+from ..core.denoisers import CountingModel, DiffusionModel
+from ..core.processes import Discrete, ForwardProcess
 
 PROBES = ("rademacher", "gaussian")
 

@@ -31,7 +31,7 @@ import safetensors.torch
 import scipy.optimize
 import torch
 
-from .. import checkpoints as ckpts
+from ..io import checkpoints as ckpts
 
 METHODS = ("exact", "drs", "budget")
 
@@ -220,7 +220,7 @@ def reject_cli(config: RejectConfig, checkpoint_dir: str | Path, discriminator_p
     """Rejection-sample a pretrained model with a trained discriminator; writes ``out_dir/samples.npy``,
     ``out_dir/samples.safetensors`` and ``out_dir/reject.json`` (acceptance rates, rule, settings)."""
     from ..samplers import SAMPLERS
-    from ..schedules import grid_for_nfe
+    from ..samplers.budget import grid_for_nfe
     from .discriminator import load_discriminator
 
     model = ckpts.load_model(checkpoint_dir, weights=config.weights)

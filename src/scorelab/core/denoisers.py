@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._utils import TimeLike, as_tensor, batch_time, bcast
+from .._utils import TimeLike, as_tensor, batch_time, bcast
 from .processes import Discrete, ForwardProcess
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm")

@@ -11,6 +11,9 @@ import sys
 import textwrap
 from typing import Any, Sequence
 
+from ..io.loading import load_any_model, model_event_shape, oracle_mixture
+from ..samplers.budget import run_sampler
+
 EXAMPLES = """\
 examples:
   scorelab demo --out runs/demo
@@ -62,64 +65,6 @@ def positive_int(text: str) -> int:
     return v
 
 
-def oracle_mixture(spec: str):
-    """``gmm:ring8`` | ``gmm:grid9`` | ``gmm:grid25`` | ``gmm:random-K-D-SEED`` -> GaussianMixture."""
-    import torch
-
-    from . import analytic
-
-    name = spec.split(":", 1)[1] if spec.startswith("gmm:") else spec
-    if name == "ring8":
-        return analytic.ring_mixture(8, 2.0, 0.1)
-    if name == "grid9":
-        return analytic.grid_mixture(3, 5.0, 0.3)
-    if name == "grid25":
-        return analytic.grid_mixture(5, 1.0, 0.05**2)
-    if name.startswith("random-"):
-        try:
-            k, d, seed = (int(v) for v in name.split("-")[1:])
-        except ValueError:
-            raise CLIError(f"bad oracle {spec!r}: expected gmm:random-K-D-SEED, e.g. gmm:random-5-8-0") from None
-        return analytic.random_mixture(k, d, generator=torch.Generator().manual_seed(seed))
-    raise CLIError(f"unknown oracle {spec!r}; expected gmm:ring8, gmm:grid9, gmm:grid25 or gmm:random-K-D-SEED")
-
-
-def make_process(name: str, **params):
-    from .processes import Discrete, process_from_config
-
-    if name.startswith("discrete"):
-        # discrete:linear:1000
-        parts = name.split(":")
-        sched = parts[1] if len(parts) > 1 else "linear"
-        n = int(parts[2]) if len(parts) > 2 else 1000
-        return Discrete.from_schedule(sched, n, **params)
-    return process_from_config({"name": name, **params})
-
-
-def load_any_model(args) -> Any:
-    """A model from ``--checkpoint`` or an exact oracle from ``--model gmm:...`` (+ ``--process``); with
-    ``--clip-x0 LO HI`` its denoiser is projected into [LO, HI] (``ClippedModel``)."""
-    if getattr(args, "checkpoint", None):
-        from .checkpoints import load_model
-
-        if not os.path.exists(args.checkpoint):
-            raise CLIError(f"checkpoint {args.checkpoint!r} does not exist")
-        model = load_model(args.checkpoint, ema=not getattr(args, "no_ema", False))
-    elif getattr(args, "model", None):
-        model = oracle_mixture(args.model).as_model(make_process(args.process))
-    else:
-        raise CLIError("give --checkpoint DIR or --model gmm:NAME")
-    if getattr(args, "clip_x0", None):
-        from .denoisers import ClippedModel
-
-        clipped = ClippedModel(model, tuple(args.clip_x0))
-        for attr in ("event_shape", "mixture"):  # the sample shape and an oracle's data law stay the same
-            if hasattr(model, attr):
-                setattr(clipped, attr, getattr(model, attr))
-        model = clipped
-    return model
-
-
 def config_from_options(cls, options: dict[str, Any], **fixed: Any):
     """Build the frozen dataclass ``cls`` from ``--set key=value`` options (unknown keys are errors)."""
     import dataclasses
@@ -147,14 +92,14 @@ def write_json(path: str, obj: dict) -> None:
 # commands
 # ----------------------------------------------------------------------------------------------
 def cmd_datasets(args) -> int:
-    from .data import describe_datasets
+    from ..data import describe_datasets
 
     print(describe_datasets())
     return 0
 
 
 def cmd_samplers(args) -> int:
-    from .samplers import SAMPLERS
+    from ..samplers import SAMPLERS
 
     rows = [("name", "order", "evals/step", "stochastic", "options", "reference")]
     for s in SAMPLERS.values():
@@ -166,95 +111,13 @@ def cmd_samplers(args) -> int:
     return 0
 
 
-def run_sampler(model, sampler: str, nfe: int, n: int, *, grid: str | None = None, seed: int = 0,
-                options: dict | None = None, shape: tuple[int, ...] | None = None, device: str = "cpu",
-                dtype=None, fit_grid: bool = False, grid_file: str | None = None, fit_out: str | None = None,
-                fit_kw: dict | None = None):
-    """Draw ``n`` samples with ``sampler`` under an NFE budget. Returns (samples, info dict).
-
-    ``fit_grid``: refit the interior grid points to the model's own ODE solution first (``grid_opt``; the report
-    is saved to ``fit_out``; ``fit_kw`` go to ``optimize_grid``, e.g. ``n_samples``, ``max_objective``);
-    ``grid_file``: use a grid saved by an earlier fit instead of a named grid."""
-    import time
-
-    import torch
-
-    from .denoisers import CountingModel
-    from .samplers import SAMPLERS
-    from .schedules import grid_for_nfe
-
-    if sampler not in SAMPLERS:
-        raise CLIError(f"unknown sampler {sampler!r}; run `scorelab samplers` for the list")
-    info = SAMPLERS[sampler]
-    process = model.process
-    ts, nfe_used = grid_for_nfe(sampler, process, nfe, grid=grid)
-    dtype = dtype or torch.float32
-    fit_report = None
-    if grid_file:
-        ts, nfe_used = grid_from_file(grid_file, info, nfe)
-    elif fit_grid:
-        ts, fit_report = fit_sampler_grid(model, sampler, ts, grid or info.default_grid, options, shape, dtype, seed,
-                                          fit_out, fit_kw)
-    g = torch.Generator(device=device).manual_seed(seed)
-    x_T = process.prior_sample((n, *shape), generator=g, device=device, dtype=dtype)
-    counter = CountingModel(model)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        x = info.fn(counter, x_T, ts.to(dtype), generator=g, **(options or {}))
-    wall = time.perf_counter() - t0
-    return x, {"sampler": sampler, "nfe_requested": nfe, "nfe_planned": nfe_used, "nfe_measured_per_batch":
-               counter.nfe, "grid": grid_file or (("fitted:" if fit_grid else "") + (grid or info.default_grid)),
-               "n": n, "seed": seed, "wall_s": wall, "options": options or {}, "grid_fit": fit_report}
-
-
-def grid_from_file(path: str, info, nfe: int):
-    """A saved grid (``GridFit.save`` JSON) checked against the NFE budget -> (ts, planned NFE)."""
-    import math
-
-    from .grid_opt import load_grid
-    from .schedules import SKIP_CORRECTION_AT_ZERO
-
-    try:
-        ts = load_grid(path)
-    except (OSError, ValueError, KeyError) as e:
-        raise CLIError(f"cannot use --grid-file {path!r}: {e}") from None
-    steps = len(ts) - 1
-    zero_last = float(ts[-1]) == 0.0 and info.name in SKIP_CORRECTION_AT_ZERO
-    planned = int(math.ceil((steps - zero_last) * info.evals_per_step + zero_last))
-    if planned > nfe:
-        raise CLIError(f"--grid-file {path!r} has {steps} steps, {planned} evaluations with {info.name!r}, "
-                       f"over the --nfe budget {nfe}")
-    return ts, planned
-
-
-def fit_sampler_grid(model, sampler, ts, init, options, shape, dtype, seed, fit_out, fit_kw=None):
-    """``grid_opt.optimize_grid`` for the budgeted grid ``ts`` (same steps and endpoints); prints the report."""
-    import torch
-
-    from .grid_opt import optimize_grid
-
-    try:
-        fit = optimize_grid(model, sampler, len(ts) - 1, init=init, sampler_opts=options, sample_shape=shape,
-                            dtype=dtype, generator=torch.Generator().manual_seed(10_000 + seed), progress=True,
-                            **(fit_kw or {}))
-    except ValueError as e:
-        raise CLIError(f"--fit-grid: {e}") from None
-    if fit_out:
-        os.makedirs(os.path.dirname(fit_out) or ".", exist_ok=True)
-        fit.save(fit_out)
-    print(f"fitted grid: {fit.objective} to the model's ODE solution (held-out x_T) {fit.heldout_init:.3e} -> "
-          f"{fit.heldout_fit:.3e}, {fit.model_evals} network evaluations spent fitting"
-          + (f"; saved to {fit_out}" if fit_out else ""))
-    return fit.ts, {k: v for k, v in fit.to_json().items() if k not in ("history", "ts")}
-
-
 def apply_guidance(model, args):
     """``--guidance discriminator:PATH`` or ``cfg:LABEL`` (classifier-free, class-conditional checkpoints),
     with ``--scale`` and ``--window lo,hi``; guidance wrappers keep the model currency, so any sampler works."""
     spec = getattr(args, "guidance", None)
     if not spec:
         return model
-    from .guidance import ClassifierFreeGuidance, guidance_from_spec, parse_window
+    from ..guidance import ClassifierFreeGuidance, guidance_from_spec, parse_window
 
     kind, _, value = spec.partition(":")
     if kind == "cfg":
@@ -273,20 +136,11 @@ def apply_guidance(model, args):
     return guided
 
 
-def model_event_shape(model, args) -> tuple[int, ...]:
-    if hasattr(model, "mixture"):
-        return tuple(model.mixture.event_shape)
-    shape = getattr(model, "event_shape", None)
-    if shape is None:
-        raise CLIError("cannot tell the sample shape of this model; the checkpoint JSON must store event_shape")
-    return tuple(shape)
-
-
 def cmd_sample(args) -> int:
     import numpy as np
     import torch
 
-    from . import plotting
+    from .. import plotting
 
     model = load_any_model(args)
     shape = model_event_shape(model, args)
@@ -310,7 +164,7 @@ def cmd_sample(args) -> int:
     elif len(shape) == 3:
         plotting.image_grid(x[:64].clamp(-1, 1), os.path.join(out, "samples.png"))
     if hasattr(model, "mixture"):
-        from .metrics import mode_stats, sliced_w2
+        from ..evaluation.metrics import mode_stats, sliced_w2
 
         ref = model.mixture.sample(min(args.n, 20000), torch.Generator().manual_seed(args.seed + 1))
         info["sliced_w2_to_target"] = sliced_w2(x.reshape(len(x), -1), ref.reshape(len(ref), -1))
@@ -325,7 +179,7 @@ def load_samples(path: str):
     import numpy as np
     import torch
 
-    from .data import load_dataset
+    from ..data import load_dataset
 
     if os.path.exists(path):
         if path.endswith(".npy"):
@@ -342,7 +196,7 @@ def evaluate_against_oracle(x, spec: str) -> dict:
     exact sample of the same size (with that size's two-sample floor for scale)."""
     import torch
 
-    from . import metrics
+    from ..evaluation import metrics
 
     gm = oracle_mixture(spec)
     xf = x.reshape(len(x), -1).double()
@@ -360,7 +214,7 @@ def evaluate_against_oracle(x, spec: str) -> dict:
 
 
 def cmd_evaluate(args) -> int:
-    from . import metrics
+    from ..evaluation import metrics
 
     x = load_samples(args.samples)
     if args.reference.startswith("gmm:"):
@@ -389,12 +243,12 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .experiment import load_experiment, run_training
+    from ..training.experiment import load_experiment, run_training
 
     exp = load_experiment(args.config, overrides=parse_options(args.set))
     run_dir = args.out or exp.run_dir
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: data-parallel, rank 0 writes and reports
-        from .training import init_distributed, shutdown_distributed
+        from ..training.loop import init_distributed, shutdown_distributed
 
         rank, _ = init_distributed()
         result = run_training(exp, run_dir, resume=args.resume, progress=not args.quiet)
@@ -417,7 +271,7 @@ def cmd_demo(args) -> int:
 def cmd_likelihood(args) -> int:
     import torch
 
-    from .likelihood import ode_log_likelihood
+    from ..evaluation.likelihood import ode_log_likelihood
 
     model = load_any_model(args)
     shape = model_event_shape(model, args)
@@ -434,7 +288,7 @@ def cmd_likelihood(args) -> int:
     out = {"mean_log_likelihood": float(ll.mean()), "std_error": float(ll.std() / len(ll) ** 0.5), "n": len(ll),
            "nats_per_dim": float(-ll.mean() / x[0].numel())}
     if x.ndim >= 3:  # images in [-1, 1] from 8-bit pixels: bits/dim of the 8-bit data (likelihood.bits_per_dim)
-        from .likelihood import bits_per_dim
+        from ..evaluation.likelihood import bits_per_dim
 
         out["bits_per_dim"] = float(bits_per_dim(ll, x[0].numel(), scale=args.pixel_scale).mean())
         out["note"] = "bits/dim assumes the samples were uniformly dequantized 8-bit pixels mapped to [-1, 1]"
@@ -451,8 +305,8 @@ def _elbos(model, x, args) -> dict:
     """Mean continuous-time ELBO (importance-sampled t) and, on a ``Discrete`` process, the DDPM ELBO (all steps)."""
     import torch
 
-    from .likelihood import continuous_elbo, discrete_elbo
-    from .processes import Discrete
+    from ..core.processes import Discrete
+    from ..evaluation.likelihood import continuous_elbo, discrete_elbo
 
     g = torch.Generator().manual_seed(args.seed + 1)
     with torch.no_grad():
@@ -467,7 +321,7 @@ def _elbos(model, x, args) -> dict:
 
 
 def cmd_density(args) -> int:
-    from .densities import DensityConfig, run
+    from ..densities import DensityConfig, run
 
     cfg = DensityConfig(target=args.target, method=args.method, loss=args.loss, steps=args.steps,
                         iterations=args.iterations, batch=args.batch, seed=args.seed, dim=args.dim, lr=args.lr,
@@ -482,7 +336,7 @@ def cmd_density(args) -> int:
 
 
 def cmd_finetune_sft_pg(args) -> int:
-    from .finetune.sft_pg import SFTPGConfig, finetune_sft_pg
+    from ..finetune.sft_pg import SFTPGConfig, finetune_sft_pg
 
     if not os.path.exists(args.checkpoint):
         raise CLIError(f"checkpoint {args.checkpoint!r} does not exist")
@@ -495,7 +349,7 @@ def cmd_finetune_sft_pg(args) -> int:
 
 
 def cmd_train_discriminator(args) -> int:
-    from .finetune.discriminator import DiscriminatorConfig, TrainDiscriminatorCLIConfig, train_discriminator_cli
+    from ..guidance.discriminator import DiscriminatorConfig, TrainDiscriminatorCLIConfig, train_discriminator_cli
 
     if not os.path.exists(args.checkpoint):
         raise CLIError(f"checkpoint {args.checkpoint!r} does not exist")
@@ -514,7 +368,7 @@ def cmd_train_discriminator(args) -> int:
 
 
 def cmd_reject(args) -> int:
-    from .finetune.rejection import RejectConfig, reject_cli
+    from ..guidance.rejection import RejectConfig, reject_cli
 
     for path in (args.checkpoint, args.discriminator):
         if not os.path.exists(path) and not os.path.exists(path + ".json"):

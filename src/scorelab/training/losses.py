@@ -52,7 +52,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from .processes import Discrete, ForwardProcess
+from ..core.processes import Discrete, ForwardProcess
 
 PROPOSALS = ("uniform", "discrete", "lognormal", "importance")
 WEIGHTINGS = ("eps", "likelihood", "x0", "snr", "min_snr", "edm")

@@ -35,12 +35,13 @@ import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
-from .. import checkpoints as ckpts
 from .._utils import TimeLike, as_tensor, bcast
-from ..analytic import GaussianMixture
-from ..denoisers import DiffusionModel
-from ..guidance import TimeConditionedHead, scalar_field_grad
-from ..processes import ForwardProcess
+from ..core.analytic import GaussianMixture
+from ..core.denoisers import DiffusionModel
+from ..core.processes import ForwardProcess
+from ..io import checkpoints as ckpts
+from ..nets.heads import TimeConditionedHead, scalar_field_grad
+from .wrappers import DiscriminatorGuidance, parse_window
 
 OBJECTIVES = ("ce", "mse", "mse+ce")
 LAMBDAS = ("sigma2", "one", "g2")
@@ -97,8 +98,8 @@ def save_discriminator(path: str | Path, disc: TimeConditionedHead, config: Disc
 
 def load_discriminator(path: str | Path, device: str | torch.device = "cpu") -> TimeConditionedHead:
     """Rebuild a discriminator saved by ``save_discriminator`` (stem, .json or .safetensors path), in eval mode."""
+    from ..core.processes import process_from_config
     from ..nets import build_net
-    from ..processes import process_from_config
 
     ckpt = ckpts.load_checkpoint(path)
     if ckpt.meta.get("extra", {}).get("kind") != KIND:
@@ -305,7 +306,7 @@ def generate_samples(model: DiffusionModel, n: int, shape: tuple[int, ...], *, s
     With ``cache_dir`` the samples are stored as ``samples_<key>.safetensors`` (+ ``.json`` with the settings), key =
     hash of (model fingerprint, settings); a later call with the same key loads them instead of sampling."""
     from ..samplers import SAMPLERS
-    from ..schedules import grid_for_nfe
+    from ..samplers.budget import grid_for_nfe
 
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
@@ -384,6 +385,24 @@ def train_discriminator_cli(config: TrainDiscriminatorCLIConfig, checkpoint_dir:
     ckpts.atomic_write_bytes(out / "train_discriminator.json",
                              json.dumps(summary, indent=1, default=str).encode())
     return summary
+
+
+def guidance_from_spec(model: DiffusionModel, spec: str, scale: float = 1.0,
+                       window: tuple[float, float] | str | None = None, device: str | torch.device = "cpu"):
+    """Build a guided model from the CLI form ``"discriminator:PATH"`` (a discriminator saved by
+    ``guidance.discriminator.save_discriminator``); ``window`` may be ``(t_lo, t_hi)`` or ``"t_lo,t_hi"``."""
+    kind, sep, path = str(spec).partition(":")
+    if kind != "discriminator" or not sep or not path:
+        raise ValueError(f"guidance spec must be 'discriminator:PATH', got {spec!r}")
+    from .discriminator import load_discriminator
+
+    if isinstance(window, str):
+        window = parse_window(window)
+    disc = load_discriminator(path, device=device)
+    if disc.process.config() != model.process.config():
+        raise ValueError(f"the discriminator was trained on process {disc.process.config()}, the model uses "
+                         f"{model.process.config()}")
+    return DiscriminatorGuidance(model, disc, scale, window)
 
 
 __all__ = ["OBJECTIVES", "LAMBDAS", "MixtureLogRatio", "make_discriminator", "save_discriminator",

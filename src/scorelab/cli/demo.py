@@ -27,7 +27,7 @@ DEMO_FIT = {"n_samples": 256, "n_heldout": 256, "max_objective": 150}
 
 
 def _demo_experiment(out: Path, quick: bool):
-    from .experiment import experiment_from_dict
+    from ..training.experiment import experiment_from_dict
 
     steps = 400 if quick else 5000
     return experiment_from_dict({
@@ -42,15 +42,15 @@ def _demo_experiment(out: Path, quick: bool):
 
 
 def _budget_ok(name: str, nfe: int) -> bool:
-    from .samplers import SAMPLERS
+    from ..samplers import SAMPLERS
 
     e = SAMPLERS[name].evals_per_step
     return not (math.isnan(e) or e > nfe)
 
 
 def _sample_all(model, nfes, n, seed, dtype):
-    from .cli import run_sampler
-    from .samplers import SAMPLERS
+    from ..samplers import SAMPLERS
+    from ..samplers.budget import run_sampler
 
     out: dict[str, dict[int, tuple[torch.Tensor, dict]]] = {}
     for name in SAMPLERS:
@@ -77,7 +77,7 @@ def _sample_all(model, nfes, n, seed, dtype):
 def _score(results, reference, mixture=None):
     """Sliced W2 and MMD^2 to the held-out ``reference``; with the exact ``mixture`` also the unbiased MMD^2 to its
     law (``metrics.mmd2_to_mixture_by_bandwidth``: no two-sample floor)."""
-    from .metrics import mmd2_to_mixture_by_bandwidth, mmd2_unbiased, sliced_w2
+    from ..evaluation.metrics import mmd2_to_mixture_by_bandwidth, mmd2_unbiased, sliced_w2
 
     table: dict[str, dict[str, dict]] = {}
     for name, by_nfe in results.items():
@@ -95,7 +95,7 @@ def _score(results, reference, mixture=None):
 
 
 def _plots(results, table, reference, out: Path, floor: float, tag: str, nfe_show: int):
-    from . import plotting
+    from .. import plotting
 
     panels = {f"{n} ({r[nfe_show][1].get('nfe_planned')} NFE)": r[nfe_show][0] for n, r in results.items()
               if nfe_show in r and r[nfe_show][0] is not None}
@@ -144,12 +144,12 @@ def _report(out: Path, meta: dict, tables: dict, floors: dict, nfes) -> None:
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", quick: bool = False, seed: int = 0) -> dict:
-    from . import __version__
-    from .analytic import ring_mixture
-    from .data import load_dataset
-    from .experiment import run_training
-    from .metrics import sliced_w2
-    from .processes import VP
+    from .._version import __version__
+    from ..core.analytic import ring_mixture
+    from ..core.processes import VP
+    from ..data import load_dataset
+    from ..evaluation.metrics import sliced_w2
+    from ..training.experiment import run_training
 
     t0 = time.perf_counter()
     out = Path(out)

@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .denoisers import DiffusionModel
-from .schedules import make_grid
+from ..core.denoisers import DiffusionModel
+from ..core.schedules import make_grid
 
 _F64 = torch.float64
 
@@ -123,7 +123,7 @@ def ode_reference(model: DiffusionModel, x_T: torch.Tensor, t_max: float, t_min:
       ``steps`` evaluations.  With exact scores of a 16-d mixture and 1000 steps it is 3.6e-6 (RMS) from dopri5 at
       rtol 1e-11, where dopri5 at rtol 1e-7 is 3e-3 off: the better teacher once a sampler's own error is that
       small (NFE >= 50)."""
-    from .samplers import SAMPLERS
+    from . import SAMPLERS
 
     if method not in REFERENCES:
         raise ValueError(f"unknown reference solver {method!r}; expected one of {REFERENCES}")
@@ -160,8 +160,8 @@ def optimize_grid(model: DiffusionModel, sampler: str, n_steps: int, *, init: st
     from scipy.optimize import minimize
     from tqdm.auto import tqdm
 
-    from .denoisers import CountingModel
-    from .samplers import SAMPLERS
+    from ..core.denoisers import CountingModel
+    from . import SAMPLERS
 
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")

@@ -35,7 +35,7 @@ import scipy.stats
 import torch
 from tqdm.auto import tqdm
 
-from .analytic import GaussianMixture
+from ..core.analytic import GaussianMixture
 
 
 def _np2d(x, name: str = "x") -> np.ndarray:
@@ -421,7 +421,7 @@ def _init_params(net: torch.nn.Module, g: torch.Generator) -> None:
 def train_digits_classifier(seed: int = 0, progress: bool = False) -> tuple[DigitsClassifier, dict]:
     """Train the FID-digits CNN deterministically from ``seed`` on a stratified 80% split of sklearn digits (Adam,
     small random shifts as augmentation) -> (model in eval mode, metadata with the held-out accuracy)."""
-    from .data.images import digits_split
+    from ..data.images import digits_split
 
     cfg = _DIGITS_CONFIG
     xtr, ytr, xte, yte = digits_split(cfg["test_fraction"], seed=0)
@@ -510,7 +510,7 @@ def fid_digits(samples, reference=None, cache_dir: str | Path | None = None) -> 
     """FID-digits: Frechet distance between digits-CNN features of ``samples [N, 1, 8, 8]`` and of ``reference``
     (default: all 1797 sklearn digits).  Not Inception FID; only comparable with other FID-digits values."""
     if reference is None:
-        from .data.images import load_digits
+        from ..data.images import load_digits
         reference = load_digits()[0]
     return fid_from_features(digits_features(samples, cache_dir), digits_features(reference, cache_dir))
 

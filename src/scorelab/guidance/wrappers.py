@@ -26,14 +26,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import nn
 
-from ._utils import TimeLike, as_tensor, batch_time, bcast
-from .denoisers import DiffusionModel, net_time_input
-from .processes import EDM, Discrete, ForwardProcess
-
-HEAD_TIME_INPUTS = ("t", "index", "log_snr", "c_noise")
-ScalarField = Callable[..., torch.Tensor]  # f(x [B, ...], t [B]) -> [B]
+from .._utils import TimeLike, as_tensor, bcast
+from ..core.denoisers import DiffusionModel
+from ..nets.heads import ScalarField, scalar_field_grad
 
 
 def check_window(window: tuple[float, float] | None) -> tuple[float, float] | None:
@@ -60,58 +56,6 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
         return check_window((float(parts[0]), float(parts[1])))
     except ValueError:
         raise ValueError(f"window must be written 't_lo,t_hi' (two numbers), got {text!r}") from None
-
-
-def _param_dtype(fn) -> torch.dtype | None:
-    """Floating dtype of a module's first parameter (None for plain functions / parameter-free modules)."""
-    for p in getattr(fn, "parameters", lambda: [])():
-        return p.dtype if p.is_floating_point() else None
-    return None
-
-
-def scalar_field_grad(fn: ScalarField, x: torch.Tensor, t: TimeLike, create_graph: bool = False) -> torch.Tensor:
-    """grad_x sum_b fn(x, t)_b for a per-example scalar field ``fn(x [B, ...], t [B]) -> [B]``; shape of ``x``.
-
-    Works inside ``torch.no_grad``.  A module is evaluated in its parameters' dtype and the gradient returned in
-    x's dtype.  With ``create_graph=True`` the result stays differentiable in fn's parameters (needed to train a
-    discriminator through its gradient, J_MSE).  A field that does not depend on x has gradient 0."""
-    dtype = _param_dtype(fn) or x.dtype
-    with torch.enable_grad():
-        x_ = x.to(dtype) if (create_graph and x.requires_grad) else x.detach().to(dtype).requires_grad_(True)
-        t_ = batch_time(t, x_)
-        val = fn(x_, t_)
-        if val.shape != (x.shape[0],):
-            raise ValueError(f"the scalar field must return one value per example [{x.shape[0]}], "
-                             f"got shape {tuple(val.shape)}")
-        if not val.requires_grad:
-            return torch.zeros_like(x)
-        (grad,) = torch.autograd.grad(val.sum(), x_, create_graph=create_graph, allow_unused=True)
-    if grad is None:
-        return torch.zeros_like(x)
-    return (grad if create_graph else grad.detach()).to(x.dtype)
-
-
-class TimeConditionedHead(nn.Module):
-    """A head network ``net(x, t_in) -> logits`` (``nets.VectorHead``/``ImageHead``) called in process time.
-
-    ``time_input`` chooses t_in as for score networks: ``"t"`` (process time; default), ``"index"`` (t N, Discrete
-    processes), ``"log_snr"`` or ``"c_noise"`` (log(sigma/alpha)/4; default for EDM).  ``forward(x, t)`` with t a
-    scalar or ``[B]`` returns ``[B]`` (one output: a discriminator logit) or ``[B, C]`` (class logits)."""
-
-    def __init__(self, net: nn.Module, process: ForwardProcess, time_input: str | None = None):
-        super().__init__()
-        time_input = time_input or ("c_noise" if isinstance(process, EDM) else "t")
-        if time_input not in HEAD_TIME_INPUTS:
-            raise ValueError(f"unknown time_input {time_input!r}; expected one of {HEAD_TIME_INPUTS}")
-        if time_input == "index" and not isinstance(process, Discrete):
-            raise ValueError("time_input='index' needs a Discrete process")
-        self.net, self.process, self.time_input = net, process, time_input
-
-    def net_time(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        return net_time_input(self.process, self.time_input, x, t)
-
-    def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        return self.net(x, self.net_time(x, t).to(x.dtype))
 
 
 class GuidedModel(DiffusionModel):
@@ -172,7 +116,7 @@ class DiscriminatorGuidance(GuidedModel):
     """Discriminator guidance (Kim et al. 2023; thesis ch. 3): c = grad_x log(d/(1-d)) = grad_x l(x, t).
 
     ``discriminator(x, t) -> [B]`` returns the logit l = log r (a ``TimeConditionedHead`` with one output, the
-    exact ``finetune.discriminator.MixtureLogRatio`` or any function of the same form)."""
+    exact ``guidance.discriminator.MixtureLogRatio`` or any function of the same form)."""
 
     def __init__(self, base: DiffusionModel, discriminator: ScalarField, scale: float = 1.0,
                  window: tuple[float, float] | None = None):
@@ -267,23 +211,5 @@ class ClassifierFreeGuidance(DiffusionModel):
         return e_c + w * (e_c - e_u)
 
 
-def guidance_from_spec(model: DiffusionModel, spec: str, scale: float = 1.0,
-                       window: tuple[float, float] | str | None = None, device: str | torch.device = "cpu"):
-    """Build a guided model from the CLI form ``"discriminator:PATH"`` (a discriminator saved by
-    ``finetune.discriminator.save_discriminator``); ``window`` may be ``(t_lo, t_hi)`` or ``"t_lo,t_hi"``."""
-    kind, sep, path = str(spec).partition(":")
-    if kind != "discriminator" or not sep or not path:
-        raise ValueError(f"guidance spec must be 'discriminator:PATH', got {spec!r}")
-    from .finetune.discriminator import load_discriminator
-
-    if isinstance(window, str):
-        window = parse_window(window)
-    disc = load_discriminator(path, device=device)
-    if disc.process.config() != model.process.config():
-        raise ValueError(f"the discriminator was trained on process {disc.process.config()}, the model uses "
-                         f"{model.process.config()}")
-    return DiscriminatorGuidance(model, disc, scale, window)
-
-
 __all__ = ["GuidedModel", "DiscriminatorGuidance", "ClassifierGuidance", "ClassifierFreeGuidance", "EnergyGuidance",
-           "TimeConditionedHead", "scalar_field_grad", "check_window", "parse_window", "guidance_from_spec"]
+           "check_window", "parse_window"]

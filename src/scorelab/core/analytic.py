@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ._utils import TimeLike, as_tensor
+from .._utils import TimeLike, as_tensor
 from .denoisers import DiffusionModel
 from .processes import ForwardProcess
 

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 import yaml
 
+from .loop import TrainConfig
 from .losses import LossConfig
-from .training import TrainConfig
 
 SECTIONS = ("run_dir", "data", "process", "model", "loss", "objective", "train")
 
@@ -154,9 +154,9 @@ def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = 
 
 def build_model(exp: ExperimentConfig, event_shape: tuple[int, ...]):
     """The ``NetworkModel`` of an experiment; net dimensions not given are filled from the data shape."""
-    from .denoisers import NetworkModel
-    from .nets import build_net
-    from .processes import process_from_config
+    from ..core.denoisers import NetworkModel
+    from ..core.processes import process_from_config
+    from ..nets import build_net
 
     process = process_from_config(exp.process)
     net_cfg = dict(exp.model.net)
@@ -182,8 +182,8 @@ def run_training(exp: ExperimentConfig, run_dir: str | os.PathLike | None = None
                  progress: bool = True) -> dict[str, Any]:
     """Load data, build the model, train; the run folder gets config.yaml, log.csv and checkpoints (under
     ``torch.distributed`` every rank trains on its shards of each global batch and rank 0 writes)."""
-    from .data import load_dataset
-    from .training import dist_info, train
+    from ..data import load_dataset
+    from .loop import dist_info, train
 
     run_dir = Path(run_dir or exp.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -208,8 +208,8 @@ def run_training(exp: ExperimentConfig, run_dir: str | os.PathLike | None = None
 
 def _plot_log(run_dir: Path) -> None:
     """``loss.png`` from the run's CSV log (rank 0 wrote it)."""
-    from .plotting import line_plot
-    from .training import read_log
+    from ..plotting import line_plot
+    from .loop import read_log
 
     rows = read_log(run_dir) if (run_dir / "log.csv").exists() else []
     if rows:

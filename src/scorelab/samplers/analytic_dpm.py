@@ -37,10 +37,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ._utils import as_tensor, bcast
-from .denoisers import DiffusionModel
-from .processes import Discrete, ForwardProcess
-from .samplers.base import TrajectoryRecorder, check_grid, counted, gaussian_sample, register, step_times
+from .._utils import as_tensor, bcast
+from ..core.denoisers import DiffusionModel
+from ..core.processes import Discrete, ForwardProcess
+from .base import TrajectoryRecorder, check_grid, counted, gaussian_sample, register, step_times
 
 
 # -- Gamma ----------------------------------------------------------------------------------------------------------

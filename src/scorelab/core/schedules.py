@@ -151,11 +151,6 @@ def make_grid(name: str, process: ForwardProcess, n: int, **kwargs) -> torch.Ten
         raise ValueError(f"bad options for grid {name!r}: {e}") from None
 
 
-# -- NFE budgets -------------------------------------------------------------------------------------------------
-#: samplers whose step into t = 0 is a single (first-order) evaluation instead of ``evals_per_step``
-SKIP_CORRECTION_AT_ZERO = {"heun", "edm", "restart", "dpm_solver_2", "dpm_solver_3"}
-
-
 def dpm_solver_orders(nfe: int, order: int) -> list[int]:
     """Per-step orders spending exactly ``nfe`` evaluations (Lu et al. 2022, sec. 3.4, "DPM-Solver-fast"):
     order 3: K = nfe//3 + 1 steps, [3]*(K-2)+[2,1] / [3]*(K-1)+[1] / [3]*(K-1)+[2] for nfe % 3 = 0 / 1 / 2;
@@ -172,54 +167,3 @@ def dpm_solver_orders(nfe: int, order: int) -> list[int]:
     raise ValueError(f"DPM-Solver order must be 1, 2 or 3, got {order}")
 
 
-def _steps_for_budget(name: str, e: float, nfe: int, final_zero: bool) -> tuple[int, int]:
-    """(n grid steps before an optional final step to 0, NFE used) for a sampler with e evaluations per step."""
-    last = 1 if (final_zero and name in SKIP_CORRECTION_AT_ZERO) else (e if final_zero else 0)
-    n = int(math.floor((nfe - last) / e + 1e-9))
-    if n < 1:
-        raise ValueError(f"NFE budget {nfe} is too small for sampler {name!r} ({e:g} evaluations per step"
-                         f"{', plus the final step to 0' if final_zero else ''}); need at least {int(e + last)}")
-    return n, int(round(n * e + last))
-
-
-def grid_for_nfe(sampler_name: str, process: ForwardProcess, nfe: int, grid: str | None = None, *,
-                 return_opts: bool = False, **kw):
-    """Grid for ``sampler_name`` that spends at most ``nfe`` network evaluations.
-
-    Returns ``(ts, nfe_used)``, or ``(ts, nfe_used, opts)`` with ``return_opts=True``, where ``opts`` are sampler
-    options needed to realise the budget: for ``dpm_solver_2/3`` they are the mixed per-step ``orders`` of
-    Lu et al. 2022 (sec. 3.4) that spend the budget exactly; without ``return_opts`` these samplers run their fixed
-    order and the grid uses whole steps only.  ``restart`` takes ``K`` and ``n_restart`` in ``kw`` (its restart
-    evaluations are subtracted first).  ``kw`` go to ``make_grid`` (t_max, t_min, final_zero, rho, ...)."""
-    from .samplers import SAMPLERS  # lazy: the samplers import this module
-
-    if sampler_name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler_name!r}; expected one of {sorted(SAMPLERS)}")
-    if int(nfe) != nfe or nfe < 1:
-        raise ValueError(f"nfe must be an integer >= 1, got {nfe}")
-    info, nfe = SAMPLERS[sampler_name], int(nfe)
-    e, grid, final_zero = info.evals_per_step, grid or info.default_grid, bool(kw.get("final_zero", False))
-    if not (e > 0 and math.isfinite(e)):
-        raise ValueError(f"sampler {sampler_name!r} is adaptive (no fixed evaluations per step); its NFE is "
-                         "measured after the run, not budgeted")
-    opts: dict = {}
-    restart_nfe = 0
-    if sampler_name == "restart":
-        from .samplers.restart import DEFAULT_K, DEFAULT_N_RESTART
-
-        restart_nfe = 2 * int(kw.pop("K", DEFAULT_K)) * int(kw.pop("n_restart", DEFAULT_N_RESTART))
-        if nfe - restart_nfe < 1:
-            raise ValueError(f"NFE budget {nfe} does not cover the {restart_nfe} restart evaluations")
-    if return_opts and sampler_name in ("dpm_solver_2", "dpm_solver_3"):
-        orders = dpm_solver_orders(nfe - (1 if final_zero else 0), int(sampler_name[-1])) if nfe > final_zero \
-            else []
-        if not orders:
-            raise ValueError(f"NFE budget {nfe} is too small for {sampler_name!r} with a final step to 0")
-        opts["orders"] = orders + ([1] if final_zero else [])
-        ts = make_grid(grid, process, len(orders), **kw)
-        return ts, sum(opts["orders"]), opts
-    n, used = _steps_for_budget(sampler_name, e, nfe - restart_nfe, final_zero)
-    ts = make_grid(grid, process, n, **kw)
-    if len(ts) - 1 - final_zero != n:  # a grid that merged points ("li") runs fewer steps
-        used -= int(round((n - (len(ts) - 1 - final_zero)) * e))
-    return (ts, used + restart_nfe, opts) if return_opts else (ts, used + restart_nfe)

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ._utils import TimeLike, as_tensor, bcast, check_positive
+from .._utils import TimeLike, as_tensor, bcast, check_positive
 
 
 class ForwardProcess:

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import torch
 
-from ._utils import bcast
-from .denoisers import DiffusionModel
-from .likelihood import make_probes
+from .._utils import bcast
+from ..core.denoisers import DiffusionModel
+from ..evaluation.likelihood import make_probes
 
 DIVERGENCES = ("exact", "hutchinson")
 
