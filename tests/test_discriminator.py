@@ -6,6 +6,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from scorelab.cli.guidance import TrainDiscriminatorOptions, train_discriminator_from_options
 from scorelab.core.analytic import GaussianMixture
 from scorelab.core.denoisers import FunctionModel, NetworkModel
 from scorelab.core.processes import VP
@@ -13,7 +14,6 @@ from scorelab.guidance import DiscriminatorGuidance, guidance_from_spec
 from scorelab.guidance.discriminator import (
     DiscriminatorConfig,
     MixtureLogRatio,
-    TrainDiscriminatorCLIConfig,
     ce_terms,
     discriminator_loss,
     generate_samples,
@@ -23,7 +23,6 @@ from scorelab.guidance.discriminator import (
     mse_terms,
     save_discriminator,
     train_discriminator,
-    train_discriminator_cli,
 )
 from scorelab.io import checkpoints as ckpts
 from scorelab.nets import MLP
@@ -201,10 +200,10 @@ def test_save_load_and_guidance_spec(tmp_path):
 def test_train_discriminator_cli(tmp_path):
     torch.manual_seed(0)
     ckpts.save_checkpoint(tmp_path / "ckpt", NetworkModel(MLP(2, width=16, depth=1), PROCESS), step=1)
-    cfg = TrainDiscriminatorCLIConfig(data="8gaussians", data_n=256, n_generated=128, sampler="euler", nfe=8,
+    cfg = TrainDiscriminatorOptions(data="8gaussians", data_n=256, n_generated=128, sampler="euler", nfe=8,
                                       head={"width": 16, "depth": 1}, progress=False)
     cfg = cfg.with_train(objective="mse+ce", gamma=0.1, steps=10, batch_size=32, log_every=5)
-    summary = train_discriminator_cli(cfg, tmp_path / "ckpt", tmp_path / "out")
+    summary = train_discriminator_from_options(cfg, tmp_path / "ckpt", tmp_path / "out")
     assert (tmp_path / "out" / "discriminator.safetensors").is_file()
     assert len(list((tmp_path / "out" / "cache").glob("samples_*.safetensors"))) == 1
     saved = json.loads((tmp_path / "out" / "train_discriminator.json").read_text())

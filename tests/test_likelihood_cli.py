@@ -48,8 +48,7 @@ def test_oracle_hutchinson_is_unbiased_within_its_error_bar(capsys):
 def test_checkpoint_and_sample_file_agree_with_the_library(capsys, tmp_path):
     torch.manual_seed(0)
     model = NetworkModel(MLP(2, width=32, depth=2), VP(), "eps")
-    model.event_shape = (2,)
-    save_checkpoint(tmp_path / "ckpt", model, ema_model=model)
+    save_checkpoint(tmp_path / "ckpt", model, ema_model=model, event_shape=(2,))
     x = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
     np.save(tmp_path / "x.npy", x.numpy())
     code, out, _ = run(capsys, "likelihood", "--checkpoint", str(tmp_path / "ckpt.json"), "--samples",
@@ -63,8 +62,7 @@ def test_checkpoint_and_sample_file_agree_with_the_library(capsys, tmp_path):
 
 def test_checkpoint_without_samples_is_a_clear_error(capsys, tmp_path):
     model = NetworkModel(MLP(2, width=8, depth=1), VP(), "eps")
-    model.event_shape = (2,)
-    save_checkpoint(tmp_path / "ckpt", model, ema_model=model)
+    save_checkpoint(tmp_path / "ckpt", model, ema_model=model, event_shape=(2,))
     code, _, err = run(capsys, "likelihood", "--checkpoint", str(tmp_path / "ckpt.json"))
     assert code == 2 and "--samples" in err
 
@@ -95,8 +93,7 @@ def test_clip_x0_evaluates_the_clipped_model(capsys, tmp_path):
 
     torch.manual_seed(0)
     model = NetworkModel(MLP(2, width=32, depth=2), VP(), "eps")
-    model.event_shape = (2,)
-    save_checkpoint(tmp_path / "ckpt", model, ema_model=model)
+    save_checkpoint(tmp_path / "ckpt", model, ema_model=model, event_shape=(2,))
     x = torch.rand(16, 2, generator=torch.Generator().manual_seed(1)) - 0.5
     np.save(tmp_path / "x.npy", x.numpy())
     common = ["likelihood", "--checkpoint", str(tmp_path / "ckpt.json"), "--samples", str(tmp_path / "x.npy"),

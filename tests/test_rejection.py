@@ -18,7 +18,7 @@ from scorelab.guidance.rejection import (
     calibrate,
     drs_gamma_for_quantile,
     drs_log_acceptance,
-    reject_cli,
+    reject_to_folder,
     rejection_sample,
     sample_with_rejection,
 )
@@ -129,7 +129,7 @@ def test_reject_cli(tmp_path):
     save_discriminator(tmp_path / "disc", make_discriminator((2,), process, width=16, depth=1))
     cfg = RejectConfig(n=100, method="budget", K=2.0, sampler="euler", nfe=8, batch_size=200)
     with pytest.warns(UserWarning, match="no EMA"):
-        report = reject_cli(cfg, tmp_path / "ckpt", tmp_path / "disc", tmp_path / "out")
+        report = reject_to_folder(cfg, tmp_path / "ckpt", tmp_path / "disc", tmp_path / "out")
     samples = np.load(tmp_path / "out" / "samples.npy")
     assert samples.shape == (100, 2) and report["complete"]
     saved = json.loads((tmp_path / "out" / "reject.json").read_text())

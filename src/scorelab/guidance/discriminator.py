@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._utils import TimeLike, as_tensor, bcast
-from ..core.analytic import GaussianMixture
+from ..core.analytic import GaussianMixture, MixtureModel
 from ..core.denoisers import DiffusionModel
 from ..core.processes import ForwardProcess
 from ..io import checkpoints as ckpts
@@ -252,8 +252,7 @@ def train_discriminator(disc: torch.nn.Module, model: DiffusionModel, x_real: to
     g = torch.Generator(device=x_real.device).manual_seed(config.seed)
     opt = torch.optim.AdamW(disc.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     res, window, t0 = DiscriminatorTrainResult(disc), [], time.perf_counter()
-    for p in getattr(model, "parameters", lambda: [])():
-        p.requires_grad_(False)
+    model.requires_grad_(False)  # the pretrained model is frozen (a DiffusionModel is an nn.Module)
     for step in tqdm(range(1, config.steps + 1), disable=not progress, desc=f"disc[{config.objective}]",
                      leave=False):
         disc.train()
@@ -288,8 +287,8 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     h = hashlib.sha256(type(model).__name__.encode())
     h.update(json.dumps(ckpts.jsonable(model.process.config()), sort_keys=True).encode())
     tensors = dict(model.state_dict())
-    mix = getattr(model, "mixture", None)
-    if mix is not None:
+    if isinstance(model, MixtureModel):
+        mix = model.mixture
         tensors.update(weights=mix.weights, means=mix.means, covs=mix.covs)
     for k in sorted(tensors):
         h.update(k.encode())
@@ -334,53 +333,34 @@ def generate_samples(model: DiffusionModel, n: int, shape: tuple[int, ...], *, s
     return x
 
 
-# -- CLI entry point -----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TrainDiscriminatorCLIConfig:
-    """``scorelab guidance train-discriminator``: data (registry name or path, as ``data.load_dataset``), how the
-    pretrained model's samples are drawn, the discriminator head (``head`` kwargs, ``time_input``) and ``train``."""
+# -- a discriminator for a pretrained model, written to a folder -------------------------------------------------
+def train_discriminator_for_model(model: DiffusionModel, x_real: torch.Tensor, out_dir: str | Path,
+                                  config: DiscriminatorConfig | None = None, *, n_generated: int = 2000,
+                                  sampler: str = "heun", nfe: int = 50, grid: str | None = None, sample_seed: int = 0,
+                                  sample_batch: int = 1000, head: dict | None = None, time_input: str | None = None,
+                                  progress: bool = True, provenance: dict | None = None) -> dict[str, Any]:
+    """Train a discriminator between data ``x_real [N, ...]`` and the pretrained ``model``'s samples and write it.
 
-    data: str = "digits"
-    data_n: int | None = None
-    data_seed: int = 0
-    data_params: dict = field(default_factory=dict)
-    n_generated: int = 2000
-    sampler: str = "heun"
-    nfe: int = 50
-    grid: str | None = None
-    sample_seed: int = 0
-    sample_batch: int = 1000
-    head: dict = field(default_factory=dict)
-    time_input: str | None = None
-    weights: str = "ema"
-    train: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
-    progress: bool = True
-
-    def with_train(self, **kw: Any) -> TrainDiscriminatorCLIConfig:
-        """Copy with ``train`` fields replaced (e.g. ``objective="mse+ce", gamma=0.1``)."""
-        return replace(self, train=replace(self.train, **kw))
-
-
-def train_discriminator_cli(config: TrainDiscriminatorCLIConfig, checkpoint_dir: str | Path,
-                            out_dir: str | Path) -> dict[str, Any]:
-    """Load the pretrained model (checkpoint file or run folder), load the data, draw (or reuse cached) model samples
-    into ``out_dir/cache``, train the discriminator, save ``out_dir/discriminator.{safetensors,json}`` and
-    ``out_dir/train_discriminator.json`` (settings, loss history, wall time).  Returns that summary."""
-    from ..data import load_dataset
-
-    model = ckpts.load_model(checkpoint_dir, weights=config.weights)
-    x_real, _ = load_dataset(config.data, n=config.data_n, seed=config.data_seed, **config.data_params)
+    Draws (or reuses, cached in ``out_dir/cache``) ``n_generated`` samples with ``sampler`` under the ``nfe`` budget
+    (``generate_samples``; J_MSE alone needs none), builds the head for the data's event shape (``make_discriminator``
+    with ``head`` kwargs and ``time_input``), trains it with ``config`` (``train_discriminator``) and saves
+    ``out_dir/discriminator.{safetensors,json}`` and ``out_dir/train_discriminator.json`` (settings under
+    ``config``, with ``provenance`` such as the checkpoint and data names; loss history; wall time).
+    Returns that summary."""
+    config, head = config or DiscriminatorConfig(), dict(head or {})
     x_real, shape, out = x_real.float(), tuple(x_real.shape[1:]), Path(out_dir)
     x_fake = None
-    if config.train.objective != "mse":
-        x_fake = generate_samples(model, config.n_generated, shape, sampler=config.sampler, nfe=config.nfe,
-                                  grid=config.grid, seed=config.sample_seed, batch_size=config.sample_batch,
-                                  cache_dir=out / "cache", progress=config.progress)
-    disc = make_discriminator(shape, model.process, config.time_input, **config.head)
-    res = train_discriminator(disc, model, x_real, x_fake, config.train, progress=config.progress)
-    path = save_discriminator(out / "discriminator", disc, config.train,
-                              extra={"checkpoint": str(checkpoint_dir), "data": config.data})
-    summary = {"discriminator": str(path), "config": ckpts.jsonable(asdict(config)), "history": res.history,
+    if config.objective != "mse":
+        x_fake = generate_samples(model, n_generated, shape, sampler=sampler, nfe=nfe, grid=grid, seed=sample_seed,
+                                  batch_size=sample_batch, cache_dir=out / "cache", progress=progress)
+    disc = make_discriminator(shape, model.process, time_input, **head)
+    res = train_discriminator(disc, model, x_real, x_fake, config, progress=progress)
+    provenance = dict(provenance or {})
+    path = save_discriminator(out / "discriminator", disc, config, extra=provenance)
+    settings = {**provenance, "n_generated": n_generated, "sampler": sampler, "nfe": nfe, "grid": grid,
+                "sample_seed": sample_seed, "sample_batch": sample_batch, "head": head, "time_input": time_input,
+                "train": asdict(config)}
+    summary = {"discriminator": str(path), "config": ckpts.jsonable(settings), "history": res.history,
                "wall_s": res.wall_s, "final": res.history[-1] if res.history else None}
     ckpts.atomic_write_bytes(out / "train_discriminator.json",
                              json.dumps(summary, indent=1, default=str).encode())
@@ -389,16 +369,24 @@ def train_discriminator_cli(config: TrainDiscriminatorCLIConfig, checkpoint_dir:
 
 def guidance_from_spec(model: DiffusionModel, spec: str, scale: float = 1.0,
                        window: tuple[float, float] | str | None = None, device: str | torch.device = "cpu"):
-    """Build a guided model from the CLI form ``"discriminator:PATH"`` (a discriminator saved by
-    ``guidance.discriminator.save_discriminator``); ``window`` may be ``(t_lo, t_hi)`` or ``"t_lo,t_hi"``."""
-    kind, sep, path = str(spec).partition(":")
-    if kind != "discriminator" or not sep or not path:
-        raise ValueError(f"guidance spec must be 'discriminator:PATH', got {spec!r}")
-    from .discriminator import load_discriminator
+    """A guided model from its written form: ``"discriminator:PATH"`` (a discriminator saved by
+    ``save_discriminator``: ``DiscriminatorGuidance``) or ``"cfg:LABEL"`` (classifier-free guidance of a
+    class-conditional model towards the integer class LABEL); ``window`` may be ``(t_lo, t_hi)`` or
+    ``"t_lo,t_hi"``.  Guidance keeps the model currency, so any sampler runs the result."""
+    from .wrappers import ClassifierFreeGuidance
 
+    kind, sep, value = str(spec).partition(":")
+    if kind not in ("discriminator", "cfg") or not sep or not value:
+        raise ValueError(f"guidance spec must be 'discriminator:PATH' or 'cfg:LABEL', got {spec!r}")
     if isinstance(window, str):
         window = parse_window(window)
-    disc = load_discriminator(path, device=device)
+    if kind == "cfg":
+        try:
+            label = int(value)
+        except ValueError:
+            raise ValueError(f"guidance cfg:LABEL needs an integer class label, got {value!r}") from None
+        return ClassifierFreeGuidance(model, y=label, scale=scale, window=window)
+    disc = load_discriminator(value, device=device)
     if disc.process.config() != model.process.config():
         raise ValueError(f"the discriminator was trained on process {disc.process.config()}, the model uses "
                          f"{model.process.config()}")
@@ -408,4 +396,4 @@ def guidance_from_spec(model: DiffusionModel, spec: str, scale: float = 1.0,
 __all__ = ["OBJECTIVES", "LAMBDAS", "MixtureLogRatio", "make_discriminator", "save_discriminator",
            "load_discriminator", "DiscriminatorConfig", "lambda_t", "ce_terms", "mse_terms", "sample_t",
            "discriminator_loss", "DiscriminatorTrainResult", "train_discriminator", "gradient_error",
-           "model_fingerprint", "generate_samples", "TrainDiscriminatorCLIConfig", "train_discriminator_cli"]
+           "model_fingerprint", "generate_samples", "train_discriminator_for_model", "guidance_from_spec"]

@@ -188,11 +188,11 @@ def sample_with_rejection(draw: Callable[[int], torch.Tensor], log_ratio: Callab
     return out, info
 
 
-# -- CLI entry point -----------------------------------------------------------------------------------------------
+# -- a pretrained model rejection-sampled into a folder ------------------------------------------------------------
 @dataclass(frozen=True)
 class RejectConfig:
-    """``scorelab reject``: draw proposals from the model (``sampler``/``nfe``/``grid``), score them with the
-    discriminator at time ``t_eval`` (default: the process's t_min), keep ``n`` accepted samples."""
+    """Rejection sampling of a checkpoint: draw proposals from the model (``sampler``/``nfe``/``grid``), score them
+    with the discriminator at time ``t_eval`` (default: the process's t_min), keep ``n`` accepted samples."""
 
     n: int = 1000
     method: str = "budget"
@@ -215,17 +215,18 @@ class RejectConfig:
             raise ValueError(f"method 'budget' needs K >= 1, got {self.K}")
 
 
-def reject_cli(config: RejectConfig, checkpoint_dir: str | Path, discriminator_path: str | Path,
-               out_dir: str | Path) -> dict[str, Any]:
+def reject_to_folder(config: RejectConfig, checkpoint_dir: str | Path, discriminator_path: str | Path,
+                     out_dir: str | Path) -> dict[str, Any]:
     """Rejection-sample a pretrained model with a trained discriminator; writes ``out_dir/samples.npy``,
     ``out_dir/samples.safetensors`` and ``out_dir/reject.json`` (acceptance rates, rule, settings)."""
+    from ..io.loading import load_checkpoint_model
     from ..samplers import SAMPLERS
     from ..samplers.budget import grid_for_nfe
     from .discriminator import load_discriminator
 
-    model = ckpts.load_model(checkpoint_dir, weights=config.weights)
+    loaded = load_checkpoint_model(checkpoint_dir, weights=config.weights)
+    model, shape = loaded.model, loaded.event_shape
     disc = load_discriminator(discriminator_path)
-    shape = _event_shape(model, disc)
     ts, _ = grid_for_nfe(config.sampler, model.process, config.nfe, grid=config.grid)
     g = torch.Generator().manual_seed(config.seed)
     t_eval = model.process.t_min if config.t_eval is None else float(config.t_eval)
@@ -252,17 +253,6 @@ def reject_cli(config: RejectConfig, checkpoint_dir: str | Path, discriminator_p
     return report
 
 
-def _event_shape(model, disc) -> tuple[int, ...]:
-    """Shape of one sample: ``(dim,)`` for a vector discriminator, ``(C, S, S)`` from the UNet's image_size."""
-    cfg = disc.net.config()
-    if "dim" in cfg:
-        return (int(cfg["dim"]),)
-    size = getattr(getattr(model, "net", None), "config", lambda: {})().get("image_size")
-    if size is None:
-        raise ValueError("cannot infer the sample shape: the model's net config has no image_size")
-    return (int(cfg.get("in_channels", 1)), int(size), int(size))
-
-
 __all__ = ["METHODS", "drs_log_acceptance", "drs_gamma_for_quantile", "budget_log_c", "budget_log_acceptance",
            "RejectionResult", "RejectionRule", "calibrate", "rejection_sample", "sample_with_rejection",
-           "RejectConfig", "reject_cli"]
+           "RejectConfig", "reject_to_folder"]

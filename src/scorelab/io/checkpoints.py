@@ -134,30 +134,37 @@ def _state_tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
 
 
-def model_meta(model: nn.Module) -> dict[str, Any]:
-    """What ``load_model`` needs to rebuild a ``NetworkModel``: net config, process config, parameterization."""
+def model_meta(model: nn.Module, event_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """What ``load_model`` needs to rebuild a ``NetworkModel`` (net config, process config, parameterization, time
+    input, sigma_data) or ``load_discriminator`` a ``TimeConditionedHead``; plus ``event_shape`` when given."""
+    from ..core.denoisers import NetworkModel
+    from ..nets.heads import TimeConditionedHead
+
     meta: dict[str, Any] = {}
-    net, process = getattr(model, "net", None), getattr(model, "process", None)
-    if net is not None and hasattr(net, "config"):
-        meta["net_config"] = jsonable(net.config())
-    if process is not None and hasattr(process, "config"):
-        meta["process_config"] = jsonable(process.config())
-    for name in ("parameterization", "time_input", "sigma_data", "event_shape"):
-        if hasattr(model, name):
-            meta[name] = jsonable(getattr(model, name))
+    if isinstance(model, (NetworkModel, TimeConditionedHead)):
+        if callable(getattr(model.net, "config", None)):
+            meta["net_config"] = jsonable(model.net.config())
+        meta["process_config"] = jsonable(model.process.config())
+        meta["time_input"] = model.time_input
+    if isinstance(model, NetworkModel):
+        meta.update(parameterization=model.parameterization, sigma_data=model.sigma_data)
+    if event_shape is not None:
+        meta["event_shape"] = [int(s) for s in event_shape]
     return meta
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, ema_model: nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None, step: int = 0,
                     train_config: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
-                    save_rng: bool = True) -> Path:
-    """Save ``<stem>.safetensors`` then ``<stem>.json`` atomically; returns the JSON path."""
+                    save_rng: bool = True, event_shape: tuple[int, ...] | None = None) -> Path:
+    """Save ``<stem>.safetensors`` then ``<stem>.json`` atomically; returns the JSON path.  ``event_shape`` (the
+    shape of one sample) is stored in the sidecar when given; ``loading.event_shape_from_meta`` otherwise reads it
+    from the net config."""
     st_path, json_path = checkpoint_paths(path)
     tensors = _state_tensors("model", model)
     if ema_model is not None:
         tensors.update(_state_tensors("ema", ema_model))
-    meta: dict[str, Any] = {"format": FORMAT, "version": VERSION, "step": int(step), **model_meta(model)}
+    meta: dict[str, Any] = {"format": FORMAT, "version": VERSION, "step": int(step), **model_meta(model, event_shape)}
     if optimizer is not None:
         opt_tensors, meta["optimizer"] = flatten_optimizer(optimizer)
         tensors.update(opt_tensors)
@@ -184,6 +191,17 @@ class Checkpoint:
     @property
     def step(self) -> int:
         return int(self.meta["step"])
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON sidecar of a checkpoint (stem, ``.json`` or ``.safetensors`` path) without reading its tensors."""
+    json_path = checkpoint_paths(path)[1]
+    if not json_path.is_file():
+        raise ValueError(f"no checkpoint sidecar {json_path}")
+    meta = json.loads(json_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{json_path} is not a scorelab checkpoint (format {meta.get('format')!r})")
+    return meta
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bool = True) -> Checkpoint:
@@ -256,7 +274,8 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device: str | t
 
     ``weights="ema"`` loads the EMA weights (falling back, with a warning, to the raw ones when absent);
     ``"model"`` the raw weights; ``ema=True/False`` is a shorthand that overrides ``weights``.  The model is
-    returned in eval mode on ``device``."""
+    returned in eval mode on ``device``; the shape of one sample is ``loading.load_checkpoint_model(path).event_shape``
+    (or ``loading.event_shape_from_meta(read_meta(path))``)."""
     if ema is not None:
         weights = "ema" if ema else "model"
     from ..core.denoisers import NetworkModel
@@ -282,11 +301,9 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device: str | t
     if weights == "ema" and not ckpt.ema:
         warnings.warn(f"checkpoint {path} has no EMA weights; loading the raw model weights", stacklevel=2)
     model.load_state_dict(state)
-    if ckpt.meta.get("event_shape") is not None:
-        model.event_shape = tuple(ckpt.meta["event_shape"])
     return model.to(device).eval()
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "restore", "load_model", "latest_checkpoint", "list_checkpoints",
-           "delete_checkpoint", "checkpoint_paths", "atomic_write_bytes", "Checkpoint", "jsonable", "rng_state",
-           "set_rng_state", "flatten_optimizer", "unflatten_optimizer", "model_meta"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_meta", "restore", "load_model", "latest_checkpoint",
+           "list_checkpoints", "delete_checkpoint", "checkpoint_paths", "atomic_write_bytes", "Checkpoint", "jsonable",
+           "rng_state", "set_rng_state", "flatten_optimizer", "unflatten_optimizer", "model_meta"]

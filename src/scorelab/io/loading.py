@@ -1,17 +1,49 @@
-"""Load a model to sample from: a scorelab checkpoint or an exact Gaussian-mixture oracle.
+r"""Load a model to sample from: a scorelab checkpoint or an exact Gaussian-mixture oracle, as one explicit value.
 
-Bad input raises ``ValueError``; only ``cli`` knows about exit codes.
+Notation
+--------
+================  ================================================================================================
+``LoadedModel``   (model, event_shape, oracle, source): the model (``DiffusionModel`` currency), the shape of one
+                  sample ``(d,)`` or ``(C, H, W)``, the exact data law when the model is an oracle (else ``None``),
+                  and where it came from (checkpoint path or ``gmm:...`` spec + process)
+``gmm:NAME``      ``ring8`` | ``grid9`` | ``grid25`` | ``random-K-D-SEED``: ``core.analytic`` mixtures
+``--process``     ``vp`` | ``subvp`` | ``vp_cosine`` | ``ve`` | ``edm`` | ``discrete:SCHEDULE:N``
+================  ================================================================================================
+
+Nothing is attached to models: the sample shape and the oracle travel in the ``LoadedModel``.  Bad input raises
+``ValueError``; only ``cli`` knows about exit codes.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import torch
 
-def oracle_mixture(spec: str):
+from ..core.analytic import GaussianMixture
+from ..core.denoisers import DiffusionModel
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model to sample from with what the caller needs to know about it (module docstring)."""
+
+    model: DiffusionModel
+    event_shape: tuple[int, ...]
+    oracle: GaussianMixture | None
+    source: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Sampling dtype: exact oracles sample in float64 (their densities are exact), networks in float32."""
+        return torch.float64 if self.oracle is not None else torch.float32
+
+
+def oracle_mixture(spec: str) -> GaussianMixture:
     """``gmm:ring8`` | ``gmm:grid9`` | ``gmm:grid25`` | ``gmm:random-K-D-SEED`` -> GaussianMixture."""
-    import torch
-
     from ..core import analytic
 
     name = spec.split(":", 1)[1] if spec.startswith("gmm:") else spec
@@ -31,6 +63,7 @@ def oracle_mixture(spec: str):
 
 
 def make_process(name: str, **params):
+    """A forward process from its name: ``processes.process_from_config`` or ``discrete:SCHEDULE:N``."""
     from ..core.processes import Discrete, process_from_config
 
     if name.startswith("discrete"):
@@ -42,34 +75,78 @@ def make_process(name: str, **params):
     return process_from_config({"name": name, **params})
 
 
-def load_any_model(args) -> Any:
-    """A model from ``--checkpoint`` or an exact oracle from ``--model gmm:...`` (+ ``--process``); with
-    ``--clip-x0 LO HI`` its denoiser is projected into [LO, HI] (``ClippedModel``)."""
-    if getattr(args, "checkpoint", None):
-        from .checkpoints import load_model
+def event_shape_from_meta(meta: dict[str, Any]) -> tuple[int, ...]:
+    """Shape of one sample of a checkpoint's model from its JSON sidecar: ``event_shape`` when stored, else from the
+    net config (``dim`` -> ``(dim,)``; ``in_channels`` + ``image_size`` -> ``(C, S, S)``)."""
+    if meta.get("event_shape") is not None:
+        return tuple(int(s) for s in meta["event_shape"])
+    net = meta.get("net_config") or {}
+    if "dim" in net:
+        return (int(net["dim"]),)
+    if "in_channels" in net and "image_size" in net:
+        return (int(net["in_channels"]), int(net["image_size"]), int(net["image_size"]))
+    raise ValueError("cannot tell the sample shape of this checkpoint: its JSON stores no event_shape and its net "
+                     f"config {sorted(net)} has neither dim nor in_channels + image_size")
 
-        if not os.path.exists(args.checkpoint):
-            raise ValueError(f"checkpoint {args.checkpoint!r} does not exist")
-        model = load_model(args.checkpoint, ema=not getattr(args, "no_ema", False))
-    elif getattr(args, "model", None):
-        model = oracle_mixture(args.model).as_model(make_process(args.process))
+
+def load_checkpoint_model(path: str | os.PathLike, *, weights: str = "ema",
+                          device: str | torch.device = "cpu") -> LoadedModel:
+    """A checkpoint (stem, ``.json``, ``.safetensors`` or run folder: its latest one) as a ``LoadedModel``."""
+    from .checkpoints import latest_checkpoint, load_model, read_meta
+
+    if not os.path.exists(path) and not os.path.exists(f"{path}.json"):
+        raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    stem = latest_checkpoint(path) if Path(path).is_dir() else path
+    if stem is None:
+        raise ValueError(f"no checkpoint in folder {path}")
+    model = load_model(stem, weights=weights, device=device)
+    shape = event_shape_from_meta(read_meta(stem))
+    return LoadedModel(model, shape, None, str(stem))
+
+
+def load_oracle(spec: str, process: str = "vp") -> LoadedModel:
+    """The exact model of the ``gmm:...`` mixture ``spec`` under ``process`` (``make_process`` names)."""
+    mixture = oracle_mixture(spec)
+    return LoadedModel(mixture.as_model(make_process(process)), tuple(mixture.event_shape), mixture,
+                       f"{spec} ({process})")
+
+
+def with_clipped_x0(loaded: LoadedModel, low: float, high: float) -> LoadedModel:
+    """``loaded`` with its denoiser projected into [low, high] (``ClippedModel``); shape, oracle, source kept."""
+    from ..core.denoisers import ClippedModel
+
+    return dataclasses.replace(loaded, model=ClippedModel(loaded.model, (low, high)),
+                               source=f"{loaded.source} clip-x0 [{low:g}, {high:g}]")
+
+
+def load_any_model(*, checkpoint: str | os.PathLike | None = None, oracle: str | None = None, process: str = "vp",
+                   weights: str = "ema", clip_x0: tuple[float, float] | None = None) -> LoadedModel:
+    """The one loader: a ``checkpoint`` or an exact ``oracle`` spec (``gmm:...``, with ``process``), optionally with
+    its denoiser clipped to ``clip_x0 = (low, high)``."""
+    if checkpoint:
+        loaded = load_checkpoint_model(checkpoint, weights=weights)
+    elif oracle:
+        loaded = load_oracle(oracle, process)
     else:
-        raise ValueError("give --checkpoint DIR or --model gmm:NAME")
-    if getattr(args, "clip_x0", None):
-        from ..core.denoisers import ClippedModel
-
-        clipped = ClippedModel(model, tuple(args.clip_x0))
-        for attr in ("event_shape", "mixture"):  # the sample shape and an oracle's data law stay the same
-            if hasattr(model, attr):
-                setattr(clipped, attr, getattr(model, attr))
-        model = clipped
-    return model
+        raise ValueError("give a checkpoint (--checkpoint DIR) or an exact oracle (--model gmm:NAME)")
+    return with_clipped_x0(loaded, *clip_x0) if clip_x0 else loaded
 
 
-def model_event_shape(model, args) -> tuple[int, ...]:
-    if hasattr(model, "mixture"):
-        return tuple(model.mixture.event_shape)
-    shape = getattr(model, "event_shape", None)
-    if shape is None:
-        raise ValueError("cannot tell the sample shape of this model; the checkpoint JSON must store event_shape")
-    return tuple(shape)
+def load_samples(path: str) -> torch.Tensor:
+    """Samples ``[N, ...]`` float32 from a ``.npy`` file, a data file/folder, or a registered data set name (its
+    default size, seed 12345)."""
+    import numpy as np
+
+    from ..data import load_dataset
+
+    if os.path.exists(path):
+        if path.endswith(".npy"):
+            return torch.from_numpy(np.load(path, allow_pickle=False)).float()
+        x, _ = load_dataset(path)
+        return x.float()
+    x, _ = load_dataset(path, seed=12345)  # the data set's default size (10,000 for toy sets, all digits)
+    return x.float()
+
+
+__all__ = ["LoadedModel", "oracle_mixture", "make_process", "event_shape_from_meta", "load_checkpoint_model",
+           "load_oracle", "with_clipped_x0", "load_any_model", "load_samples"]

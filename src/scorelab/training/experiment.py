@@ -153,7 +153,8 @@ def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = 
 
 
 def build_model(exp: ExperimentConfig, event_shape: tuple[int, ...]):
-    """The ``NetworkModel`` of an experiment; net dimensions not given are filled from the data shape."""
+    """The ``NetworkModel`` of an experiment; net dimensions not given are filled from the data shape
+    ``event_shape`` (the checkpoints' net config then tells it back: ``io.loading.event_shape_from_meta``)."""
     from ..core.denoisers import NetworkModel
     from ..core.processes import process_from_config
     from ..nets import build_net
@@ -172,10 +173,8 @@ def build_model(exp: ExperimentConfig, event_shape: tuple[int, ...]):
             raise ValueError(f"net 'unet' needs images [N, C, H, W]; the data has examples of shape {event_shape}")
         net_cfg.setdefault("in_channels", event_shape[0])
         net_cfg.setdefault("image_size", event_shape[1])
-    model = NetworkModel(build_net(net_cfg), process, exp.model.parameterization, exp.model.time_input,
-                         exp.model.sigma_data)
-    model.event_shape = tuple(event_shape)
-    return model
+    return NetworkModel(build_net(net_cfg), process, exp.model.parameterization, exp.model.time_input,
+                        exp.model.sigma_data)
 
 
 def run_training(exp: ExperimentConfig, run_dir: str | os.PathLike | None = None, resume: bool = False,
@@ -204,6 +203,20 @@ def run_training(exp: ExperimentConfig, run_dir: str | os.PathLike | None = None
     tail = res.history[-min(len(res.history), 100):] if res.history else []
     return {"model": res.ema_model, "run_dir": str(run_dir), "step": res.step, "wall_s": time.perf_counter() - t0,
             "final_loss": sum(tail) / len(tail) if tail else None, "checkpoint": str(res.checkpoint)}
+
+
+def launch_training(exp: ExperimentConfig, run_dir: str | os.PathLike | None = None, resume: bool = False,
+                    progress: bool = True) -> dict[str, Any] | None:
+    """``run_training`` as launched: under ``torchrun`` (``WORLD_SIZE`` > 1) every rank joins the process group,
+    trains data-parallel and leaves it; the result is returned on rank 0 and ``None`` on the other ranks."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return run_training(exp, run_dir, resume=resume, progress=progress)
+    from .loop import init_distributed, shutdown_distributed
+
+    rank, _ = init_distributed()
+    result = run_training(exp, run_dir, resume=resume, progress=progress)
+    shutdown_distributed()  # on an error torchrun stops the other ranks
+    return result if rank == 0 else None
 
 
 def _plot_log(run_dir: Path) -> None:

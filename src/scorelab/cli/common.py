@@ -1,0 +1,152 @@
+"""What every verb shares: the user-error type, ``key=value`` parsing, ``--set`` keys generated from the config
+dataclasses (with their defaults, for ``--help``), the model arguments and JSON output.
+
+A verb module has ``add_parser(sub)`` (its argparse sub-command, ``fn`` set to its ``run``) and ``run(args) -> int``;
+it maps arguments onto library calls and nothing else.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import textwrap
+from typing import Any, Sequence
+
+from ..io.loading import LoadedModel, load_any_model
+
+
+class CLIError(ValueError):
+    """A user error: printed as one line, exit status 2."""
+
+
+def parse_value(text: str) -> Any:
+    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, 'a,b' stays a string; YAML scalars."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """``["k=v", ...]`` -> ``{k: parse_value(v)}``."""
+    out: dict[str, Any] = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise CLIError(f"option {p!r} must look like key=value")
+        k, v = p.split("=", 1)
+        out[k.strip()] = parse_value(v)
+    return out
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def config_from_options(cls, options: dict[str, Any], **fixed: Any):
+    """Build the frozen dataclass ``cls`` from ``--set key=value`` options (unknown keys are errors)."""
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise CLIError(f"unknown option(s) {unknown} for {cls.__name__}; allowed: {sorted(allowed)}")
+    vals = {k: (tuple(v) if isinstance(v, list) else v) for k, v in {**options, **fixed}.items()}
+    try:
+        return cls(**vals)
+    except TypeError as e:
+        raise CLIError(f"bad option for {cls.__name__}: {e}") from None
+
+
+def write_json(path: str, obj: dict) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically (temporary file, ``os.replace``)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=float)
+    os.replace(tmp, path)
+
+
+def print_json(obj: dict, drop: Sequence[str] = ()) -> None:
+    """Print ``obj`` (without the keys ``drop``) as indented JSON."""
+    print(json.dumps({k: v for k, v in obj.items() if k not in drop}, indent=2, default=float))
+
+
+# -- --set keys with their defaults, generated from the config dataclasses ---------------------------------------
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default (calling its ``default_factory``); ``dataclasses.MISSING`` when it has none."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def format_default(value: Any) -> str:
+    """A default written as ``--set key=VALUE`` takes it: ``parse_value(format_default(v))`` gives ``v`` back
+    (tuples as lists); JSON where the plain text would read back differently."""
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    plain = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, float) and "e" in plain and "." not in plain:  # YAML 1.1 reads 1e-05 as a string
+        mantissa, exponent = plain.split("e")
+        plain = f"{float(mantissa)!r}e{exponent}"
+    want = list(value) if isinstance(value, tuple) else value
+    if isinstance(value, (dict, list, tuple)) or parse_value(plain) != want:
+        return json.dumps(value, default=str)
+    return plain
+
+
+def set_keys(cls, prefix: str = "", nested: bool = True) -> list[tuple[str, Any]]:
+    """``[(key, default), ...]`` for the fields of the dataclass ``cls``; fields that are dataclasses themselves are
+    listed key by key as ``field.key`` when ``nested``."""
+    out: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(cls):
+        default = field_default(f)
+        if nested and dataclasses.is_dataclass(default):
+            out += set_keys(type(default), f"{prefix}{f.name}.")
+        else:
+            out.append((prefix + f.name, default))
+    return out
+
+
+def set_keys_help(cls, title: str, prefix: str = "", nested: bool = True) -> str:
+    """The ``--help`` block listing every ``--set`` key of ``cls`` with its default, one ``key=default`` a line."""
+    rows = [f"  {k}={'(required)' if v is dataclasses.MISSING else format_default(v)}"
+            for k, v in set_keys(cls, prefix, nested)]
+    return f"{title}\n" + "\n".join(rows) + "\n"
+
+
+def add_verb(sub, name: str, fn, help_: str, epilog: str = "") -> argparse.ArgumentParser:
+    """A sub-command whose epilog (examples, ``--set`` keys) is printed as written."""
+    sp = sub.add_parser(name, help=help_, description=help_, epilog=textwrap.dedent(epilog) or None,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.set_defaults(fn=fn)
+    return sp
+
+
+# -- the model a verb works on ------------------------------------------------------------------------------------
+def add_model_args(sp: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` or ``--model gmm:...`` (+ ``--process``), ``--no-ema``, ``--seed``, ``--clip-x0 LO HI``."""
+    sp.add_argument("--checkpoint", help="run directory or checkpoint of a trained model")
+    sp.add_argument("--no-ema", action="store_true", help="use raw weights instead of the EMA")
+    sp.add_argument("--model", help="exact oracle instead of a checkpoint: gmm:ring8|grid9|grid25|random-K-D-SEED")
+    sp.add_argument("--process", default="vp", help="process for --model: vp|subvp|vp_cosine|ve|edm|"
+                    "discrete:SCHEDULE:N")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--clip-x0", nargs=2, type=float, metavar=("LO", "HI"),
+                    help="project the model's x0 into [LO, HI] (data range, e.g. -1 1 for images)")
+
+
+def loaded_model(args: argparse.Namespace) -> LoadedModel:
+    """The ``LoadedModel`` the model arguments name (``io.loading.load_any_model``)."""
+    return load_any_model(checkpoint=args.checkpoint, oracle=args.model, process=args.process,
+                          weights="model" if args.no_ema else "ema",
+                          clip_x0=tuple(args.clip_x0) if args.clip_x0 else None)

@@ -1,0 +1,20 @@
+"""``scorelab demo``: the main job on built-in data (``cli.demo.run_demo``); ``--full`` runs the full sweep."""
+from __future__ import annotations
+
+import argparse
+
+from .common import add_verb
+
+
+def add_parser(sub) -> None:
+    sp = add_verb(sub, "demo", run, "the main job on built-in data: train on the swiss roll, sample, report")
+    sp.add_argument("--out", default="runs/demo")
+    sp.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    sp.add_argument("--full", action="store_true", help="the full sweep: every sampler at every budget")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, quick=args.quick, full=args.full)
+    return 0

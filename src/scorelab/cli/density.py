@@ -1,0 +1,51 @@
+"""``scorelab density``: a diffusion sampler for an unnormalized density and its log Z (``densities.run``)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from .common import add_verb, parse_options, positive_int, print_json
+
+EXAMPLES = """\
+examples:
+  scorelab density --target gmm9 --method dis --loss lv --steps 100
+  scorelab density --target mypkg.mod:log_rho --dim 4 --method pis --loss kl
+"""
+
+
+def add_parser(sub) -> None:
+    sp = add_verb(sub, "density", run, "train a diffusion sampler for an unnormalized density and estimate log Z",
+                  EXAMPLES)
+    sp.add_argument("--target", required=True)
+    sp.add_argument("--method", choices=["dis", "pis", "dds"], default="dis")
+    sp.add_argument("--loss", choices=["kl", "lv"], default="lv")
+    sp.add_argument("--steps", type=positive_int, default=200,
+                    help="SDE discretisation steps (at 100 even the optimal control caps GMM-9 ESS near 0.87)")
+    sp.add_argument("--iterations", type=positive_int, default=2000)
+    sp.add_argument("--batch", type=positive_int, default=512)
+    sp.add_argument("--dim", type=positive_int, default=None, help="dimension of a user target")
+    sp.add_argument("--lr", type=float, default=5e-3)
+    sp.add_argument("--time-limit", type=float, default=None, help="cap on training wall time (s)")
+    sp.add_argument("--opt", nargs="*", metavar="KEY=VALUE", help="sampler options, e.g. sigma=3 (PIS/DDS)")
+    sp.add_argument("--hidden", type=positive_int, default=64, help="control network width")
+    sp.add_argument("--layers", type=positive_int, default=2, help="control network depth")
+    sp.add_argument("--mc-pretrain", type=int, default=0, metavar="ROUNDS",
+                    help="DIS only: warm start by regressing the control onto Monte-Carlo estimates of the noised "
+                         "target's score (pretrain_mc_score), this many rounds, before the loss")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..densities import DensityConfig
+    from ..densities import run as run_density
+
+    cfg = DensityConfig(target=args.target, method=args.method, loss=args.loss, steps=args.steps,
+                        iterations=args.iterations, batch=args.batch, seed=args.seed, dim=args.dim, lr=args.lr,
+                        time_limit=args.time_limit, method_kwargs=parse_options(args.opt), hidden=args.hidden,
+                        layers=args.layers, mc_pretrain_rounds=args.mc_pretrain)
+    name = args.target.replace(":", "_").replace("/", "_")
+    out = args.out or os.path.join("runs", f"density_{name}_{args.method}_{args.loss}")
+    print_json(run_density(cfg, out))
+    print(f"wrote {out}/samples.safetensors, samples.png, report.json")
+    return 0

@@ -1,0 +1,34 @@
+"""``scorelab train``: a YAML experiment (``training.experiment``), optionally under ``torchrun``."""
+from __future__ import annotations
+
+import argparse
+
+from ..training.experiment import ExperimentConfig
+from .common import add_verb, parse_options, print_json, set_keys_help
+
+EXAMPLES = """\
+example:
+  scorelab train --config configs/swissroll_vp.yaml --set train.steps=2000
+  torchrun --nproc_per_node=2 -m scorelab.cli train --config configs/swissroll_vp.yaml   # data-parallel
+
+"""
+
+
+def add_parser(sub) -> None:
+    sp = add_verb(sub, "train", run, "train a score model from a YAML config",
+                  EXAMPLES + set_keys_help(ExperimentConfig, "--set keys (defaults where the config gives none):"))
+    sp.add_argument("--config", required=True)
+    sp.add_argument("--out", help="run directory (default: run_dir from the config)")
+    sp.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    sp.add_argument("--set", nargs="*", metavar="SECTION.KEY=VALUE", help="override config entries (listed below)")
+    sp.add_argument("--quiet", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.experiment import launch_training, load_experiment
+
+    exp = load_experiment(args.config, overrides=parse_options(args.set))
+    result = launch_training(exp, args.out or exp.run_dir, resume=args.resume, progress=not args.quiet)
+    if result is not None:  # rank 0 (or no torchrun) reports
+        print_json(result, drop=("model",))
+    return 0
