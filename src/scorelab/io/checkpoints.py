@@ -48,6 +48,12 @@ def jsonable(obj: Any) -> Any:
     raise ValueError(f"cannot store a {type(obj).__name__} in a checkpoint's JSON sidecar")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, ``os.replace``."""
     path = Path(path)
@@ -58,6 +64,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
