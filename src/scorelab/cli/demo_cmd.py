@@ -8,13 +8,14 @@ from .common import add_verb
 
 def add_parser(sub) -> None:
     sp = add_verb(sub, "demo", run, "the main job on built-in data: train on the swiss roll, sample, report")
-    sp.add_argument("--out", default="runs/demo")
+    sp.add_argument("--out", help="output folder (default: runs/demo, or runs/demo-2, ... when that is taken)")
     sp.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     sp.add_argument("--full", action="store_true", help="the full sweep: every sampler at every budget")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io.checkpoints import unused_dir
     from .demo import run_demo
 
-    run_demo(args.out, quick=args.quick, full=args.full)
+    run_demo(args.out or str(unused_dir("runs/demo")), quick=args.quick, full=args.full)
     return 0

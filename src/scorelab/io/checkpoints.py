@@ -250,6 +250,17 @@ def restore(ckpt: Checkpoint, model: nn.Module, ema_model: nn.Module | None = No
     return ckpt.step
 
 
+def unused_dir(base: str | os.PathLike) -> Path:
+    """``base`` if it does not exist or is an empty folder, else the first free ``base-2``, ``base-3``, ... (so a
+    default output folder never overwrites an earlier run)."""
+    base = Path(base)
+    for k in range(1, 10_000):
+        cand = base if k == 1 else base.with_name(f"{base.name}-{k}")
+        if not cand.exists() or (cand.is_dir() and not any(cand.iterdir())):
+            return cand
+    raise ValueError(f"no free folder name next to {base}: clean up old runs")
+
+
 def list_checkpoints(run_dir: str | os.PathLike, prefix: str = "ckpt_") -> list[Path]:
     """Complete checkpoints (JSON sidecars with their tensor file) in ``run_dir``, oldest step first."""
     found = []
