@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import samplers as bench  # noqa: E402
-from harness import DEV_SEED, heldout_seeds, paired, paired_cells, write_results  # noqa: E402
+from harness import DEV_SEED, RESULTS, heldout_seeds, paired, paired_cells, write_results  # noqa: E402
 
 from scorelab.core.processes import Discrete  # noqa: E402
 from scorelab.core.schedules import make_grid  # noqa: E402
@@ -263,7 +263,7 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--ref-steps", type=int, default=1000, help="steps of the high-order reference")
     ap.add_argument("--rtol", type=float, default=1e-9, help="tolerance of the dopri5 reference")
     ap.add_argument("--dopri-check", type=int, default=0, help="x_T of seed 1 also solved by dopri5 at rtol 1e-11")
-    ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "results" / ".pathwise_flows",
+    ap.add_argument("--cache", type=Path, default=RESULTS / ".pathwise_flows",
                     help="folder of cached exact flows (reused when target, x_T seed, n and reference match)")
     ap.add_argument("--flows-only", action="store_true", help="compute and cache the flows of --flow-seeds, then stop")
     ap.add_argument("--flow-seeds", type=int, nargs="+", default=None, help="with --flows-only (0 = dev seed)")
