@@ -57,7 +57,8 @@ from scorelab.samplers.budget import grid_for_nfe
 from scorelab.training.loop import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, write_results  # noqa: E402
+from harness import RESULTS, seed_differences, write_json, write_results  # noqa: E402
+from harness import fmt_mean_std as ms  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "scorelab_dg_digits_cache"
 SAMPLER = "heun"
@@ -173,11 +174,6 @@ def run_seed(seed: int, model, x_real, x_fake, ref_feat, args, probe: Probe) -> 
     return rows
 
 
-def ms(v, f: str = ".3f") -> str:
-    v = np.asarray(v, dtype=float)
-    return f"{v.mean():{f}} ± {v.std(ddof=1):{f}}" if v.size > 1 else f"{v.mean():{f}}"
-
-
 def curves(rows: list[dict]) -> dict[str, dict[int, list[dict]]]:
     """method -> discriminator step -> the evaluations of all seeds at that step."""
     out: dict[str, dict[int, list[dict]]] = {}
@@ -261,7 +257,7 @@ def markdown(rows: list[dict], args, wall: float) -> str:
     ce = {r["seed"]: r for r in rows if r["method"] == names[1]} if len(names) > 1 else {}
 
     def paired(rs, ref, key):
-        return ms([r[key] - ref[r["seed"]][key] for r in rs if r["seed"] in ref]) if ref else "-"
+        return ms(seed_differences({r["seed"]: r for r in rs}, ref, key)) if ref else "-"
 
     for name in names:
         rs = [r for r in rows if r["method"] == name]
@@ -368,8 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     for s in seeds:
         rows += run_seed(s, model, x_real, x_fake, ref_feat, args, probe)
         if args.part:
-            (CACHE / f"part_{key}_s{s}.json").write_text(json.dumps(
-                {"rows": rows[-3:], "wall_s": time.perf_counter() - t0}, default=float))
+            write_json(CACHE / f"part_{key}_s{s}.json", {"rows": rows[-3:], "wall_s": time.perf_counter() - t0},
+                       indent=None)
     if not args.part:
         finish(rows, args, time.perf_counter() - t0)
 

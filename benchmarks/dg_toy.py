@@ -61,7 +61,8 @@ from scorelab.samplers import SAMPLERS
 from scorelab.samplers.budget import grid_for_nfe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, write_results  # noqa: E402
+from harness import RESULTS, write_json, write_results  # noqa: E402
+from harness import fmt_mean_std as ms  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "scorelab_dg_toy_cache"
 PROCESS = SubVP()
@@ -189,13 +190,8 @@ def references(args) -> dict:
         out[name]["grad_error"] = grad_error_curve(None, oracle) if disc is None else [0.0] * len(T_GRID)
     floor = two_sample_floor(P, args.n_eval, w2_exact, n_repeats=5)
     refs = {"methods": out, "w2_floor": {"mean": floor["mean"], "std": floor["std"]}}
-    path.write_text(json.dumps(refs))
+    write_json(path, refs, indent=None)
     return refs
-
-
-def ms(v) -> str:
-    v = np.asarray(v, dtype=float)
-    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if v.size > 1 else f"{v.mean():.3f}"
 
 
 def markdown(runs: list[dict], refs: dict, args, wall: float) -> str:
@@ -359,8 +355,8 @@ def main(argv: list[str] | None = None) -> None:
         for regime in args.regimes:
             runs += run_seed(seed, regime, args)
             if args.part:
-                part_path(args, regime, seed).write_text(json.dumps({"runs": runs[-len(OBJECTIVES):],
-                                                                     "wall_s": time.perf_counter() - t0}))
+                write_json(part_path(args, regime, seed), {"runs": runs[-len(OBJECTIVES):],
+                                                          "wall_s": time.perf_counter() - t0}, indent=None)
     if not args.part:
         finish(runs, args, time.perf_counter() - t0)
 

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, write_results  # noqa: E402
+from harness import RESULTS, fmt_mean_std, write_results  # noqa: E402
 
 from scorelab.core.denoisers import FunctionModel, NetworkModel  # noqa: E402
 from scorelab.core.processes import VP, Discrete  # noqa: E402
@@ -319,9 +319,7 @@ def run_one(name: str, seed: int, a) -> dict:
     return {"train_s": times, "nll": part_a, "adpm": part_b, "data_floor": floor}
 
 
-def _agg(vals) -> str:
-    v = np.asarray(vals, dtype=float)
-    return f"{v.mean():.3f} ± {v.std(ddof=1) if v.size > 1 else 0.0:.3f}"
+_agg = functools.partial(fmt_mean_std, always_std=True)  # "mean ± std" over seeds (std 0 for one seed)
 
 
 def summarize(runs: dict, a) -> tuple[dict, str]:

@@ -34,6 +34,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from harness import RESULTS, provenance, write_json, write_text_atomic  # noqa: E402
 from likelihood import (  # noqa: E402
     SCALE,
     VP_PROCESS,
@@ -49,7 +50,6 @@ from scorelab.plotting import line_plot  # noqa: E402
 from scorelab.training.loop import TrainConfig, train  # noqa: E402
 from scorelab.training.losses import DSMLoss, LossConfig  # noqa: E402
 
-RESULTS = HERE / "results"
 LOSSES = {"simple": LossConfig(proposal="uniform", weighting="eps"),
           "likelihood": LossConfig(proposal="importance", weighting="likelihood")}
 DENOISERS = {"raw": "the network's denoiser", "clipped": "x0 clipped to [-1, 1] (`ClippedModel`)"}
@@ -152,8 +152,8 @@ def _trace_lines(traces: list[dict]) -> list[str]:
 def summarize(rows: list[dict], meta: dict, stem: str, traces: list[dict] | None = None) -> None:
     seeds = sorted({r["seed"] for r in rows})
     steps = sorted({r["step"] for r in rows})
-    lines = ["# Likelihood weighting on digits: train vs held-out along training", "",
-             f"Command: `{meta['command']}`", "",
+    lines = [f"Command: `{meta['command']}`", "",
+             "# Likelihood weighting on digits: train vs held-out along training", "",
              f"Flattened-digits MLP (width 256, depth 3), lr {meta['lr']}, AdamW weight decay "
              f"{meta.get('weight_decay', 0.0)}, batch 256, schedule of {meta['steps']} steps (warmup 50 + cosine), "
              f"EMA 0.999; {meta['n_eval']} training and {meta['n_eval']} held-out digits, "
@@ -176,8 +176,9 @@ def summarize(rows: list[dict], meta: dict, stem: str, traces: list[dict] | None
             lines.append(f"| {k} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += _trace_lines(traces or [])
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows, "traces": traces or []}, indent=1))
+    write_text_atomic(RESULTS / f"{stem}.md", "\n".join(lines) + "\n")
+    write_json(RESULTS / f"{stem}.json", {"provenance": provenance(), "meta": meta, "rows": rows,
+                                          "traces": traces or []}, indent=1)
     curves = {}
     for name in LOSSES:
         for metric, split, label in (("ode_nll_median", "test", "ODE median, held-out"),

@@ -66,7 +66,17 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, paired_cells, write_results  # noqa: E402
+from harness import (  # noqa: E402
+    DEV_SEED,
+    RESULTS,
+    heldout_seeds,
+    mean_std,
+    paired,
+    paired_cells,
+    seed_differences,
+    write_json,
+    write_results,
+)
 
 from scorelab.core.analytic import GaussianMixture, random_mixture, ring_mixture  # noqa: E402
 from scorelab.core.denoisers import CountingModel, DiffusionModel  # noqa: E402
@@ -398,7 +408,7 @@ def evaluate(cfg, model, x_T, nfe, seed, quality) -> dict:
 
 def dev_stage(gm, model, configs, n_dev: int, nfes, args) -> list[dict]:
     """Every configuration on n_dev samples of the dev seed 0 (same x_T, reference, projections for all) -> rows."""
-    x_T = torch.randn(n_dev, gm.d, generator=torch.Generator().manual_seed(0))
+    x_T = torch.randn(n_dev, gm.d, generator=torch.Generator().manual_seed(DEV_SEED))
     q, rows = Quality(gm, n_dev, args.n_proj, 0, args.ref_factor), []
     for cfg in tqdm(configs, desc="dev", leave=False):
         for nfe in nfes:
@@ -437,7 +447,7 @@ def refine_stage(gm, model, dev: list[dict], configs: list[dict], chosen: dict, 
     ``unipc_bh2,order=3``, counted once) are re-run on the dev seed 0 at ``args.n`` samples, and the least wins.
     Held-out seeds are not touched.  Updates ``chosen`` for the winners; returns ({(lib, nfe): method}, rows)."""
     by_label = {(c["method"], c["label"]): c for c in configs}
-    x_T = torch.randn(args.n, gm.d, generator=torch.Generator().manual_seed(0))
+    x_T = torch.randn(args.n, gm.d, generator=torch.Generator().manual_seed(DEV_SEED))
     q, rows, best = Quality(gm, args.n, args.n_proj, 0, args.ref_factor), [], {}
     for nfe in nfes:
         for lib in ("scorelab", "diffusers"):
@@ -478,7 +488,7 @@ def heldout_stage(gm, model, chosen: dict, best: dict, args, name: str, partial:
     sampler noise seed for both libraries; plus the floor row (an independent n-sample of the target).  The rows
     so far are written to ``<name>.partial.json`` after each seed."""
     rows = []
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
+    for seed in heldout_seeds(args.first_seed, args.seeds):
         x_T = torch.randn(args.n, gm.d, generator=torch.Generator().manual_seed(seed))
         q = Quality(gm, args.n, args.n_proj, seed, args.ref_factor)
         for (lib, nfe), method in tqdm(sorted(best.items()), desc=f"held-out seed {seed}", leave=False):
@@ -488,7 +498,7 @@ def heldout_stage(gm, model, chosen: dict, best: dict, args, name: str, partial:
         rows.append({"lib": "target", "method": "floor", "label": "exact target sample", "nfe": 0, "seed": seed,
                      **q(gm.sample(args.n, torch.Generator().manual_seed(20_000 + seed)))})
         partial["heldout"] = rows
-        (RESULTS / f"{name}.partial.json").write_text(json.dumps(partial, indent=1, default=float))
+        write_json(RESULTS / f"{name}.partial.json", partial, indent=1)
     return rows
 
 
@@ -577,31 +587,15 @@ def overhead(steps: int, repeats: int) -> dict:
 
 
 # -- reporting ------------------------------------------------------------------------------------------------------
-def paired(diffs: list[float]) -> dict:
-    """mean, std, one-sided t-test (H1: mean > 0) and the one-sided 95% lower confidence bound of paired diffs."""
-    from scipy import stats
-
-    d = np.asarray(diffs, dtype=float)
-    mean, sd, k = float(d.mean()), float(d.std(ddof=1)), len(d)
-    se = sd / math.sqrt(k)
-    p = float(stats.ttest_1samp(d, 0.0, alternative="greater").pvalue) if sd > 0 else float(mean <= 0)
-    return {"mean": mean, "std": sd, "n_seeds": k, "p_one_sided": p,
-            "lower95": mean - float(stats.t.ppf(0.95, k - 1)) * se, "wins": int((d > 0).sum())}
-
-
-def _mean_std(vals) -> dict:
-    return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
-
-
 def summarize(rows: list[dict], best: dict, nfes) -> dict:
     """Per NFE: each contender's held-out selection metric (``metric_mean``, ``metric_std``; plus sliced W2 and, when
     measured, MMD^2), the paired difference diffusers - scorelab of the selection metric over the held-out seeds (same
     x_T, reference and projections within a seed) with its one-sided test, and the floor (an exact target sample)."""
     key = SEL["key"]
     floor_ = [r for r in rows if r["method"] == "floor"]
-    goals = {"metric": key, "floor_sw2": _mean_std([r["sw2"] for r in floor_])}
+    goals = {"metric": key, "floor_sw2": mean_std([r["sw2"] for r in floor_])}
     if all("mmd" in r for r in floor_):
-        goals["floor_mmd"] = _mean_std([r["mmd"] for r in floor_])
+        goals["floor_mmd"] = mean_std([r["mmd"] for r in floor_])
     for nfe in nfes:
         entry, per = {}, {}
         for lib in ("scorelab", "diffusers"):
@@ -610,16 +604,15 @@ def summarize(rows: list[dict], best: dict, nfes) -> dict:
                 e = {"method": best[(lib, nfe)], "label": next(iter(rs.values()))["label"], "seeds": len(rs)}
                 for k in dict.fromkeys([key, "sw2", "mmd"]):
                     if all(k in r for r in rs.values()):
-                        ms = _mean_std([r[k] for r in rs.values()])
+                        ms = mean_std([r[k] for r in rs.values()])
                         e.update({f"{k}_mean": ms["mean"], f"{k}_std": ms["std"]})
                 e.update(metric_mean=e[f"{key}_mean"], metric_std=e[f"{key}_std"],
                          tv_mean=float(np.mean([r["tv"] for r in rs.values()])))
                 entry[lib] = e
                 per[lib] = rs
         if len(per) == 2:
-            seeds = sorted(set(per["scorelab"]) & set(per["diffusers"]))
             entry["paired_diff_diffusers_minus_scorelab"] = paired(
-                [per["diffusers"][k][key] - per["scorelab"][k][key] for k in seeds])
+                seed_differences(per["diffusers"], per["scorelab"], key))
             entry["scorelab_better"] = entry["paired_diff_diffusers_minus_scorelab"]["lower95"] > 0
         goals[nfe] = entry
     return goals
@@ -746,7 +739,7 @@ def run_target(name, gm, process, args, nfes) -> tuple[dict, str]:
     if args.refine_top:
         best, refine = refine_stage(gm, model, dev, configs, chosen, args, nfes)
     partial = {"dev": dev, "refine": refine, "contenders": {f"{lib}@{k}": m for (lib, k), m in best.items()}}
-    (RESULTS / f"{stem}.partial.json").write_text(json.dumps(partial, indent=1, default=float))
+    write_json(RESULTS / f"{stem}.partial.json", partial, indent=1)
     held = heldout_stage(gm, model, chosen, best, args, stem, partial)
     goals = summarize(held, best, nfes)
     curves = {}

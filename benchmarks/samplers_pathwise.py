@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import samplers as bench  # noqa: E402
-from _common import paired_cells, write_results  # noqa: E402
+from harness import DEV_SEED, RESULTS, heldout_seeds, paired, paired_cells, write_results  # noqa: E402
 
 from scorelab.core.processes import Discrete  # noqa: E402
 from scorelab.core.schedules import make_grid  # noqa: E402
@@ -182,7 +182,7 @@ def heldout(model, by_label: dict, best: dict, args, d: int) -> tuple[list[dict]
     (the largest is reported), and on seed 1 the gap to dopri5 at rtol 1e-11 on ``args.dopri_check`` x_T."""
     runs = sorted({(lib, nfe, m, lab) for b in best.values() for (lib, nfe), (m, lab) in b.items()})
     rows, ref_err = [], {"rms": 0.0, "sw2": 0.0}
-    for seed in range(1, args.seeds + 1):
+    for seed in heldout_seeds(DEV_SEED + 1, args.seeds):
         x_T, ref = x_T_of(seed, args.n, d), flow_of(model, seed, args.n, args)
         err = Coupled(model.gm, ref)
         gap = err(flow_of(model, seed, args.n, args, check=True))
@@ -214,7 +214,7 @@ def summarize(rows: list[dict], best: dict, nfes, metric: str = "rms") -> dict:
             ent[lib] = {"method": method, "label": label, f"{metric}_mean": float(np.mean(v)),
                         f"{metric}_std": float(np.std(v, ddof=1)), "tv_mean": float(np.mean(tv))}
         if len(ent) == 2:
-            ent["paired_diff_diffusers_minus_scorelab"] = bench.paired(
+            ent["paired_diff_diffusers_minus_scorelab"] = paired(
                 [per["diffusers"][s] - per["scorelab"][s] for s in sorted(per["scorelab"])])
         out[nfe] = ent
     return out
@@ -263,7 +263,7 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--ref-steps", type=int, default=1000, help="steps of the high-order reference")
     ap.add_argument("--rtol", type=float, default=1e-9, help="tolerance of the dopri5 reference")
     ap.add_argument("--dopri-check", type=int, default=0, help="x_T of seed 1 also solved by dopri5 at rtol 1e-11")
-    ap.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "results" / ".pathwise_flows",
+    ap.add_argument("--cache", type=Path, default=RESULTS / ".pathwise_flows",
                     help="folder of cached exact flows (reused when target, x_T seed, n and reference match)")
     ap.add_argument("--flows-only", action="store_true", help="compute and cache the flows of --flow-seeds, then stop")
     ap.add_argument("--flow-seeds", type=int, nargs="+", default=None, help="with --flows-only (0 = dev seed)")
@@ -283,7 +283,7 @@ def main(argv=None) -> dict | None:
         return None
     configs = [c for c in bench.scorelab_configs(False) + bench.diffusers_configs(False) if deterministic(c)]
     by_label = {(c["method"], c["label"]): c for c in configs}
-    dev = dev_stage(model, configs, args.nfes, flow_of(model, 0, args.n_dev, args))
+    dev = dev_stage(model, configs, args.nfes, flow_of(model, DEV_SEED, args.n_dev, args))
     best = {m: contenders(dev, args.nfes, m) for m in METRICS}
     rows, ref_err = heldout(model, by_label, best, args, gm.d)
     summaries = {m: summarize(rows, best[m], args.nfes, m) for m in METRICS}

@@ -30,7 +30,7 @@ from scorelab.training.loop import TrainConfig, train
 from scorelab.training.losses import DSMLoss, LossConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, write_results  # noqa: E402
+from harness import RESULTS, mean_std, write_json, write_results  # noqa: E402
 
 
 def _net() -> UNet:
@@ -56,7 +56,7 @@ def pretrain(x: torch.Tensor, steps: int, seed: int, cache: Path | None = None) 
         cache.parent.mkdir(parents=True, exist_ok=True)
         safetensors.torch.save_file({k: v.contiguous() for k, v in res.ema_model.net.state_dict().items()},
                                     str(cache))
-        cache.with_suffix(".json").write_text(json.dumps({"pretrain_s": wall, "steps": steps}))
+        write_json(cache.with_suffix(".json"), {"pretrain_s": wall, "steps": steps}, indent=None)
     return res.ema_model.requires_grad_(True).eval(), wall
 
 
@@ -157,11 +157,11 @@ def gap_closed(run: dict) -> float:
 def report(args, runs: list[dict], wall: float) -> dict:
     q = args.quick
     keys = ["DDPM T=1000", "DDPM T'=10 quad", "SFT-PG(B) T'=10 quad"]
-    summary = {k: {m: {"mean": float(np.mean([r[k][m] for r in runs])), "std": float(np.std([r[k][m] for r in runs]))}
-                   for m in ("fid_digits", "precision", "recall")} for k in keys}
+    summary = {k: {m: mean_std([r[k][m] for r in runs], ddof=0) for m in ("fid_digits", "precision", "recall")}
+               for k in keys}
     stem = "sft_pg_digits" + ("_quick" if q else "") + (f"_{args.tag}" if args.tag else "")
     closed = [gap_closed(r) for r in runs]
-    summary["gap_closed"] = {"mean": float(np.mean(closed)), "std": float(np.std(closed)), "per_seed": closed}
+    summary["gap_closed"] = {**mean_std(closed, ddof=0), "per_seed": closed}
     out = {"config": {k: v for k, v in vars(args).items() if k != "merge"}, "summary": summary, "runs": runs,
            "wall_time_s": wall}
     full = args.pretrain_steps == 20_000 and args.epochs == 100 and len(args.seeds) == 3

@@ -40,7 +40,7 @@ from scorelab.finetune.sft_pg import SFTPGConfig, pg_variance, sample_policy, sf
 from scorelab.nets import StepEmbedMLP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, write_results  # noqa: E402
+from harness import RESULTS, mean_std, write_json, write_results  # noqa: E402
 
 ANCHOR = {"DDPM T=10": 8.29e-2, "DDPM T=100": 2.36e-2, "DDPM T=1000": 1.78e-2, "SFT-PG(B) T=10": 0.64e-2}
 
@@ -118,7 +118,7 @@ def pretrained(data: torch.Tensor, T: int, steps: int, seed: int, path: Path) ->
     wall = time.perf_counter() - t0
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file({k: v.contiguous() for k, v in model.net.state_dict().items()}, str(path))
-    path.with_suffix(".json").write_text(json.dumps({"pretrain_s": wall, "steps": steps}))
+    write_json(path.with_suffix(".json"), {"pretrain_s": wall, "steps": steps}, indent=None)
     return model, wall
 
 
@@ -168,7 +168,7 @@ def scored_reference(path: Path, name: str, seed: int, make_draw, args) -> dict:
     if args.eval_draws > 1:
         row["draws"] = draw_metrics(draw, name, seed, x, args)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(row))
+    write_json(path, row, indent=None)
     return row
 
 
@@ -231,8 +231,7 @@ def floors(train_fn, held_fn, n: int, n_exact: int, repeats: int) -> dict:
         out["paper_sw2"].append(sliced_w2(a, b, 100, seed=r))
         out["sw2_1000_heldout"].append(sliced_w2(held_fn(n, 5000 + r), b, 1000, seed=12345))
         out["w2_exact_heldout"].append(w2_exact(held_fn(n_exact, 7000 + r), held_fn(n_exact, 8000 + r)))
-    return {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
-            for k, v in out.items()}
+    return {k: mean_std(v) for k, v in out.items()}
 
 
 def run_one(name: str, seed: int, args) -> dict:
@@ -267,7 +266,7 @@ def run_one(name: str, seed: int, args) -> dict:
         rows["SFT-PG(B) T=10"]["draws"] = draw_metrics(res.ema_model, name, seed, x, args)
     samples["SFT-PG(B) T=10"] = s
     out = {"rows": rows, "samples": {k: v[:3000].tolist() for k, v in samples.items()}, "train": x[:3000].tolist()}
-    cache.write_text(json.dumps(out))
+    write_json(cache, out, indent=None)
     return out
 
 
@@ -278,11 +277,9 @@ def summarise(runs: list[dict]) -> dict:
         for m in ("paper_sw2", "sw2_1000_heldout", "w2_exact_heldout", "pretrain_s", "finetune_s"):
             vals = [r["rows"][key][m] for r in runs if m in r["rows"][key]]
             if vals:
-                out[key][m] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1
-                               else 0.0, "values": vals}
+                out[key][m] = {**mean_std(vals), "values": vals}
         if all("draws" in r["rows"][key] for r in runs):
-            out[key]["draws"] = {m: {"mean": float(np.mean(v := [r["rows"][key]["draws"][m]["mean"] for r in runs])),
-                                     "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "values": v,
+            out[key]["draws"] = {m: {**mean_std(v := [r["rows"][key]["draws"][m]["mean"] for r in runs]), "values": v,
                                      "n_draws": len(runs[0]["rows"][key]["draws"][m]["values"])}
                                  for m in runs[0]["rows"][key]["draws"]}
         if "pg_variance" in runs[0]["rows"][key]:
@@ -439,7 +436,7 @@ def main(argv: list[str] | None = None) -> dict:
         fpath = args.work / f"{name}_floors_{args.floor_repeats}.json"
         if not fpath.exists():
             fpath.parent.mkdir(parents=True, exist_ok=True)
-            fpath.write_text(json.dumps(floors(*DATA[name], 10_000, args.n_exact, args.floor_repeats)))
+            write_json(fpath, floors(*DATA[name], 10_000, args.n_exact, args.floor_repeats), indent=None)
         out["floors"][name] = json.loads(fpath.read_text())
         runs = [run_one(name, s, args) for s in args.seeds]
         if args.resampled_reference:

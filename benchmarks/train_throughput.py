@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from harness import write_results  # noqa: E402
 
 from scorelab.core.denoisers import NetworkModel  # noqa: E402
 from scorelab.core.processes import VP, Discrete  # noqa: E402
