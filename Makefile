@@ -28,7 +28,7 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests (exit 5): the suite did not run" >&2; exit 1; fi; \
 	if [ $$rc -ne 0 ]; then exit $$rc; fi
-	$(BIN)/mkdocs build --strict --quiet
+	$(BIN)/mkdocs build --strict
 
 # The docs site (mkdocs + material + mkdocstrings) into site/; --strict turns every warning into a failure.
 docs: $(STAMP)

@@ -97,8 +97,28 @@ def test_every_module_is_in_the_api_reference() -> None:
                     reason="mkdocs / mkdocstrings not installed (pip install -e '.[docs]'); the strict docs build "
                            "is not checked")
 def test_docs_build_strict(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir",
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
                            str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, timeout=600)
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     assert (tmp_path / "site" / "index.html").is_file()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
+                    reason="mkdocs / mkdocstrings not installed (pip install -e '.[docs]'); the strict docs build "
+                           "is not checked")
+def test_strict_build_fails_on_a_broken_reference(tmp_path: Path) -> None:
+    """The mechanism CI relies on: a cross-reference to a name that does not exist fails ``--strict``.
+    (``mkdocs build --strict --quiet`` would pass it: --quiet drops the warnings that --strict counts.)"""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "index.md").write_text("# probe\n\nSee [VP][scorelab.core.processes.VP] and "
+                                   "[gone][scorelab.no_such_name].\n\n::: scorelab.core.processes.VP\n")
+    (tmp_path / "mkdocs.yml").write_text(
+        f"site_name: probe\ndocs_dir: {docs}\nsite_dir: {tmp_path / 'site'}\nplugins:\n  - mkdocstrings:\n"
+        f"      handlers:\n        python:\n          paths: [{ROOT / 'src'}]\n")
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(tmp_path / "mkdocs.yml")],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, timeout=300)
+    assert proc.returncode != 0
+    assert "scorelab.no_such_name" in proc.stdout + proc.stderr
