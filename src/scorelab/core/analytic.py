@@ -126,6 +126,8 @@ class GaussianMixture:
         return self._at(x, t, process, need=())[0]
 
     def score_t(self, x: torch.Tensor, t: TimeLike, process: ForwardProcess) -> torch.Tensor:
+        """Exact score grad_x log p_t(x) of the diffused mixture under ``process``. Shapes: x [B, d], t
+        scalar or [B] -> [B, d]."""
         return self._at(x, t, process, need=("score",))[1]["score"]
 
     def x0_t(self, x: torch.Tensor, t: TimeLike, process: ForwardProcess) -> torch.Tensor:
@@ -133,6 +135,7 @@ class GaussianMixture:
         return self._at(x, t, process, need=("x0",))[1]["x0"]
 
     def eps_t(self, x: torch.Tensor, t: TimeLike, process: ForwardProcess) -> torch.Tensor:
+        """Exact noise prediction eps = -sigma(t) grad_x log p_t(x). Shapes: x [B, d], t scalar or [B] -> [B, d]."""
         return self._at(x, t, process, need=("eps",))[1]["eps"]
 
     def as_model(self, process: ForwardProcess) -> "MixtureModel":
@@ -141,9 +144,11 @@ class GaussianMixture:
 
     # -- summaries ----------------------------------------------------------------------------
     def mean(self) -> torch.Tensor:
+        """Mixture mean sum_k w_k mu_k -> ``[d]`` (float64)."""
         return (self.weights[:, None] * self.means).sum(0)
 
     def covariance(self) -> torch.Tensor:
+        """Mixture covariance sum_k w_k (Sigma_k + (mu_k - m)(mu_k - m)^T) -> ``[d, d]`` (float64)."""
         m = self.mean()
         dm = self.means - m
         return (self.weights[:, None, None] * (self.covs + dm[:, :, None] * dm[:, None, :])).sum(0)
@@ -169,15 +174,19 @@ class MixtureModel(DiffusionModel):
         self.mixture, self.process = mixture, process
 
     def x0(self, x, t, **cond):
+        """Exact Tweedie denoiser E[x_0 | x_t = x]. Shapes: x [B, d], t scalar or [B] -> [B, d]."""
         return self.mixture.x0_t(x, t, self.process)
 
     def eps(self, x, t, **cond):
+        """Exact eps = -sigma(t) score. Shapes: x [B, d], t scalar or [B] -> [B, d]."""
         return self.mixture.eps_t(x, t, self.process)
 
     def score(self, x, t, **cond):
+        """Exact score grad_x log p_t(x). Shapes: x [B, d], t scalar or [B] -> [B, d]."""
         return self.mixture.score_t(x, t, self.process)
 
     def log_prob(self, x, t):
+        """Exact log p_t(x) -> ``[B]`` (float64, differentiable in x). Shapes: x [B, d], t scalar or [B]."""
         return self.mixture.log_prob_t(x, t, self.process)
 
 

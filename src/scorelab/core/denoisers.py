@@ -32,22 +32,30 @@ TIME_INPUTS = ("t", "index", "c_noise", "log_snr")
 
 # -- conversions -------------------------------------------------------------------------------
 def eps_from_x0(x, x0, alpha, sigma):
+    """eps = (x - alpha x0) / sigma. Shapes: x, x0 [B, ...], alpha, sigma broadcastable to x -> [B, ...]."""
     return (x - alpha * x0) / sigma
 
 
 def x0_from_eps(x, eps, alpha, sigma):
+    """x0 = (x - sigma eps) / alpha. Shapes: x, eps [B, ...], alpha, sigma broadcastable to x -> [B, ...]."""
     return (x - sigma * eps) / alpha
 
 
 def x0_from_v(x, v, alpha, sigma):
+    """x0 = (alpha x - sigma v) / (alpha^2 + sigma^2) (Salimans & Ho 2022). Shapes: x, v [B, ...], alpha, sigma
+    broadcastable to x -> [B, ...]."""
     return (alpha * x - sigma * v) / (alpha**2 + sigma**2)
 
 
 def eps_from_v(x, v, alpha, sigma):
+    """eps = (sigma x + alpha v) / (alpha^2 + sigma^2) (Salimans & Ho 2022). Shapes: x, v [B, ...], alpha, sigma
+    broadcastable to x -> [B, ...]."""
     return (sigma * x + alpha * v) / (alpha**2 + sigma**2)
 
 
 def v_from_eps_x0(eps, x0, alpha, sigma):
+    """v = alpha eps - sigma x0 (Salimans & Ho 2022). Shapes: eps, x0 [B, ...], alpha, sigma broadcastable -> [B,
+    ...]."""
     return alpha * eps - sigma * x0
 
 
@@ -87,6 +95,8 @@ class DiffusionModel(nn.Module):
         return -self.eps(x, t, **cond) / s
 
     def v(self, x: torch.Tensor, t: TimeLike, **cond) -> torch.Tensor:
+        """Velocity v = alpha eps - sigma x0, from ``eps`` (one evaluation). Shapes: x [B, ...], t scalar or
+        [B] -> [B, ...]."""
         a, s = self._coefs(x, t)
         eps = self.eps(x, t, **cond)
         return v_from_eps_x0(eps, x0_from_eps(x, eps, a, s), a, s)
@@ -106,6 +116,8 @@ def net_time_input(process: ForwardProcess, time_input: str, x: torch.Tensor, t:
 
 
 def default_time_input(process: ForwardProcess, parameterization: str) -> str:
+    """The time input a network gets by default: ``"c_noise"`` for EDM's F, ``"index"`` on a ``Discrete``
+    process, else ``"t"``."""
     if parameterization == "edm":
         return "c_noise"
     return "index" if isinstance(process, Discrete) else "t"
@@ -150,6 +162,8 @@ class NetworkModel(DiffusionModel):
         return self.net(x, self.net_time(x, t), **cond)
 
     def x0(self, x, t, **cond):
+        """Denoiser x0_hat(x, t), converted from the network's parameterization (EDM: c_skip x/alpha + c_out
+        F). Shapes: x [B, ...], t scalar or [B] -> [B, ...]."""
         a, s = self._coefs(x, t)
         out = self(x, t, **cond)
         p = self.parameterization
@@ -165,6 +179,8 @@ class NetworkModel(DiffusionModel):
         return c_skip * x / a + c_out * out
 
     def eps(self, x, t, **cond):
+        """Noise prediction eps_hat(x, t), converted from the network's parameterization. Shapes: x [B, ...],
+        t scalar or [B] -> [B, ...]."""
         p = self.parameterization
         if p in ("x0", "edm"):
             return super().eps(x, t, **cond)
@@ -188,11 +204,15 @@ class FunctionModel(DiffusionModel):
         self.fn, self.process, self.parameterization = fn, process, parameterization
 
     def x0(self, x, t, **cond):
+        """x0_hat(x, t): ``fn`` itself for an x0 function, else converted from eps. Shapes: x [B, ...], t
+        scalar or [B] -> [B, ...]."""
         if self.parameterization == "x0":
             return self.fn(x, as_tensor(t, x))
         return super().x0(x, t)
 
     def eps(self, x, t, **cond):
+        """eps_hat(x, t): ``fn`` for an eps function, -sigma fn for a score function, else converted from x0.
+        Shapes: x [B, ...], t scalar or [B] -> [B, ...]."""
         if self.parameterization == "eps":
             return self.fn(x, as_tensor(t, x))
         if self.parameterization == "score":
@@ -218,6 +238,8 @@ class ClippedModel(DiffusionModel):
         self.model, self.process, self.data_range = model, model.process, (low, high)
 
     def x0(self, x, t, **cond):
+        """clamp(model.x0(x, t), low, high); eps, score and v follow from it. Shapes: x [B, ...], t scalar or
+        [B] -> [B, ...]."""
         return self.model.x0(x, t, **cond).clamp(*self.data_range)
 
 
@@ -234,26 +256,32 @@ class CountingModel(DiffusionModel):
 
     @property
     def nfe(self) -> int:
+        """Network evaluations counted since construction or the last ``reset()``."""
         return self.__dict__["_nfe"]
 
     def reset(self) -> None:
+        """Set the evaluation counter back to 0."""
         self.__dict__["_nfe"] = 0
 
     def _count(self) -> None:
         self.__dict__["_nfe"] += 1
 
     def x0(self, x, t, **cond):
+        """The wrapped model's x0, counted as one evaluation. Shapes: x [B, ...], t scalar or [B] -> [B, ...]."""
         self._count()
         return self.model.x0(x, t, **cond)
 
     def eps(self, x, t, **cond):
+        """The wrapped model's eps, counted as one evaluation. Shapes: x [B, ...], t scalar or [B] -> [B, ...]."""
         self._count()
         return self.model.eps(x, t, **cond)
 
     def score(self, x, t, **cond):
+        """The wrapped model's score, counted as one evaluation. Shapes: x [B, ...], t scalar or [B] -> [B, ...]."""
         self._count()
         return self.model.score(x, t, **cond)
 
     def v(self, x, t, **cond):
+        """The wrapped model's v, counted as one evaluation. Shapes: x [B, ...], t scalar or [B] -> [B, ...]."""
         self._count()
         return self.model.v(x, t, **cond)

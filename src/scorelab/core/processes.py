@@ -42,9 +42,11 @@ class ForwardProcess:
 
     # -- primitives (subclasses) --------------------------------------------------------------
     def log_alpha(self, t: TimeLike) -> torch.Tensor:
+        """log alpha(t), the log signal scale. Shapes: t [...] -> [...]."""
         raise NotImplementedError
 
     def log_sigma(self, t: TimeLike) -> torch.Tensor:
+        """log sigma(t), the log noise scale. Shapes: t [...] -> [...]."""
         raise NotImplementedError
 
     def drift_coef(self, t: TimeLike) -> torch.Tensor:
@@ -65,9 +67,11 @@ class ForwardProcess:
 
     # -- derived ----------------------------------------------------------------------------
     def alpha(self, t: TimeLike) -> torch.Tensor:
+        """Signal scale alpha(t) = exp(log_alpha(t)). Shapes: t [...] -> [...]."""
         return torch.exp(self.log_alpha(t))
 
     def sigma(self, t: TimeLike) -> torch.Tensor:
+        """Noise scale sigma(t) = exp(log_sigma(t)). Shapes: t [...] -> [...]."""
         return torch.exp(self.log_sigma(t))
 
     def log_snr(self, t: TimeLike) -> torch.Tensor:
@@ -188,37 +192,49 @@ class VP(ForwardProcess):
         self.beta_min, self.beta_max, self.t_min, self.t_max = float(beta_min), float(beta_max), t_min, t_max
 
     def beta(self, t: TimeLike) -> torch.Tensor:
+        """beta(t) = beta_min + t (beta_max - beta_min) (Song et al. 2021, eq. 11). Shapes: t [...] -> [...]."""
         return self.beta_min + _t(t) * (self.beta_max - self.beta_min)
 
     def int_beta(self, t: TimeLike) -> torch.Tensor:
+        """B(t) = integral of beta over [0, t] = beta_min t + (beta_max - beta_min) t^2 / 2. Shapes: t [...]
+        -> [...]."""
         t = _t(t)
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
 
     def t_from_int_beta(self, b: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``int_beta``: the t >= 0 with B(t) = b (stable root of the quadratic). Shapes: b [...]
+        -> t [...]."""
         db = self.beta_max - self.beta_min
         if db == 0:
             return b / self.beta_min
         return 2 * b / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * db * b))
 
     def log_alpha(self, t):
+        """log alpha(t) = -B(t)/2. Shapes: t [...] -> [...]."""
         return -0.5 * self.int_beta(t)
 
     def log_sigma(self, t):
+        """log sigma(t) = log(1 - e^{-B(t)}) / 2, via expm1. Shapes: t [...] -> [...]."""
         return 0.5 * torch.log(-torch.expm1(-self.int_beta(t)))
 
     def log_snr(self, t):
+        """lambda(t) = -log(e^{B(t)} - 1), via expm1 (no cancellation at small t). Shapes: t [...] -> [...]."""
         return -torch.log(torch.expm1(self.int_beta(t)))
 
     def drift_coef(self, t):
+        """f(t) = -beta(t)/2. Shapes: t [...] -> [...]."""
         return -0.5 * self.beta(t)
 
     def diffusion_sq(self, t):
+        """g^2(t) = beta(t). Shapes: t [...] -> [...]."""
         return self.beta(t)
 
     def t_from_log_snr(self, lam):
+        """Inverse of ``log_snr``: B = softplus(-lambda), then t = int_beta^{-1}(B). Shapes: lam [...] -> t [...]."""
         return self.t_from_int_beta(torch.nn.functional.softplus(-_t(lam)))
 
     def config(self):
+        """JSON-serialisable parameters; ``process_from_config`` inverts it."""
         return {"name": self.name, "beta_min": self.beta_min, "beta_max": self.beta_max,
                 "t_min": self.t_min, "t_max": self.t_max}
 
@@ -229,17 +245,22 @@ class SubVP(VP):
     name = "subvp"
 
     def log_sigma(self, t):
+        """log sigma(t) = log(1 - e^{-B(t)}) (sub-VP: sigma = 1 - e^{-B}). Shapes: t [...] -> [...]."""
         return torch.log(-torch.expm1(-self.int_beta(t)))
 
     def log_snr(self, t):
+        """lambda(t) = -B - 2 log(1 - e^{-B}). Shapes: t [...] -> [...]."""
         b = self.int_beta(t)
         return -b - 2 * torch.log(-torch.expm1(-b))
 
     def diffusion_sq(self, t):
+        """g^2(t) = beta(t) (1 - e^{-2 B(t)}) (Song et al. 2021, eq. 12). Shapes: t [...] -> [...]."""
         return self.beta(t) * -torch.expm1(-2 * self.int_beta(t))
 
     def t_from_log_snr(self, lam):
         # sigma/alpha = r = e^{-lam/2} = (1-v^2)/v with v = e^{-B/2}  =>  B = 2 asinh(r/2)
+        """Inverse of ``log_snr``: B = 2 asinh(e^{-lambda/2} / 2), then t = int_beta^{-1}(B). Shapes: lam
+        [...] -> t [...]."""
         r = torch.exp(-0.5 * _t(lam))
         return self.t_from_int_beta(2 * torch.asinh(0.5 * r))
 
@@ -261,23 +282,30 @@ class VPCosine(ForwardProcess):
         return (_t(t) + self.s) / (1 + self.s) * math.pi / 2
 
     def log_alpha(self, t):
+        """log alpha(t) = log cos(phi(t)) - log cos(phi(0)), clamped at 0 so alpha(0) = 1. Shapes: t [...] -> [...]."""
         return (torch.log(torch.cos(self._phi(t))) - self._log_cos0).clamp(max=0.0)  # alpha(0) = 1 despite rounding
 
     def log_sigma(self, t):
+        """log sigma(t) = log(1 - alpha(t)^2) / 2. Shapes: t [...] -> [...]."""
         return 0.5 * torch.log(-torch.expm1(2 * self.log_alpha(t)))
 
     def drift_coef(self, t):
+        """f(t) = -(pi/2) tan(phi(t)) / (1 + s). Shapes: t [...] -> [...]."""
         return -torch.tan(self._phi(t)) * (math.pi / 2) / (1 + self.s)
 
     def diffusion_sq(self, t):
+        """g^2(t) = -2 f(t) (variance preserving). Shapes: t [...] -> [...]."""
         return -2 * self.drift_coef(t)
 
     def t_from_log_snr(self, lam):
+        """Inverse of ``log_snr``: alpha^2 = sigmoid(lambda), phi = arccos(alpha cos phi(0)). Shapes: lam
+        [...] -> t [...]."""
         log_alpha = 0.5 * torch.nn.functional.logsigmoid(_t(lam))
         phi = torch.arccos(torch.exp(log_alpha + self._log_cos0))
         return phi * 2 / math.pi * (1 + self.s) - self.s
 
     def config(self):
+        """JSON-serialisable parameters; ``process_from_config`` inverts it."""
         return {"name": self.name, "s": self.s, "t_min": self.t_min, "t_max": self.t_max}
 
 
@@ -296,21 +324,28 @@ class VE(ForwardProcess):
         self.prior_std = float(self.sigma(torch.tensor(t_max, dtype=torch.float64)))
 
     def log_alpha(self, t):
+        """log alpha(t) = 0 (alpha = 1). Shapes: t [...] -> [...]."""
         return torch.zeros_like(_t(t))
 
     def log_sigma(self, t):
+        """log sigma(t) = log sigma_min + t log(sigma_max / sigma_min). Shapes: t [...] -> [...]."""
         return math.log(self.sigma_min) + _t(t) * self._log_ratio
 
     def drift_coef(self, t):
+        """f(t) = 0. Shapes: t [...] -> [...]."""
         return torch.zeros_like(_t(t))
 
     def diffusion_sq(self, t):
+        """g^2(t) = 2 sigma(t)^2 log(sigma_max / sigma_min). Shapes: t [...] -> [...]."""
         return 2 * self.sigma(t) ** 2 * self._log_ratio
 
     def t_from_log_snr(self, lam):
+        """Inverse of ``log_snr``: t = (-lambda/2 - log sigma_min) / log(sigma_max / sigma_min). Shapes: lam
+        [...] -> t [...]."""
         return (-0.5 * _t(lam) - math.log(self.sigma_min)) / self._log_ratio
 
     def config(self):
+        """JSON-serialisable parameters; ``process_from_config`` inverts it."""
         return {"name": self.name, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
                 "t_min": self.t_min, "t_max": self.t_max}
 
@@ -328,21 +363,27 @@ class EDM(ForwardProcess):
         self.prior_std = self.t_max
 
     def log_alpha(self, t):
+        """log alpha(t) = 0 (alpha = 1). Shapes: t [...] -> [...]."""
         return torch.zeros_like(_t(t))
 
     def log_sigma(self, t):
+        """log sigma(t) = log t (sigma = t). Shapes: t [...] -> [...]."""
         return torch.log(_t(t))
 
     def drift_coef(self, t):
+        """f(t) = 0. Shapes: t [...] -> [...]."""
         return torch.zeros_like(_t(t))
 
     def diffusion_sq(self, t):
+        """g^2(t) = 2 t (d sigma^2 / dt). Shapes: t [...] -> [...]."""
         return 2 * _t(t)
 
     def t_from_log_snr(self, lam):
+        """Inverse of ``log_snr``: t = e^{-lambda/2}. Shapes: lam [...] -> t [...]."""
         return torch.exp(-0.5 * _t(lam))
 
     def config(self):
+        """JSON-serialisable parameters; ``process_from_config`` inverts it."""
         return {"name": self.name, "sigma_min": self.t_min, "sigma_max": self.t_max, "sigma_data": self.sigma_data}
 
 
@@ -416,6 +457,9 @@ class Discrete(ForwardProcess):
 
     @classmethod
     def from_schedule(cls, name: str, n: int, **kwargs: float) -> "Discrete":
+        """A chain of ``n`` steps with a named beta schedule (``linear``, ``cosine``, ``sigmoid``, ``li``;
+        keyword arguments go to the schedule function, e.g. ``start``, ``end``). Raises ValueError for an
+        unknown name."""
         if name not in BETA_SCHEDULES:
             raise ValueError(f"unknown beta schedule {name!r}; expected one of {sorted(BETA_SCHEDULES)}")
         obj = cls(BETA_SCHEDULES[name](n, **kwargs), schedule=name)
@@ -427,6 +471,8 @@ class Discrete(ForwardProcess):
         return torch.arange(self.N + 1, dtype=torch.float64) / self.N
 
     def index(self, t: TimeLike) -> torch.Tensor:
+        """Fractional step index i = t N of time t (the input of a network trained on steps). Shapes: t [...]
+        -> [...]."""
         return _t(t) * self.N
 
     def _interp(self, t: torch.Tensor) -> torch.Tensor:
@@ -438,16 +484,21 @@ class Discrete(ForwardProcess):
         return ((1 - w) * la[i0] + w * la[i0 + 1]).to(t.dtype if t.is_floating_point() else torch.float64)
 
     def log_alpha(self, t):
+        """log alpha(t) = log alpha_bar(t) / 2, log alpha_bar linear in t between steps. Shapes: t [...] -> [...]."""
         return 0.5 * self._interp(t)
 
     def log_sigma(self, t):
+        """log sigma(t) = log(1 - alpha_bar(t)) / 2, via expm1. Shapes: t [...] -> [...]."""
         return 0.5 * torch.log(-torch.expm1(self._interp(t)))
 
     def log_snr(self, t):
+        """lambda(t) = log alpha_bar - log(1 - alpha_bar) at the interpolated alpha_bar(t). Shapes: t [...] -> [...]."""
         la = self._interp(t)
         return la - torch.log(-torch.expm1(la))
 
     def drift_coef(self, t):
+        """f(t) = (d/dt) log alpha(t): N/2 (log alpha_bar_i - log alpha_bar_{i-1}) on segment (i-1, i].
+        Shapes: t [...] -> [...]."""
         t = _t(t)
         pos = (t.to(torch.float64) * self.N).clamp(0, self.N)
         i = (pos - 1e-9).ceil().clamp(min=1).long()  # segment (i-1, i]; tolerance: 3/10*10 = 3.0000000000000004
@@ -455,9 +506,12 @@ class Discrete(ForwardProcess):
         return (0.5 * slope).to(t.dtype if t.is_floating_point() else torch.float64)
 
     def diffusion_sq(self, t):
+        """g^2(t) = -2 f(t) (variance preserving). Shapes: t [...] -> [...]."""
         return -2 * self.drift_coef(t)
 
     def t_from_log_snr(self, lam):
+        """Inverse of ``log_snr`` on the piecewise-linear log alpha_bar (binary search, then linear). Shapes:
+        lam [...] -> t [...]."""
         lam = _t(lam)
         target = -torch.nn.functional.softplus(-lam.to(torch.float64))  # log alpha_bar = log sigmoid(lam)
         la = self.log_abar.to(lam.device)  # decreasing
@@ -478,6 +532,8 @@ class Discrete(ForwardProcess):
         return c0, ci, om_prev / om * b
 
     def config(self):
+        """``{name, schedule, n, **schedule kwargs}`` for a named schedule, else ``{name, betas}``;
+        ``process_from_config`` inverts it."""
         cfg: dict[str, Any] = {"name": self.name}
         if self.schedule is not None:
             cfg.update(schedule=self.schedule, n=self.N, **getattr(self, "_schedule_kwargs", {}))

@@ -37,11 +37,14 @@ class FourierTime(nn.Module):
         self.register_buffer("freqs", 2 * math.pi * torch.linspace(0.1, float(n_freq) / 2, n_freq) / t_max)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
+        """Fourier features of the generative time s. Shapes: s [B] -> [B, 2 n_freq]."""
         arg = s[:, None] * self.freqs.to(s)
         return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
 
 
 def mlp(n_in: int, hidden: int, n_out: int, layers: int, zero_last: bool = True) -> nn.Sequential:
+    """GELU MLP n_in -> hidden (x layers) -> n_out as ``nn.Sequential``; ``zero_last`` zero-initialises the
+    output layer (so the network starts at 0). Maps [B, n_in] -> [B, n_out]."""
     mods: list[nn.Module] = []
     for i in range(layers):
         mods += [nn.Linear(n_in if i == 0 else hidden, hidden), nn.GELU()]
@@ -110,6 +113,7 @@ class ZeroControl(nn.Module):
     """v = 0: the uncontrolled reference dynamics (for tests and baselines)."""
 
     def forward(self, x, s, score=None):
+        """The zero control. Shapes: x [B, d], s scalar or [B], score ignored -> [B, d]."""
         return torch.zeros_like(x)
 
 
@@ -121,5 +125,6 @@ class FunctionControl(nn.Module):
         self.fn = fn
 
     def forward(self, x, s, score=None):
+        """fn(x, s) with s broadcast to the batch. Shapes: x [B, d], s scalar or [B], score ignored -> [B, d]."""
         s = torch.as_tensor(s, dtype=x.dtype, device=x.device).expand(x.shape[:-1])
         return self.fn(x, s)

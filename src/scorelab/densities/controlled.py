@@ -63,6 +63,8 @@ class PathSample:
 
     @property
     def log_w(self) -> torch.Tensor:
+        """Path log-weights log w = log q - log p (target and reference over the forward path) ``[B]``;
+        logsumexp of them estimates log Z."""
         return self.log_q - self.log_p
 
 
@@ -97,9 +99,11 @@ class DiffusionSampler(nn.Module):
         return None, None
 
     def prior_sample(self, n: int, generator: torch.Generator | None, dtype: torch.dtype) -> torch.Tensor:
+        """n draws of the start X_0 of the generative process. Shapes: -> [n, d] of ``dtype``."""
         raise NotImplementedError
 
     def log_prior(self, x0: torch.Tensor) -> torch.Tensor:
+        """log density of the start distribution at x0. Shapes: x0 [B, d] -> [B]."""
         raise NotImplementedError
 
     def log_ref(self, xs: torch.Tensor) -> torch.Tensor:

@@ -40,16 +40,21 @@ class DDS(DiffusionSampler):
         self.register_buffer("std", self.sigma * torch.sqrt(-torch.expm1(-(B[:-1] - B[1:]))))
 
     def init_schedules(self):
+        """(a0, b0) = (s/T, s/(T sigma^2)): v_init = (s/T)(grad log rho(x) + x/sigma^2)."""
         T, v = self.t_max, self.sigma**2
         return (lambda s: s / T), (lambda s: s / T / v)
 
     def prior_sample(self, n, generator, dtype):
+        """X_0 ~ N(0, sigma^2 I) (the OU process' stationary law). Shapes: -> [n, d]."""
         return self.sigma * torch.randn(n, self.dim, generator=generator, dtype=dtype)
 
     def log_prior(self, x0):
+        """log N(x0; 0, sigma^2 I). Shapes: x0 [B, d] -> [B]."""
         return normal_log_prob(x0, 0.0, self.sigma)
 
     def log_ref(self, xs):
+        """log R(X): exact OU transitions N(x_{k+1}; a_k x_k, sigma^2 (1 - a_k^2)) and start N(0, sigma^2),
+        minus the terminal log N(x_K; 0, sigma^2). Shapes: xs [K+1, B, d] -> [B]."""
         c1, std = self._coef("c1", xs)[:, None, None], self._coef("std", xs)[:, None, None]
         steps = normal_log_prob(xs[1:], c1 * xs[:-1], std).sum(0)
         return normal_log_prob(xs[0], 0.0, self.sigma) + steps - normal_log_prob(xs[-1], 0.0, self.sigma)

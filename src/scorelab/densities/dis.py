@@ -49,13 +49,17 @@ class DIS(DiffusionSampler):
         self.register_buffer("rstd", dB.sqrt())
 
     def init_schedules(self):
+        """(a0, b0) = (s/T, -(1 - s/T)/nu^2): v_init interpolates the prior's score -x/nu^2 (s = 0) and grad
+        log rho (s = T)."""
         T, nu2 = self.t_max, self.prior_std**2
         return (lambda s: s / T), (lambda s: -(1 - s / T) / nu2)
 
     def prior_sample(self, n, generator, dtype):
+        """X_0 ~ N(0, prior_std^2 I). Shapes: -> [n, d]."""
         return self.prior_std * torch.randn(n, self.dim, generator=generator, dtype=dtype)
 
     def log_prior(self, x0):
+        """log N(x0; 0, prior_std^2 I). Shapes: x0 [B, d] -> [B]."""
         return normal_log_prob(x0, 0.0, self.prior_std)
 
     def mc_optimal_control(self, target, x: torch.Tensor, k: int, n_mc: int,
@@ -73,5 +77,7 @@ class DIS(DiffusionSampler):
         return (a * (w * y).sum(1) - x) / sig**2
 
     def log_ref(self, xs):
+        """log R(X): the reference's backward VP kernels N(x_k; (1 - dB_k/2) x_{k+1}, dB_k) summed over
+        steps. Shapes: xs [K+1, B, d] -> [B]."""
         r1, rstd = self._coef("r1", xs)[:, None, None], self._coef("rstd", xs)[:, None, None]
         return normal_log_prob(xs[:-1], r1 * xs[1:], rstd).sum(0)

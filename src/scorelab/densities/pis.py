@@ -41,16 +41,21 @@ class PIS(DiffusionSampler):
         self.register_buffer("std", torch.full((self.K,), self.sigma * math.sqrt(h), dtype=torch.float64))
 
     def init_schedules(self):
+        """(a0, b0) = (s/T, s/(T sigma^2 T)): v_init = (s/T)(grad log rho(x) + x/(sigma^2 T)), the optimum at s = T."""
         T, v = self.t_max, self.sigma**2 * self.t_max
         return (lambda s: s / T), (lambda s: s / T / v)
 
     def prior_sample(self, n, generator, dtype):
+        """X_0 = 0 (Brownian motion from the origin). Shapes: -> [n, d]."""
         return torch.zeros(n, self.dim, dtype=dtype)
 
     def log_prior(self, x0):
+        """0: the point mass at the origin cancels against the reference's. Shapes: x0 [B, d] -> [B]."""
         return torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)  # delta_0 cancels against R
 
     def log_ref(self, xs):
+        """log R(X): Brownian increments N(x_{k+1}; x_k, sigma^2 h) summed, minus the terminal log N(x_K; 0,
+        sigma^2 T). Shapes: xs [K+1, B, d] -> [B]."""
         std = self._coef("std", xs)[:, None, None]
         steps = normal_log_prob(xs[1:], xs[:-1], std).sum(0)
         return steps - normal_log_prob(xs[-1], 0.0, self.sigma * math.sqrt(self.t_max))

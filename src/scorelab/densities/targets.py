@@ -101,9 +101,12 @@ class MixtureTarget(Target):
         return self._c.to(x) - 0.5 * z.pow(2).sum(-1), z
 
     def log_prob_unnorm(self, x):
+        """log rho(x) = log Z + log of the mixture density (logsumexp over components). Shapes: x [B, d] -> [B]."""
         return torch.logsumexp(self._terms(x)[0], dim=1)
 
     def score(self, x):
+        """grad log rho(x) = -sum_k r_k(x) Sigma_k^{-1}(x - mu_k) in closed form (r: responsibilities).
+        Shapes: x [B, d] -> [B, d]."""
         logw, z = self._terms(x)
         r = torch.softmax(logw, dim=1)  # responsibilities [B, K]
         if self._diag is not None:
@@ -112,9 +115,11 @@ class MixtureTarget(Target):
         return -(r[..., None] * g).sum(1)
 
     def sample(self, n, generator=None):
+        """n exact draws of the mixture. Shapes: -> [n, d] (float64)."""
         return self.mixture.sample(n, generator=generator)
 
     def moments(self):
+        """Exact E||x||^2 and E||x||_1 (keys ``sq``, ``abs``); ``abs`` only for diagonal covariances."""
         m = self.mixture
         sq = (m.weights * (m.means.pow(2).sum(1) + torch.diagonal(m.covs, dim1=-2, dim2=-1).sum(-1))).sum()
         if not torch.allclose(m.covs, torch.diag_embed(torch.diagonal(m.covs, dim1=-2, dim2=-1))):
@@ -163,6 +168,7 @@ class Funnel(Target):
         self.scale, self.log_Z = float(scale), 0.0
 
     def log_prob_unnorm(self, x):
+        """log N(x_0; 0, scale^2) + sum_{i>=1} log N(x_i; 0, e^{x_0}) (normalized). Shapes: x [B, d] -> [B]."""
         self._check(x)
         x0, xr = x[:, 0], x[:, 1:]
         lp0 = -0.5 * (x0 / self.scale) ** 2 - math.log(self.scale) - 0.5 * math.log(2 * math.pi)
@@ -170,6 +176,7 @@ class Funnel(Target):
         return lp0 + lpr
 
     def score(self, x):
+        """grad log rho(x) in closed form. Shapes: x [B, d] -> [B, d]."""
         self._check(x)
         x0, xr = x[:, :1], x[:, 1:]
         e = torch.exp(-x0)
@@ -177,12 +184,14 @@ class Funnel(Target):
         return torch.cat([g0, -xr * e], dim=1)
 
     def sample(self, n, generator=None):
+        """n exact draws: x_0 first, then x_i given x_0. Shapes: -> [n, d] (float64)."""
         x0 = self.scale * torch.randn(n, 1, generator=generator, dtype=torch.float64)
         xr = torch.randn(n, self.dim - 1, generator=generator, dtype=torch.float64) * torch.exp(0.5 * x0)
         return torch.cat([x0, xr], dim=1)
 
     def moments(self):
         # E x_0^2 = s^2, E x_i^2 = E e^{x_0} = e^{s^2/2}; E|x_0| = s sqrt(2/pi), E|x_i| = sqrt(2/pi) e^{s^2/8}
+        """Exact E||x||^2 and E||x||_1 (keys ``sq``, ``abs``) in closed form: E x_0^2 = s^2, E x_i^2 = e^{s^2/2}."""
         s, c = self.scale, math.sqrt(2 / math.pi)
         n = self.dim - 1
         return {"sq": s**2 + n * math.exp(s**2 / 2), "abs": c * s + n * c * math.exp(s**2 / 8)}
@@ -222,15 +231,18 @@ class SeparableTarget(Target):
         return self._uniq[key]
 
     def log_prob_unnorm(self, x):
+        """sum_i f_i(x_i). Shapes: x [B, d] -> [B]."""
         self._check(x)
         return torch.stack([f(x[:, i]) for i, (f, _) in enumerate(self.factors)], dim=1).sum(1)
 
     def sample(self, n, generator=None):
+        """n exact draws, coordinate by coordinate by inverse CDF on a fine grid. Shapes: -> [n, d] (float64)."""
         u = torch.rand(n, self.dim, generator=generator, dtype=torch.float64).numpy()
         cols = [np.interp(u[:, i], s["cdf"], s["grid"]) for i, s in enumerate(self._stats)]
         return torch.as_tensor(np.stack(cols, axis=1), dtype=torch.float64)
 
     def moments(self):
+        """Exact E||x||^2 and E||x||_1 (keys ``sq``, ``abs``), by 1-D quadrature per coordinate."""
         return {"sq": float(sum(s["sq"] for s in self._stats)), "abs": float(sum(s["abs"] for s in self._stats))}
 
     def score_t(self, x: torch.Tensor, t: float | torch.Tensor, process, n_grid: int = 2001,
@@ -282,6 +294,7 @@ class DoubleWell(SeparableTarget):
         super().__init__([(well, half)] * w + [(_gauss_factor, 12.0)] * (dim - w), name=f"dw_{dim}_{w}_{delta:g}")
 
     def score(self, x):
+        """grad log rho(x): -4 x_i (x_i^2 - delta) for i <= w, -x_i after. Shapes: x [B, d] -> [B, d]."""
         self._check(x)
         xw, xr = x[:, : self.w], x[:, self.w:]
         return torch.cat([-4 * xw * (xw * xw - self.delta), -xr], dim=1)
@@ -297,6 +310,7 @@ class ManyWell(SeparableTarget):
         super().__init__([(well, 5.0), (_gauss_factor, 12.0)] * (dim // 2), name=f"manywell{dim}")
 
     def score(self, x):
+        """grad log rho(x): -4 x1^3 + 12 x1 + 1/2 on odd coordinates, -x2 on even ones. Shapes: x [B, d] -> [B, d]."""
         self._check(x)
         g = -x.clone()
         a = x[:, 0::2]
@@ -318,6 +332,7 @@ class FunctionTarget(Target):
         validate_log_prob(fn, dim, name)
 
     def log_prob_unnorm(self, x):
+        """The user's fn(x) (shape checked). Shapes: x [B, d] -> [B]."""
         self._check(x)
         return self.fn(x)
 

@@ -80,6 +80,7 @@ class TrainHistory:
     iterations: int = 0
 
     def as_dict(self) -> dict:
+        """The history as a JSON-serialisable dict (lists of per-iteration floats, times, iteration count)."""
         return {"loss": self.loss, "log_Z_hat": self.log_Z_hat, "ess": self.ess, "wall_time": self.wall_time,
                 "cpu_time": self.cpu_time, "iterations": self.iterations}
 

@@ -52,6 +52,8 @@ class VectorHead(ConfigMixin, nn.Module):
             self.trunk = StepEmbedMLP(n_steps, dim, width, depth, activation, out_dim=self.num_outputs)
 
     def forward(self, x: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
+        """Logits of x at network time t_in. Shapes: x [B, dim], t_in [B] -> [B] (num_outputs = 1) or [B,
+        num_outputs]."""
         return _squeeze(self.trunk(x, t_in), self.num_outputs)
 
 
@@ -81,6 +83,8 @@ class ImageHead(ConfigMixin, nn.Module):
         self.norm, self.out = group_norm(chans[-1], groups), nn.Linear(chans[-1], self.num_outputs)
 
     def forward(self, x: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
+        """Logits of images x at network time t_in. Shapes: x [B, C, H, W], t_in [B] -> [B] (num_outputs = 1)
+        or [B, num_outputs]."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"ImageHead expects x of shape [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
         emb = self.embed(check_time_input(t_in, x))
@@ -174,7 +178,10 @@ class TimeConditionedHead(nn.Module):
         self.net, self.process, self.time_input = net, process, time_input
 
     def net_time(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        """The ``[B]`` time input of the head for process time t (see ``core.denoisers.net_time_input``).
+        Shapes: x [B, ...], t scalar or [B] -> [B]."""
         return net_time_input(self.process, self.time_input, x, t)
 
     def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        """Head logits at process time t. Shapes: x [B, ...], t scalar or [B] -> [B] or [B, C]."""
         return self.net(x, self.net_time(x, t).to(x.dtype))

@@ -79,6 +79,8 @@ class SinusoidalEmbedding(nn.Module):
         self.register_buffer("freqs", freqs.float(), persistent=False)
 
     def forward(self, t_in: torch.Tensor) -> torch.Tensor:
+        """[cos(time_scale t_in f_k), sin(time_scale t_in f_k)] over the dim/2 frequencies f_k. Shapes: t_in
+        [B] -> [B, dim]."""
         args = (self.time_scale * t_in.float())[:, None] * self.freqs[None, :]
         return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
@@ -94,6 +96,8 @@ class TimeLabelEmbedding(nn.Module):
         self.label = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
 
     def forward(self, t_in: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """MLP of the sinusoidal embedding of t_in, plus the label embedding of y (y = -1 or None: no label).
+        Shapes: t_in [B], y [B] or None -> [B, dim]."""
         emb = self.mlp(self.sin(t_in))
         if self.label is None:
             if y is not None and torch.any(torch.as_tensor(y) >= 0):
@@ -170,6 +174,7 @@ class StepEmbedLinear(nn.Module):
         nn.init.xavier_normal_(self.lin.weight)
 
     def forward(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """gamma_rows * (W x + b). Shapes: x [B, n_in], rows [B] (integer step indices) -> [B, n_out]."""
         return self.embed(rows) * self.lin(x)
 
 

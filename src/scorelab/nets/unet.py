@@ -32,6 +32,7 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
 
 
 def zero_init(module: nn.Module) -> nn.Module:
+    """Set every parameter of ``module`` to zero (so a residual branch starts as the identity) and return it."""
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
@@ -49,6 +50,8 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Residual block with scale/shift conditioning on emb. Shapes: x [B, c_in, H, W], emb [B, emb_dim]
+        -> [B, c_out, H, W]."""
         h = self.conv1(F.silu(self.norm1(x)))
         scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
@@ -67,6 +70,7 @@ class SelfAttention(nn.Module):
         self.proj = zero_init(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x + attention over the H W positions. Shapes: x [B, C, H, W] -> [B, C, H, W]."""
         B, C, H, W = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).unbind(1)
         out = F.scaled_dot_product_attention(q.mT, k.mT, v.mT)  # [B, heads, HW, C/heads]

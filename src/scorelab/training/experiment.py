@@ -34,6 +34,8 @@ SECTIONS = ("run_dir", "data", "process", "model", "loss", "objective", "train")
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The ``data`` section: a built-in data set name or a path (image folder, .npy, .npz, .csv), ``n`` points
+    (None: all), the sampling ``seed`` and extra ``params`` for the loader."""
     name: str = "swiss_roll"
     n: int | None = 100_000
     seed: int = 0
@@ -42,6 +44,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The ``model`` section: ``net`` (a mapping with the network ``name`` and its arguments), the
+    ``parameterization`` the net predicts (eps, x0, v, score, edm), its ``time_input`` (None: the process'
+    default) and EDM's ``sigma_data``."""
     net: dict = field(default_factory=lambda: {"name": "mlp", "width": 256, "depth": 3})
     parameterization: str = "eps"
     time_input: str | None = None
@@ -67,6 +72,8 @@ class ObjectiveConfig:
             raise ValueError(f"objective order must be 1, 2 or 3, got {self.order!r}")
 
     def loss_fn(self, loss: LossConfig):
+        """The training loss: ``DSMLoss(loss)`` for ``dsm``, else ``hodsm_loss`` with this section's order,
+        trace and weights. Returns a callable loss(model, x0 [B, ...], generator=g) -> per-example losses [B]."""
         from functools import partial
 
         from .hodsm import hodsm_loss
@@ -80,6 +87,8 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    """A whole training run read from YAML: run folder and the sections data, process (a
+    ``ForwardProcess.config()`` mapping), model, loss, objective, train."""
     run_dir: str = "runs/experiment"
     data: DataConfig = field(default_factory=DataConfig)
     process: dict = field(default_factory=lambda: {"name": "vp"})
@@ -89,6 +98,8 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as JSON-compatible nested dicts (tuples become lists); ``experiment_from_dict``
+        inverts it."""
         return json.loads(json.dumps(dataclasses.asdict(self), default=list))
 
 
@@ -123,6 +134,8 @@ def _apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
 
 
 def experiment_from_dict(raw: dict, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Build an ``ExperimentConfig`` from a mapping (a parsed YAML file), after applying ``overrides`` such as
+    ``{"train.steps": 2000}``. Raises ValueError naming an unknown section or key or a bad value."""
     raw = _apply_overrides(json.loads(json.dumps(raw or {})), overrides or {})
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:

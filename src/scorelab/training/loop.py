@@ -102,6 +102,7 @@ class TrainConfig:
             raise ValueError(f"data_shards ({self.data_shards}) must divide batch_size ({self.batch_size})")
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-compatible dict (written next to every checkpoint)."""
         return ckpts.jsonable(asdict(self))
 
 
@@ -146,6 +147,8 @@ def update_ema(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer named by ``config.optimizer`` (``adamw``, ``adam`` or ``rmsprop``) over ``params`` with the
+    configured lr, betas and weight decay."""
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
@@ -160,6 +163,8 @@ def derived_seed(*keys: int) -> int:
 
 
 def make_generator(device: torch.device, *keys: int) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with ``derived_seed(*keys)`` (so every (seed, step, rank)
+    stream is reproducible)."""
     return torch.Generator(device=device).manual_seed(derived_seed(*keys))
 
 
@@ -268,6 +273,8 @@ class RunLogger:
             self.writer = None
 
     def log(self, step: int, loss: float, lr: float, grad_norm: float, elapsed: float) -> None:
+        """Append one row (step, loss, lr, gradient norm, elapsed seconds) to ``log.csv`` (and TensorBoard
+        when installed); no-op on ranks other than 0."""
         if not self.enabled:
             return
         self._csv.writerow([step, f"{loss:.8g}", f"{lr:.8g}", f"{grad_norm:.8g}", f"{elapsed:.3f}"])
@@ -277,6 +284,7 @@ class RunLogger:
                 self.writer.add_scalar(f"train/{name}", v, step)
 
     def close(self) -> None:
+        """Close the CSV file and the TensorBoard writer."""
         if self._file is not None:
             self._file.close()
         if self.writer is not None:

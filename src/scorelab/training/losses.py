@@ -97,6 +97,7 @@ class LossConfig:
             raise ValueError(f"t_min ({self.t_min}) must be < t_max ({self.t_max})")
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as a dict of its fields (for the run's JSON and YAML)."""
         return asdict(self)
 
 
