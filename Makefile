@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/scorelab demo --out runs/demo
+	$(BIN)/scorelab demo
 
 # Default suite (slow tests excluded). pytest exit 5 = no test collected: that is an error here, said loudly.
 # Then the docs site, built strictly, so a broken reference or a page missing from the nav fails CI.

@@ -35,8 +35,8 @@ def pretrain_mc_score(sampler: DiffusionSampler, target, *, rounds: int = 6, upd
     regress the network onto it for ``updates`` Adam steps on ``batch`` random (step, path) pairs, squared error
     weighted by the step's KL weight c2_k (for DIS, dB_k: the path KL is sum_k dB_k |v - v*|^2 / 2); lr x
     ``lr_decay`` per round.  Needs a sampler whose optimal control is a noised-target score (DIS).  Motivation
-    (``benchmarks/densities.py``, DW(5,5,4) runs; see docs/benchmarks.md): on DW(5,5,4) on-policy LV training stalls at ESS ~0.02 while the same
-    network regressed onto the exact control reaches ESS 0.47, and LV started there stays there.  Returns
+    (``benchmarks/densities.py`` on DW(5,5,4); docs/benchmarks.md): there on-policy LV training stalls at ESS ~0.02
+    while the same network regressed onto the exact control reaches ESS 0.47, and LV started there stays there.  Returns
     {"rounds", "cpu_time", "wall_time"}."""
     if not hasattr(sampler, "mc_optimal_control"):
         raise ValueError(f"MC-score pretraining needs a sampler whose optimal control is the noised target's score "
