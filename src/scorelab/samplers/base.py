@@ -253,7 +253,8 @@ class SamplerInfo:
     pre_transition: Callable | None = None
     transition_options: tuple[str, ...] = ()
 
-    def _opts(self, opts: dict) -> dict:
+    def check_options(self, opts: dict) -> dict:
+        """``opts`` if every key is one of ``options``, else ``ValueError`` naming the unknown ones."""
         unknown = set(opts) - set(self.options)
         if unknown:
             raise ValueError(f"sampler {self.name!r} has no option(s) {sorted(unknown)}; expected some of "
@@ -262,21 +263,21 @@ class SamplerInfo:
 
     def order_with(self, **opts) -> float:
         """Convergence order under the options ``opts`` (default options: ``order``)."""
-        return float(self.order_of(**self._opts(opts))) if self.order_of else float(self.order)
+        return float(self.order_of(**self.check_options(opts))) if self.order_of else float(self.order)
 
     def evals(self, **opts) -> float:
         """Network evaluations of one grid step under the options ``opts``."""
-        return float(self.evals_of(**self._opts(opts))) if self.evals_of else float(self.evals_per_step)
+        return float(self.evals_of(**self.check_options(opts))) if self.evals_of else float(self.evals_per_step)
 
     def evals_at_zero(self, **opts) -> float:
         """Network evaluations of a final step into t = 0 (sigma = 0) under ``opts``."""
         if self.evals_at_zero_of is not None:
-            return float(self.evals_at_zero_of(**self._opts(opts)))
+            return float(self.evals_at_zero_of(**self.check_options(opts)))
         return 1.0 if self.skip_correction_at_zero else self.evals(**opts)
 
     def extra_nfe(self, **opts) -> int:
         """Network evaluations spent outside the grid steps (restart's loops) under ``opts``."""
-        return int(self.extra_nfe_of(**self._opts(opts))) if self.extra_nfe_of else 0
+        return int(self.extra_nfe_of(**self.check_options(opts))) if self.extra_nfe_of else 0
 
     @property
     def adaptive(self) -> bool:

@@ -79,7 +79,7 @@ def grid_for_nfe(sampler_name: str, process: ForwardProcess, nfe: int, grid: str
     change the count, e.g. PC's ``n_corrector``); sampler options given in ``kw`` (restart's ``K``, ``n_restart``)
     count too.  The other ``kw`` go to ``make_grid`` (t_max, t_min, final_zero, rho, ...)."""
     info, nfe = sampler_info(sampler_name), _check_nfe(nfe)
-    opts = dict(options or {})
+    opts = info.check_options(dict(options or {}))
     opts.update({k: kw.pop(k) for k in [k for k in kw if k in info.options]})
     grid, final_zero = grid or info.default_grid, bool(kw.get("final_zero", False))
     if info.mixed_orders and opts.get("orders") is not None:
@@ -131,8 +131,7 @@ def plan(model: DiffusionModel, sampler: str, nfe: int, *, grid: str | torch.Ten
     ``grid``: a ``make_grid`` name (None: the sampler's ``default_grid``), spent by ``grid_for_nfe`` (mixed
     DPM-Solver orders fill the budget exactly), or an explicit grid, checked against the budget."""
     info, nfe = sampler_info(sampler), _check_nfe(nfe)
-    opts = dict(options or {})
-    info.evals(**opts)  # unknown option names -> ValueError
+    opts = info.check_options(dict(options or {}))
     if grid is None or isinstance(grid, str):
         ts, used, extra = grid_for_nfe(sampler, model.process, nfe, grid, return_opts=True, options=opts,
                                        final_zero=final_zero, **(grid_kw or {}))
