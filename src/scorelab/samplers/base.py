@@ -217,8 +217,9 @@ class SamplerInfo:
     ``fn``                      ``sample_<name>(model, x_T, ts, *, generator, callback, return_trajectory, **opts)``
     ``order``                   global convergence order of the ODE solver (0: none claimed); ``order_with(**opts)``
                                 for option-dependent orders (``order_of`` hook, e.g. UniPC's p + corrector)
-    ``weak_order``              weak order of a stochastic sampler: error of E phi(x_0) ~ h^weak_order (None: none
-                                claimed); tests/test_samplers_weak_order.py measures it on an exact Gaussian
+    ``weak_order``              weak order of a stochastic sampler: error of E phi(x_0) ~ h^weak_order with noise
+                                on every step (``noise_last=True``; None: none claimed); measured on an exact
+                                Gaussian by tests/test_samplers_weak_order.py
     ``evals_per_step``          network evaluations per grid step at the default options (nan: adaptive);
                                 ``evals_of(**opts)`` hook when options change it (PC's correctors, Langevin steps)
     ``skip_correction_at_zero`` the step into t = 0 costs one evaluation (Heun-type correction skipped at sigma = 0);
