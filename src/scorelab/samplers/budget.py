@@ -133,8 +133,8 @@ def plan(model: DiffusionModel, sampler: str, nfe: int, *, grid: str | torch.Ten
     info, nfe = sampler_info(sampler), _check_nfe(nfe)
     opts = info.check_options(dict(options or {}))
     if grid is None or isinstance(grid, str):
-        ts, used, extra = grid_for_nfe(sampler, model.process, nfe, grid, return_opts=True, options=opts,
-                                       final_zero=final_zero, **(grid_kw or {}))
+        kw = {"final_zero": final_zero, **(grid_kw or {})}
+        ts, used, extra = grid_for_nfe(sampler, model.process, nfe, grid, return_opts=True, options=opts, **kw)
         return ts, used, {**opts, **extra}
     if info.adaptive:
         raise ValueError(f"sampler {sampler!r} is adaptive (no fixed evaluations per step); its NFE is measured "
