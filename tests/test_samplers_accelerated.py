@@ -89,7 +89,8 @@ def test_deterministic_samplers_are_second_order(proc, t0, t1, fn):
     ns = (32, 64, 128)
     errs = [float((fn(model, x_T, lam_grid(proc, n, t0, t1), progress=False) - ref).norm(dim=1).mean()) for n in ns]
     slopes = [math.log(errs[i] / errs[i + 1]) / math.log(2) for i in range(2)]
-    assert all(abs(sl - 2) < 0.3 for sl in slopes), (errs, slopes)
+    order = next(info.order for info in SAMPLERS.values() if info.fn is fn)  # the registry's claim
+    assert all(abs(sl - order) < 0.3 for sl in slopes), (errs, slopes)
 
 
 # -- distributional convergence and the stochastic sampler's advantage -------------------------------------

@@ -10,7 +10,7 @@ from .core.analytic import GaussianMixture, MixtureModel
 from .core.denoisers import ClippedModel, CountingModel, DiffusionModel, FunctionModel, NetworkModel
 from .core.processes import EDM, VE, VP, Discrete, ForwardProcess, SubVP, VPCosine, process_from_config
 from .samplers import SAMPLERS
-from .samplers.budget import run_sampler as sample
+from .samplers.budget import sample
 
 __all__ = [
     "__version__", "EDM", "VE", "VP", "Discrete", "ForwardProcess", "SubVP", "VPCosine", "process_from_config",

@@ -14,9 +14,9 @@ Notation
 
 Grids: ``uniform_t`` (Song et al. 2021), ``uniform_log_snr`` (Lu et al. 2022, "logSNR" steps), ``karras``
 (Karras et al. 2022, eq. 5), ``quadratic`` (Song, Meng & Ermon 2021, "quad": uniform in sqrt t), ``li`` (the
-two-phase theory schedule of Li et al. 2024, source 003).  ``grid_for_nfe`` turns a budget of network evaluations
-into a grid for a named sampler and reports the NFE it really uses (Lu et al. 2022, sec. 3.4 for DPM-Solver's
-mixed orders).
+two-phase theory schedule of Li et al. 2024, source 003).  ``dpm_solver_orders`` gives the mixed orders that spend a
+budget exactly (Lu et al. 2022, sec. 3.4); turning a budget of network evaluations into a grid for a named sampler
+is ``samplers.budget.grid_for_nfe`` (the NFE arithmetic belongs to each sampler's ``SamplerInfo``).
 """
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,12 +49,18 @@ from ..core.denoisers import DiffusionModel
 from ..core.processes import Discrete, ForwardProcess
 from ..evaluation.metrics import sliced_w2
 from ..io import checkpoints as ckpts
-from ..samplers.accelerated import accel_stoch_noise, accel_stoch_transition
-from ..samplers.base import check_grid, transition_log_prob
-from ..samplers.multistep import ddim_transition
-from ..samplers.sde import VARIANCES, ddpm_transition, posterior_coefs
+from ..samplers.base import SAMPLERS, SamplerInfo, check_grid, transition_log_prob
+from ..samplers.budget import planned_nfe_for_grid, sample
+from ..samplers.sde import VARIANCES
 
-PG_SAMPLERS = ("ddpm", "ddim", "accel_stoch")
+
+def pg_samplers() -> tuple[str, ...]:
+    """Registered samplers with a Gaussian policy: those whose ``SamplerInfo.transition`` is set."""
+    return tuple(name for name, info in SAMPLERS.items() if info.transition is not None)
+
+
+#: the policy samplers registered when this module was imported (``pg_samplers()`` is the live list)
+PG_SAMPLERS = pg_samplers()
 METHODS = ("sft_pg_b", "sft_pg", "sft")
 CriticFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -65,8 +71,10 @@ class SFTPGConfig:
     official ``toy_exp``): Adam lr 5e-5 (generator) and 1e-3 (critic, baseline), n_critic 5, one generator step of
     ``batch_size`` transitions per outer step, lambda 1, 300 epochs of batch 128, no clipping, no EMA.
 
-    Sampler: ``sampler`` in ``PG_SAMPLERS``; ``n_steps`` and ``grid`` choose the grid (``make_policy_grid``);
-    ``eta`` (DDIM), ``variance`` (DDPM), ``noise_last`` (noise on the last step too, as the SFT-PG toy sampler).
+    Sampler: any registered sampler with a Gaussian ``transition`` (``pg_samplers()``); ``n_steps`` and ``grid``
+    choose the grid (``make_policy_grid``); ``eta`` (DDIM), ``variance`` (DDPM), ``noise_last`` (noise on the last
+    step too, as the SFT-PG toy sampler) go to the sampler when it has these options, ``sampler_options`` (a dict)
+    carries any other option of a sampler (they override the named fields).
     ``buffer_size``: keep at most this many most recent transitions (None: all since the last generator phase).
     ``generator_batch``: transitions drawn from the buffer per generator step, all of them if the buffer holds fewer
     (``sft``: chains rolled out per step); None: ``batch_size``, the paper's choice, which uses 1/(n_critic T) of the
@@ -112,12 +120,18 @@ class SFTPGConfig:
     data_n: int | None = 10_000
     data_seed: int = 0
     weights: str = "model"
+    sampler_options: dict | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
-        if self.sampler not in PG_SAMPLERS:
-            raise ValueError(f"sampler {self.sampler!r} has no Gaussian policy here; expected one of {PG_SAMPLERS}")
+        if self.sampler not in SAMPLERS or SAMPLERS[self.sampler].transition is None:
+            raise ValueError(f"sampler {self.sampler!r} has no Gaussian policy here (no SamplerInfo.transition); "
+                             f"expected one of {pg_samplers()}")
+        unknown = set(self.sampler_options or {}) - set(SAMPLERS[self.sampler].options)
+        if unknown:
+            raise ValueError(f"sampler_options {sorted(unknown)} are not options of {self.sampler!r}; expected some "
+                             f"of {list(SAMPLERS[self.sampler].options)}")
         if self.variance not in VARIANCES or not 0 < self.eta <= 1:
             raise ValueError(f"need variance in {VARIANCES} and 0 < eta <= 1, got {self.variance!r}, {self.eta}")
         for name in ("n_critic", "n_generator", "batch_size", "epochs", "eval_samples", "keep_checkpoints"):
@@ -143,6 +157,19 @@ class SFTPGConfig:
     @property
     def uses_baseline(self) -> bool:
         return self.method == "sft_pg_b"
+
+    @property
+    def info(self) -> SamplerInfo:
+        """The policy sampler's registry entry."""
+        return SAMPLERS[self.sampler]
+
+    def options_for(self, names: tuple[str, ...]) -> dict[str, Any]:
+        """The sampler options among ``names`` that this config sets: the fields of the same name (``eta``,
+        ``variance``, ``noise_last``), then ``sampler_options``."""
+        mine = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {k: mine[k] for k in names if k in mine}
+        out.update({k: v for k, v in (self.sampler_options or {}).items() if k in names})
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return ckpts.jsonable(asdict(self))
@@ -175,13 +202,11 @@ def make_policy_grid(process: ForwardProcess, n_steps: int | None = None, grid: 
 
 def policy_transition(model: DiffusionModel, x_in: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
                       config: SFTPGConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean ``[B, ...]``, std scalar or ``[B]``) of p_theta(x_s | x_in) for the configured sampler; differentiable
-    in the model.  t, s: scalars or ``[B]`` (per-transition times from the buffer)."""
-    if config.sampler == "ddpm":
-        return ddpm_transition(model, x_in, t, s, variance=config.variance)
-    if config.sampler == "ddim":
-        return ddim_transition(model, x_in, t, s, eta=config.eta)
-    return accel_stoch_transition(model, x_in, t, s)
+    """(mean ``[B, ...]``, std scalar or ``[B]``) of p_theta(x_s | x_in): the configured sampler's own Gaussian step
+    (``SamplerInfo.transition`` with its ``transition_options`` from the config); differentiable in the model.
+    t, s: scalars or ``[B]`` (per-transition times from the buffer)."""
+    info = config.info
+    return info.transition(model, x_in, t, s, **config.options_for(info.transition_options))
 
 
 def _std_vector(std, x: torch.Tensor) -> torch.Tensor:
@@ -190,6 +215,12 @@ def _std_vector(std, x: torch.Tensor) -> torch.Tensor:
     if std.ndim == 0:
         return std.expand(x.shape[0])
     return std.reshape(std.shape[0], -1)[:, 0].expand(x.shape[0]) if std.ndim > 1 else std.expand(x.shape[0])
+
+
+def _draw(mean: torch.Tensor, std, generator: torch.Generator | None) -> torch.Tensor:
+    """mean + std z, z ~ N(0, I) ``[B, ...]`` from ``generator``; std a scalar or ``[B]``."""
+    z = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+    return mean + _std_vector(std, mean).reshape(-1, *([1] * (mean.ndim - 1))) * z
 
 
 @dataclass
@@ -209,27 +240,19 @@ class Rollout:
 
 def rollout(model: DiffusionModel, x_T: torch.Tensor, ts: torch.Tensor, config: SFTPGConfig,
             generator: torch.Generator | None = None) -> Rollout:
-    """Run the policy over ``ts`` from x_T ``[B, ...]``: x_{k+1} = mean + std z, z ~ N(0, I) from ``generator``
-    (draws in the order of ``sample_ddpm`` / ``sample_ddim`` / ``sample_accel_stoch``).  Differentiable when
+    """Run the policy over ``ts`` from x_T ``[B, ...]`` with the sampler's own transitions: x^+ ~ its model-free
+    ``pre_transition`` (if any; the environment), then x_{k+1} = mean + std z, z ~ N(0, I) from ``generator``, with
+    (mean, std) = ``policy_transition`` (draws in the order of the sampler's ``sample_<name>``).  Differentiable when
     called under grad (the reparameterised SFT gradient); wrap in ``torch.no_grad()`` for SFT-PG rollouts."""
-    ts = check_grid(ts, model.process)
+    ts, pre = check_grid(ts, model.process), config.info.pre_transition
     x, xs, inputs, stds, T = x_T, [x_T], [], [], ts.shape[0] - 1
-    # DDPM: the posterior coefficients of all T steps in one call (ddpm_transition recomputes them per step)
-    c = posterior_coefs(model.process, ts[:-1].to(x), ts[1:].to(x)) if config.sampler == "ddpm" else None
     for k in range(T):
         t, s = ts[k].to(x), ts[k + 1].to(x)
-        x_in = x
-        if config.sampler == "accel_stoch":
-            m0, s0 = accel_stoch_noise(model.process, x, t, s)
-            x_in = m0 + s0 * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        if c is not None:  # = ddpm_transition(model, x, t, s, variance=config.variance)
-            mean, std = c["c_x"][k] * x + c["c_0"][k] * model.x0(x, t), torch.sqrt(c["var_" + config.variance][k])
-        else:
-            mean, std = policy_transition(model, x_in, t, s, config)
+        x_in = x if pre is None else _draw(*pre(model.process, x, t, s), generator)
+        mean, std = policy_transition(model, x_in, t, s, config)
         std_v = _std_vector(std, x)
         if (k < T - 1 or config.noise_last) and bool(torch.all(std_v > 0)):
-            z = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-            x = mean + std_v.reshape(-1, *([1] * (x.ndim - 1))) * z
+            x = _draw(mean, std_v, generator)
         else:
             x, std_v = mean, torch.zeros_like(std_v)
         xs.append(x)
@@ -491,13 +514,14 @@ def generator_step(state: SFTPGState, config: SFTPGConfig) -> float:
 @torch.no_grad()
 def sample_policy(model: DiffusionModel, n: int, config: SFTPGConfig, generator: torch.Generator,
                   example_shape: tuple[int, ...], batch: int = 10_000) -> torch.Tensor:
-    """``n`` samples x_0 of the policy (prior x_T, ``config``'s sampler and grid) -> ``[n, ...]``."""
+    """``n`` samples x_0 of the policy -> ``[n, ...]``: ``budget.sample`` with ``config``'s sampler, its options
+    (``config.options_for``) and the policy grid (whose NFE is the budget), in batches of ``batch`` from
+    ``generator`` (x_T of all n first, then each batch's noise)."""
     device = next(model.parameters()).device
-    ts, out = policy_ts(model, config), []
-    for i in range(0, n, batch):
-        x_T = model.process.prior_sample((min(batch, n - i), *example_shape), generator, device)
-        out.append(rollout(model, x_T, ts, config, generator).x0)
-    return torch.cat(out)
+    ts, opts = policy_ts(model, config), config.options_for(config.info.options)
+    nfe = planned_nfe_for_grid(config.info, ts, opts)
+    return sample(model, config.sampler, nfe, n, shape=tuple(example_shape), batch_size=batch, grid=ts,
+                  options=opts, generator=generator, device=device)[0]
 
 
 def paper_metric(model: DiffusionModel, data: torch.Tensor, config: SFTPGConfig, seed: int = 0) -> float:
@@ -683,7 +707,8 @@ def finetune_sft_pg(config: SFTPGConfig, checkpoint_dir: str | Path, out_dir: st
     return out
 
 
-__all__ = ["SFTPGConfig", "SFTPGState", "SFTPGResult", "PG_SAMPLERS", "METHODS", "make_policy_grid", "policy_ts",
+__all__ = ["SFTPGConfig", "SFTPGState", "SFTPGResult", "PG_SAMPLERS", "pg_samplers", "METHODS", "make_policy_grid",
+           "policy_ts",
            "policy_transition", "Rollout", "rollout", "step_surrogate", "pg_surrogate", "baseline_regression",
            "gradient_penalty", "critic_values", "baseline_values", "default_critic", "default_baseline",
            "pg_variance", "build_state", "critic_step", "generator_step", "add_to_buffer", "sample_policy",

@@ -300,36 +300,30 @@ def generate_samples(model: DiffusionModel, n: int, shape: tuple[int, ...], *, s
                      grid: str | None = None, seed: int = 0, batch_size: int = 1000, options: dict | None = None,
                      dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = None,
                      progress: bool = True) -> torch.Tensor:
-    """Draw ``n`` samples ``[n, *shape]`` of ``model`` with a registered sampler under an NFE budget.
+    """Draw ``n`` samples ``[n, *shape]`` of ``model`` with a registered sampler under an NFE budget
+    (``samplers.budget.sample``: x_T of all n from ``seed`` first, then batches of ``batch_size``).
 
     With ``cache_dir`` the samples are stored as ``samples_<key>.safetensors`` (+ ``.json`` with the settings), key =
     hash of (model fingerprint, settings); a later call with the same key loads them instead of sampling."""
-    from ..samplers import SAMPLERS
-    from ..samplers.budget import grid_for_nfe
+    from ..samplers.budget import plan, sample
 
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)}")
     if int(n) != n or n < 1 or int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"n and batch_size must be positive integers, got {n}, {batch_size}")
+    plan(model, sampler, nfe, grid=grid, options=options)  # bad sampler, options or budget: ValueError before caching
     settings = {"n": int(n), "shape": list(shape), "sampler": sampler, "nfe": int(nfe), "grid": grid, "seed": seed,
-                "batch_size": int(batch_size), "options": options or {}, "dtype": str(dtype)}
+                "batch_size": int(batch_size), "options": options or {}, "dtype": str(dtype), "x_T": "all first"}
     key = hashlib.sha256((model_fingerprint(model) + json.dumps(settings, sort_keys=True)).encode()).hexdigest()[:20]
     path = None if cache_dir is None else Path(cache_dir) / f"samples_{key}.safetensors"
     if path is not None and path.is_file():
         return safetensors.torch.load(path.read_bytes())["samples"]
-    ts, nfe_used = grid_for_nfe(sampler, model.process, nfe, grid=grid)
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    with torch.no_grad():
-        for i in tqdm(range(0, n, batch_size), disable=not progress, desc=f"sample[{sampler}]", leave=False):
-            x_T = model.process.prior_sample((min(batch_size, n - i), *shape), generator=g, dtype=dtype)
-            out.append(SAMPLERS[sampler].fn(model, x_T, ts.to(dtype), generator=g, progress=False,
-                                           **(options or {})).detach())
-    x = torch.cat(out)
+    x, info = sample(model, sampler, nfe, int(n), shape=tuple(shape), batch_size=int(batch_size), grid=grid,
+                     options=options, seed=seed, dtype=dtype, progress=progress)
+    x = x.detach()
     if path is not None:
         ckpts.atomic_write_bytes(path, safetensors.torch.save({"samples": x.contiguous()}))
         ckpts.atomic_write_bytes(path.with_suffix(".json"), json.dumps(
-            {**settings, "nfe_used": nfe_used, "model_fingerprint": model_fingerprint(model)}, indent=1).encode())
+            {**settings, "nfe_used": info["nfe_planned"], "model_fingerprint": model_fingerprint(model)},
+            indent=1).encode())
     return x
 
 

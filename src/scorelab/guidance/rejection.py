@@ -188,6 +188,23 @@ def sample_with_rejection(draw: Callable[[int], torch.Tensor], log_ratio: Callab
     return out, info
 
 
+def model_proposals(model, shape: tuple[int, ...], sampler: str, nfe: int, *, grid: str | None = None,
+                    options: dict | None = None, generator: torch.Generator | None = None,
+                    dtype: torch.dtype = torch.float32) -> Callable[[int], torch.Tensor]:
+    """``draw(m) -> [m, *shape]``: m proposals of ``model`` with ``sampler`` under the NFE budget ``nfe``
+    (``samplers.budget.sample``, one batch per call, x_T and noise from ``generator``), for
+    ``sample_with_rejection``.  The budget is checked here (``ValueError``), before any proposal is drawn."""
+    from ..samplers.budget import plan, sample
+
+    ts, _, opts = plan(model, sampler, nfe, grid=grid, options=options)
+
+    def draw(m: int) -> torch.Tensor:
+        return sample(model, sampler, nfe, m, shape=tuple(shape), grid=ts, options=opts, generator=generator,
+                      dtype=dtype)[0]
+
+    return draw
+
+
 # -- a pretrained model rejection-sampled into a folder ------------------------------------------------------------
 @dataclass(frozen=True)
 class RejectConfig:
@@ -220,21 +237,15 @@ def reject_to_folder(config: RejectConfig, checkpoint_dir: str | Path, discrimin
     """Rejection-sample a pretrained model with a trained discriminator; writes ``out_dir/samples.npy``,
     ``out_dir/samples.safetensors`` and ``out_dir/reject.json`` (acceptance rates, rule, settings)."""
     from ..io.loading import load_checkpoint_model
-    from ..samplers import SAMPLERS
-    from ..samplers.budget import grid_for_nfe
     from .discriminator import load_discriminator
 
     loaded = load_checkpoint_model(checkpoint_dir, weights=config.weights)
     model, shape = loaded.model, loaded.event_shape
     disc = load_discriminator(discriminator_path)
-    ts, _ = grid_for_nfe(config.sampler, model.process, config.nfe, grid=config.grid)
     g = torch.Generator().manual_seed(config.seed)
     t_eval = model.process.t_min if config.t_eval is None else float(config.t_eval)
-
-    def draw(m: int) -> torch.Tensor:
-        x_T = model.process.prior_sample((m, *shape), generator=g)
-        with torch.no_grad():
-            return SAMPLERS[config.sampler].fn(model, x_T, ts.float(), generator=g, progress=False, **config.options)
+    draw = model_proposals(model, shape, config.sampler, config.nfe, grid=config.grid, options=config.options,
+                           generator=g)
 
     def log_ratio(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -255,4 +266,4 @@ def reject_to_folder(config: RejectConfig, checkpoint_dir: str | Path, discrimin
 
 __all__ = ["METHODS", "drs_log_acceptance", "drs_gamma_for_quantile", "budget_log_c", "budget_log_acceptance",
            "RejectionResult", "RejectionRule", "calibrate", "rejection_sample", "sample_with_rejection",
-           "RejectConfig", "reject_to_folder"]
+           "model_proposals", "RejectConfig", "reject_to_folder"]

@@ -8,7 +8,7 @@ from . import base  # noqa: F401
 from . import sde, accelerated, ode, multistep, pc, restart, unipc  # noqa: F401
 from . import analytic_dpm  # noqa: F401,E402  (registers "analytic_dpm")
 from .base import SAMPLERS, SamplerInfo, Trajectory, check_grid, transition_log_prob
-from .budget import grid_for_nfe, run_sampler
+from .budget import grid_for_nfe, run_sampler, sample
 
 __all__ = ["SAMPLERS", "SamplerInfo", "Trajectory", "check_grid", "transition_log_prob", "grid_for_nfe",
-           "run_sampler"]
+           "run_sampler", "sample"]

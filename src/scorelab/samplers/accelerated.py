@@ -239,7 +239,8 @@ def accel_stoch_transition(model: DiffusionModel, x_plus: torch.Tensor, t: torch
 
 
 @register("accel_stoch", order=1, evals_per_step=1, stochastic=True, options=("noise_last",),
-          default_grid="uniform_log_snr", reference="Li, Huang, Efimov, Wei, Chi & Chen 2024, eq. (3)")
+          default_grid="uniform_log_snr", reference="Li, Huang, Efimov, Wei, Chi & Chen 2024, eq. (3)",
+          weak_order=2, transition=accel_stoch_transition, pre_transition=accel_stoch_noise)
 def sample_accel_stoch(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                        callback: Callback | None = None, return_trajectory: bool = False, noise_last: bool = False,
                        progress: bool = False):

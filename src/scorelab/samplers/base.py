@@ -211,8 +211,29 @@ def counted(model: DiffusionModel) -> CountingModel:
 
 @dataclass(frozen=True)
 class SamplerInfo:
-    """Registry entry: the function, its order (ODE solvers; 0 for SDE samplers' weak order 1 reported as
-    ``weak_order``), evaluations per step, whether it is stochastic, its options, the reference."""
+    """Registry entry of a sampler: the function and everything the rest of the library needs to know about it.
+
+    ==========================  ====================================================================================
+    ``fn``                      ``sample_<name>(model, x_T, ts, *, generator, callback, return_trajectory, **opts)``
+    ``order``                   global convergence order of the ODE solver (0: none claimed); ``order_with(**opts)``
+                                for option-dependent orders (``order_of`` hook, e.g. UniPC's p + corrector)
+    ``weak_order``              weak order of a stochastic sampler: error of E phi(x_0) ~ h^weak_order with noise
+                                on every step (``noise_last=True``; None: none claimed); measured on an exact
+                                Gaussian by tests/test_samplers_weak_order.py
+    ``evals_per_step``          network evaluations per grid step at the default options (nan: adaptive);
+                                ``evals_of(**opts)`` hook when options change it (PC's correctors, Langevin steps)
+    ``skip_correction_at_zero`` the step into t = 0 costs one evaluation (Heun-type correction skipped at sigma = 0);
+                                ``evals_at_zero_of(**opts)`` hook when that count depends on options
+    ``extra_nfe_of``            evaluations outside the grid steps (restart: 2 K n_restart)
+    ``mixed_orders``            k > 0: per-step orders <= k can spend any budget exactly (DPM-Solver-k, Lu et al.
+                                2022, sec. 3.4), passed as the option ``orders``
+    ``transition``              the stochastic step as a Gaussian, ``(model, x, t, s, **opts) -> (mean, std)``,
+                                differentiable in the model (policy-gradient fine-tuning uses it); options named in
+                                ``transition_options``
+    ``pre_transition``          a model-free Gaussian stage before ``transition``, ``(process, x, t, s) -> (mean,
+                                std)`` (accel_stoch's Phi_t); its noise is drawn first
+    ==========================  ====================================================================================
+    """
 
     name: str
     fn: Callable
@@ -222,19 +243,96 @@ class SamplerInfo:
     options: tuple[str, ...] = ()
     reference: str = ""
     default_grid: str = "uniform"
+    weak_order: float | None = None
+    skip_correction_at_zero: bool = False
+    order_of: Callable[..., float] | None = None
+    evals_of: Callable[..., float] | None = None
+    evals_at_zero_of: Callable[..., float] | None = None
+    extra_nfe_of: Callable[..., int] | None = None
+    mixed_orders: int = 0
+    transition: Callable | None = None
+    pre_transition: Callable | None = None
+    transition_options: tuple[str, ...] = ()
+
+    def check_options(self, opts: dict) -> dict:
+        """``opts`` if every key is one of ``options``, else ``ValueError`` naming the unknown ones."""
+        unknown = set(opts) - set(self.options)
+        if unknown:
+            raise ValueError(f"sampler {self.name!r} has no option(s) {sorted(unknown)}; expected some of "
+                             f"{list(self.options)}")
+        return opts
+
+    def order_with(self, **opts) -> float:
+        """Convergence order under the options ``opts`` (default options: ``order``)."""
+        return float(self.order_of(**self.check_options(opts))) if self.order_of else float(self.order)
+
+    def evals(self, **opts) -> float:
+        """Network evaluations of one grid step under the options ``opts``."""
+        return float(self.evals_of(**self.check_options(opts))) if self.evals_of else float(self.evals_per_step)
+
+    def evals_at_zero(self, **opts) -> float:
+        """Network evaluations of a final step into t = 0 (sigma = 0) under ``opts``."""
+        if self.evals_at_zero_of is not None:
+            return float(self.evals_at_zero_of(**self.check_options(opts)))
+        return 1.0 if self.skip_correction_at_zero else self.evals(**opts)
+
+    def extra_nfe(self, **opts) -> int:
+        """Network evaluations spent outside the grid steps (restart's loops) under ``opts``."""
+        return int(self.extra_nfe_of(**self.check_options(opts))) if self.extra_nfe_of else 0
+
+    @property
+    def adaptive(self) -> bool:
+        """No fixed evaluations per step (NFE measured after the run, not budgeted)."""
+        return not (self.evals_per_step > 0 and math.isfinite(self.evals_per_step))
+
+    def planned_nfe(self, steps: int, final_zero: bool = False, **opts) -> int:
+        """Network evaluations of a run over a grid of ``steps`` steps (the last one into t = 0 when
+        ``final_zero``) with options ``opts``: steps_before e + e_0 + extra, rounded up."""
+        if self.adaptive:
+            raise ValueError(f"sampler {self.name!r} is adaptive (no fixed evaluations per step); its NFE is "
+                             "measured after the run, not planned")
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"a grid needs at least one step, got {steps}")
+        before = steps - 1 if final_zero else steps
+        last = self.evals_at_zero(**opts) if final_zero else 0.0
+        return int(math.ceil(before * self.evals(**opts) + last - 1e-9)) + self.extra_nfe(**opts)
+
+    def steps_for_nfe(self, nfe: int, final_zero: bool = False, **opts) -> tuple[int, int]:
+        """The most grid steps (counting a final step into t = 0) whose ``planned_nfe`` fits in ``nfe``
+        -> (steps, planned NFE).  Raises ``ValueError`` when not even one step fits."""
+        if self.adaptive:
+            raise ValueError(f"sampler {self.name!r} is adaptive (no fixed evaluations per step); its NFE is "
+                             "measured after the run, not budgeted")
+        e, extra = self.evals(**opts), self.extra_nfe(**opts)
+        last = self.evals_at_zero(**opts) if final_zero else 0.0
+        if nfe - extra < 1:
+            raise ValueError(f"NFE budget {nfe} does not cover the {extra} evaluations {self.name!r} spends outside "
+                             f"its grid steps (options {opts or 'default'})")
+        n = int(math.floor((nfe - extra - last) / e + 1e-9))  # steps before the optional final step into 0
+        if n < 1:
+            raise ValueError(f"NFE budget {nfe} is too small for sampler {self.name!r} ({e:g} evaluations per step"
+                             f"{', plus the final step to 0' if final_zero else ''}); need at least "
+                             f"{int(math.ceil(e + last)) + extra}")
+        steps = n + int(final_zero)
+        return steps, self.planned_nfe(steps, final_zero, **opts)
 
 
 SAMPLERS: dict[str, SamplerInfo] = {}
 
 
 def register(name: str, *, order: float, evals_per_step: float, stochastic: bool, options: tuple[str, ...] = (),
-             reference: str = "", default_grid: str = "uniform"):
-    """Decorator adding a ``sample_*`` function to ``SAMPLERS``."""
+             reference: str = "", default_grid: str = "uniform", **info):
+    """Decorator adding a ``sample_*`` function to ``SAMPLERS``; ``info``: the optional ``SamplerInfo`` fields
+    (``weak_order``, ``skip_correction_at_zero``, the NFE hooks, ``transition``, ...)."""
+    fields = set(SamplerInfo.__dataclass_fields__) - {"name", "fn"}
+    if set(info) - fields:
+        raise TypeError(f"register({name!r}): unknown SamplerInfo fields {sorted(set(info) - fields)}")
 
     def deco(fn):
         if name in SAMPLERS:
             raise ValueError(f"sampler {name!r} registered twice")
-        SAMPLERS[name] = SamplerInfo(name, fn, order, evals_per_step, stochastic, options, reference, default_grid)
+        SAMPLERS[name] = SamplerInfo(name, fn, order, evals_per_step, stochastic, options, reference, default_grid,
+                                     **info)
         return fn
 
     return deco

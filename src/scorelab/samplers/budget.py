@@ -1,124 +1,215 @@
 r"""The one place that turns (model, sampler, NFE budget, n, batch size, device, dtype, seed) into samples.
 
-NFE arithmetic: ``grid_for_nfe`` spends a budget on a sampler's grid (evaluations per step from its ``SamplerInfo``,
-the final step into t = 0, restart's extra evaluations).  Bad input raises ``ValueError``; only ``cli`` knows about
-exit codes.
+``sample`` draws ``n`` samples in batches under a budget of network evaluations (NFE) and reports the NFE it planned
+and the NFE it measured (``CountingModel``).  The NFE arithmetic is owned by each sampler's ``SamplerInfo``
+(``base.py``): evaluations per step under the run's options, the cheaper final step into t = 0
+(``skip_correction_at_zero``), evaluations outside the grid (restart's loops, ``extra_nfe_of``) and mixed orders
+that spend a budget exactly (``mixed_orders``, DPM-Solver, Lu et al. 2022, sec. 3.4).  ``grid_for_nfe`` spends a
+budget on a named grid; ``grid_from_file`` and explicit grids are checked against it with the same arithmetic.
+Bad input raises ``ValueError``; only ``cli`` knows about exit codes.
+
+Notation
+--------
+==============  ==================================================================================================
+``nfe``         the budget: at most this many network evaluations per sample path (per batch)
+``e``, ``e_0``  evaluations of one grid step, and of a final step into t = 0 (``SamplerInfo.evals*``)
+``steps``       grid steps, the last one into t = 0 when ``final_zero``; planned NFE = (steps - 1) e + e_0 + extra
+``x_T``         prior draws ``[n, *shape]`` (``process.prior_sample``), drawn once for all batches
+==============  ==================================================================================================
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 
 import torch
+from tqdm.auto import tqdm
 
-from ..core.denoisers import CountingModel
+from ..core.denoisers import CountingModel, DiffusionModel
 from ..core.processes import ForwardProcess
 from ..core.schedules import dpm_solver_orders, make_grid
-from .base import SAMPLERS
+from .base import SAMPLERS, SamplerInfo, check_grid
 from .grid_opt import load_grid, optimize_grid
-from .restart import DEFAULT_K, DEFAULT_N_RESTART
-
-# -- NFE budgets -------------------------------------------------------------------------------------------------
-#: samplers whose step into t = 0 is a single (first-order) evaluation instead of ``evals_per_step``
-SKIP_CORRECTION_AT_ZERO = {"heun", "edm", "restart", "dpm_solver_2", "dpm_solver_3"}
 
 
-def _steps_for_budget(name: str, e: float, nfe: int, final_zero: bool) -> tuple[int, int]:
-    """(n grid steps before an optional final step to 0, NFE used) for a sampler with e evaluations per step."""
-    last = 1 if (final_zero and name in SKIP_CORRECTION_AT_ZERO) else (e if final_zero else 0)
-    n = int(math.floor((nfe - last) / e + 1e-9))
-    if n < 1:
-        raise ValueError(f"NFE budget {nfe} is too small for sampler {name!r} ({e:g} evaluations per step"
-                         f"{', plus the final step to 0' if final_zero else ''}); need at least {int(e + last)}")
-    return n, int(round(n * e + last))
+# -- NFE arithmetic ----------------------------------------------------------------------------------------------
+def sampler_info(name: str) -> SamplerInfo:
+    """``SAMPLERS[name]``, or ``ValueError`` naming the registered samplers."""
+    if not isinstance(name, str) or name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def _check_nfe(nfe) -> int:
+    if isinstance(nfe, bool) or not isinstance(nfe, (int, float)) or int(nfe) != nfe or nfe < 1:
+        raise ValueError(f"nfe must be an integer >= 1, got {nfe!r}")
+    return int(nfe)
+
+
+def _mixed_orders(info: SamplerInfo, nfe: int, final_zero: bool, opts: dict) -> list[int]:
+    """Per-step orders (<= ``info.mixed_orders``) spending exactly ``nfe`` (a final step into 0 costs 1)."""
+    avail = nfe - info.extra_nfe(**opts) - int(final_zero)
+    if avail < 1:
+        raise ValueError(f"NFE budget {nfe} is too small for {info.name!r}"
+                         f"{' with a final step to 0' if final_zero else ''}")
+    return dpm_solver_orders(avail, info.mixed_orders) + ([1] if final_zero else [])
+
+
+def planned_nfe_for_grid(info: SamplerInfo, ts: torch.Tensor, options: dict | None = None) -> int:
+    """NFE a run of ``info`` over the explicit grid ``ts`` ``[steps+1]`` plans (a final time 0 is a step into t = 0);
+    with DPM-Solver's per-step ``orders`` the sum of the orders (the step into 0 costs 1)."""
+    opts = dict(options or {})
+    steps, final_zero = int(ts.shape[0]) - 1, bool(torch.all(torch.as_tensor(ts)[-1] == 0))
+    orders = opts.get("orders") if info.mixed_orders else None
+    if orders is not None:
+        if len(orders) != steps:
+            raise ValueError(f"orders must list {steps} values (one per grid step), got {list(orders)}")
+        return sum(int(k) for k in orders[:-1]) + (1 if final_zero else int(orders[-1])) + info.extra_nfe(**opts)
+    return info.planned_nfe(steps, final_zero, **opts)
 
 
 def grid_for_nfe(sampler_name: str, process: ForwardProcess, nfe: int, grid: str | None = None, *,
-                 return_opts: bool = False, **kw):
+                 return_opts: bool = False, options: dict | None = None, **kw):
     """Grid for ``sampler_name`` that spends at most ``nfe`` network evaluations.
 
     Returns ``(ts, nfe_used)``, or ``(ts, nfe_used, opts)`` with ``return_opts=True``, where ``opts`` are sampler
-    options needed to realise the budget: for ``dpm_solver_2/3`` they are the mixed per-step ``orders`` of
-    Lu et al. 2022 (sec. 3.4) that spend the budget exactly; without ``return_opts`` these samplers run their fixed
-    order and the grid uses whole steps only.  ``restart`` takes ``K`` and ``n_restart`` in ``kw`` (its restart
-    evaluations are subtracted first).  ``kw`` go to ``make_grid`` (t_max, t_min, final_zero, rho, ...)."""
-    if sampler_name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler_name!r}; expected one of {sorted(SAMPLERS)}")
-    if int(nfe) != nfe or nfe < 1:
-        raise ValueError(f"nfe must be an integer >= 1, got {nfe}")
-    info, nfe = SAMPLERS[sampler_name], int(nfe)
-    e, grid, final_zero = info.evals_per_step, grid or info.default_grid, bool(kw.get("final_zero", False))
-    if not (e > 0 and math.isfinite(e)):
-        raise ValueError(f"sampler {sampler_name!r} is adaptive (no fixed evaluations per step); its NFE is "
-                         "measured after the run, not budgeted")
-    opts: dict = {}
-    restart_nfe = 0
-    if sampler_name == "restart":
-        restart_nfe = 2 * int(kw.pop("K", DEFAULT_K)) * int(kw.pop("n_restart", DEFAULT_N_RESTART))
-        if nfe - restart_nfe < 1:
-            raise ValueError(f"NFE budget {nfe} does not cover the {restart_nfe} restart evaluations")
-    if return_opts and sampler_name in ("dpm_solver_2", "dpm_solver_3"):
-        orders = dpm_solver_orders(nfe - (1 if final_zero else 0), int(sampler_name[-1])) if nfe > final_zero \
-            else []
-        if not orders:
-            raise ValueError(f"NFE budget {nfe} is too small for {sampler_name!r} with a final step to 0")
-        opts["orders"] = orders + ([1] if final_zero else [])
-        ts = make_grid(grid, process, len(orders), **kw)
-        return ts, sum(opts["orders"]), opts
-    n, used = _steps_for_budget(sampler_name, e, nfe - restart_nfe, final_zero)
-    ts = make_grid(grid, process, n, **kw)
-    if len(ts) - 1 - final_zero != n:  # a grid that merged points ("li") runs fewer steps
-        used -= int(round((n - (len(ts) - 1 - final_zero)) * e))
-    return (ts, used + restart_nfe, opts) if return_opts else (ts, used + restart_nfe)
+    options needed to realise the budget: for samplers with ``mixed_orders`` (``dpm_solver_2/3``) they are the mixed
+    per-step ``orders`` of Lu et al. 2022 (sec. 3.4) that spend the budget exactly; without ``return_opts`` these
+    samplers run their fixed order and the grid uses whole steps only.  ``options``: the run's sampler options (they
+    change the count, e.g. PC's ``n_corrector``); sampler options given in ``kw`` (restart's ``K``, ``n_restart``)
+    count too.  The other ``kw`` go to ``make_grid`` (t_max, t_min, final_zero, rho, ...)."""
+    info, nfe = sampler_info(sampler_name), _check_nfe(nfe)
+    opts = info.check_options(dict(options or {}))
+    opts.update({k: kw.pop(k) for k in [k for k in kw if k in info.options]})
+    grid, final_zero = grid or info.default_grid, bool(kw.get("final_zero", False))
+    if info.mixed_orders and opts.get("orders") is not None:
+        raise ValueError(f"the budget chooses {sampler_name!r}'s per-step orders; drop the option 'orders' (or "
+                         "give an explicit grid with one order per step)")
+    if return_opts and info.mixed_orders:
+        orders = _mixed_orders(info, nfe, final_zero, opts)
+        ts = make_grid(grid, process, len(orders) - int(final_zero), **kw)
+        return ts, sum(orders) + info.extra_nfe(**opts), {"orders": orders}
+    steps, used = info.steps_for_nfe(nfe, final_zero, **opts)
+    ts = make_grid(grid, process, steps - int(final_zero), **kw)
+    if len(ts) - 1 != steps:  # a grid that merged points ("li") runs fewer steps
+        used = info.planned_nfe(len(ts) - 1, final_zero, **opts)
+    return (ts, used, {}) if return_opts else (ts, used)
 
 
-def run_sampler(model, sampler: str, nfe: int, n: int, *, grid: str | None = None, seed: int = 0,
-                options: dict | None = None, shape: tuple[int, ...] | None = None, device: str = "cpu",
-                dtype=None, fit_grid: bool = False, grid_file: str | None = None, fit_out: str | None = None,
-                fit_kw: dict | None = None):
-    """Draw ``n`` samples with ``sampler`` under an NFE budget. Returns (samples, info dict).
-
-    ``fit_grid``: refit the interior grid points to the model's own ODE solution first (``grid_opt``; the report
-    is saved to ``fit_out``; ``fit_kw`` go to ``optimize_grid``, e.g. ``n_samples``, ``max_objective``);
-    ``grid_file``: use a grid saved by an earlier fit instead of a named grid."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; run `scorelab samplers` for the list")
-    info = SAMPLERS[sampler]
-    process = model.process
-    ts, nfe_used = grid_for_nfe(sampler, process, nfe, grid=grid)
-    dtype = dtype or torch.float32
-    fit_report = None
-    if grid_file:
-        ts, nfe_used = grid_from_file(grid_file, info, nfe)
-    elif fit_grid:
-        ts, fit_report = fit_sampler_grid(model, sampler, ts, grid or info.default_grid, options, shape, dtype, seed,
-                                          fit_out, fit_kw)
-    g = torch.Generator(device=device).manual_seed(seed)
-    x_T = process.prior_sample((n, *shape), generator=g, device=device, dtype=dtype)
-    counter = CountingModel(model)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        x = info.fn(counter, x_T, ts.to(dtype), generator=g, **(options or {}))
-    wall = time.perf_counter() - t0
-    return x, {"sampler": sampler, "nfe_requested": nfe, "nfe_planned": nfe_used, "nfe_measured_per_batch":
-               counter.nfe, "grid": grid_file or (("fitted:" if fit_grid else "") + (grid or info.default_grid)),
-               "n": n, "seed": seed, "wall_s": wall, "options": options or {}, "grid_fit": fit_report}
-
-
-def grid_from_file(path: str, info, nfe: int):
+def grid_from_file(path: str, info: SamplerInfo, nfe: int, options: dict | None = None):
     """A saved grid (``GridFit.save`` JSON) checked against the NFE budget -> (ts, planned NFE)."""
     try:
         ts = load_grid(path)
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"cannot use --grid-file {path!r}: {e}") from None
-    steps = len(ts) - 1
-    zero_last = float(ts[-1]) == 0.0 and info.name in SKIP_CORRECTION_AT_ZERO
-    planned = int(math.ceil((steps - zero_last) * info.evals_per_step + zero_last))
+    planned = planned_nfe_for_grid(info, ts, options)
     if planned > nfe:
-        raise ValueError(f"--grid-file {path!r} has {steps} steps, {planned} evaluations with {info.name!r}, "
-                       f"over the --nfe budget {nfe}")
+        raise ValueError(f"--grid-file {path!r} has {len(ts) - 1} steps, {planned} evaluations with {info.name!r}, "
+                         f"over the --nfe budget {nfe}")
     return ts, planned
+
+
+# -- sampling ----------------------------------------------------------------------------------------------------
+def _check_sample_args(model, n, shape, batch_size) -> tuple[int, tuple[int, ...], int]:
+    if not isinstance(model, DiffusionModel):
+        raise ValueError(f"model must be a DiffusionModel, got {type(model).__name__}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (number of samples) must be an integer >= 1, got {n!r}")
+    if shape is None or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in shape):
+        raise ValueError(f"shape must be the shape of one sample, a tuple of positive integers, got {shape!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size must be None (one batch) or an integer >= 1, got {batch_size!r}")
+    return n, tuple(shape), n if batch_size is None else min(batch_size, n)
+
+
+def plan(model: DiffusionModel, sampler: str, nfe: int, *, grid: str | torch.Tensor | None = None,
+         options: dict | None = None, final_zero: bool = False,
+         grid_kw: dict | None = None) -> tuple[torch.Tensor, int, dict]:
+    """(grid ``ts`` float64 ``[steps+1]``, planned NFE, sampler options) of a budgeted run.
+
+    ``grid``: a ``make_grid`` name (None: the sampler's ``default_grid``), spent by ``grid_for_nfe`` (mixed
+    DPM-Solver orders fill the budget exactly), or an explicit grid, checked against the budget."""
+    info, nfe = sampler_info(sampler), _check_nfe(nfe)
+    opts = info.check_options(dict(options or {}))
+    if grid is None or isinstance(grid, str):
+        kw = {"final_zero": final_zero, **(grid_kw or {})}
+        ts, used, extra = grid_for_nfe(sampler, model.process, nfe, grid, return_opts=True, options=opts, **kw)
+        return ts, used, {**opts, **extra}
+    if info.adaptive:
+        raise ValueError(f"sampler {sampler!r} is adaptive (no fixed evaluations per step); its NFE is measured "
+                         "after the run, not budgeted")
+    ts = check_grid(torch.as_tensor(grid, dtype=torch.float64), model.process)
+    if ts.ndim != 1:
+        raise ValueError(f"an explicit grid for sample() must be 1-D [steps+1], got shape {tuple(ts.shape)}")
+    used = planned_nfe_for_grid(info, ts, opts)
+    if used > nfe:
+        raise ValueError(f"the grid has {len(ts) - 1} steps, {used} evaluations with {sampler!r}, over the NFE "
+                         f"budget {nfe}")
+    return ts, used, opts
+
+
+def sample(model: DiffusionModel, sampler: str, nfe: int, n: int, *, shape: tuple[int, ...],
+           batch_size: int | None = None, grid: str | torch.Tensor | None = None, options: dict | None = None,
+           seed: int = 0, generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+           dtype: torch.dtype = torch.float32, final_zero: bool = False, grid_kw: dict | None = None,
+           progress: bool = False) -> tuple[torch.Tensor, dict]:
+    """Draw ``n`` samples ``[n, *shape]`` of ``model`` with the registered ``sampler`` under a budget of ``nfe``
+    network evaluations per sample path.  Returns ``(samples, info)``.
+
+    Grid: ``plan`` (``grid`` a ``make_grid`` name, default the sampler's, with ``final_zero`` and ``grid_kw``; or an
+    explicit 1-D grid).  Seeds and batches: with ``generator`` None a generator on ``device`` is seeded with
+    ``seed``.  All ``n`` prior draws x_T are taken first, in one call, so x_T does not depend on ``batch_size``;
+    then the batches of ``batch_size`` (None: one batch) run in order, each drawing its sampler noise from the same
+    generator.  A deterministic sampler therefore returns the same samples for any ``batch_size``; a stochastic one
+    is reproducible for a fixed (seed, batch_size).  NFE is measured per batch (``CountingModel``).
+
+    ``info``: sampler, nfe_requested, nfe_planned, nfe_measured_per_batch (an int when every batch measured the
+    same), grid (its name or "explicit"), steps, n, batch_size, n_batches, seed, wall_s, options (as run,
+    including budget-chosen ones such as DPM-Solver's ``orders``).  Raises ``ValueError`` on bad input: unknown
+    sampler or option, budget too small for the sampler, n < 1, bad shape or batch size, bad grid."""
+    n, shape, b = _check_sample_args(model, n, shape, batch_size)
+    info = sampler_info(sampler)
+    ts, planned, opts = plan(model, sampler, nfe, grid=grid, options=options, final_zero=final_zero,
+                             grid_kw=grid_kw)
+    g = generator if generator is not None else torch.Generator(device=device).manual_seed(int(seed))
+    x_T = model.process.prior_sample((n, *shape), generator=g, device=device, dtype=dtype)
+    counter, out, measured = CountingModel(model), [], []
+    t_grid, t0 = ts.to(dtype), time.perf_counter()
+    with torch.no_grad():
+        for i in tqdm(range(0, n, b), disable=not progress, desc=f"sample[{sampler}]", leave=False):
+            counter.reset()
+            out.append(info.fn(counter, x_T[i:i + b], t_grid, generator=g, **opts))
+            measured.append(counter.nfe)
+    x = torch.cat(out) if len(out) > 1 else out[0]
+    return x, {"sampler": sampler, "nfe_requested": int(nfe), "nfe_planned": planned,
+               "nfe_measured_per_batch": measured[0] if len(set(measured)) == 1 else measured,
+               "grid": grid if isinstance(grid, str) else (info.default_grid if grid is None else "explicit"),
+               "steps": len(ts) - 1, "n": n, "batch_size": b, "n_batches": len(out),
+               "seed": None if generator is not None else int(seed), "wall_s": time.perf_counter() - t0,
+               "options": opts}
+
+
+def run_sampler(model, sampler: str, nfe: int, n: int, *, grid: str | None = None, seed: int = 0,
+                options: dict | None = None, shape: tuple[int, ...] | None = None, device: str = "cpu",
+                dtype=None, fit_grid: bool = False, grid_file: str | None = None, fit_out: str | None = None,
+                fit_kw: dict | None = None, batch_size: int | None = None):
+    """``sample`` with the CLI's grid choices: ``fit_grid`` refits the interior grid points to the model's own ODE
+    solution first (``grid_opt``; the report is saved to ``fit_out``; ``fit_kw`` go to ``optimize_grid``, e.g.
+    ``n_samples``, ``max_objective``); ``grid_file`` uses a grid saved by an earlier fit instead of a named grid.
+    Returns (samples, info dict with ``grid_fit``: the fit's report or None)."""
+    info, dtype = sampler_info(sampler), dtype or torch.float32
+    ts, fit_report, opts = grid, None, dict(options or {})
+    if grid_file:
+        ts, _ = grid_from_file(grid_file, info, _check_nfe(nfe), opts)
+    elif fit_grid:
+        ts, _, opts = plan(model, sampler, nfe, grid=grid, options=opts)
+        ts, fit_report = fit_sampler_grid(model, sampler, ts, grid or info.default_grid, opts, shape, dtype, seed,
+                                          fit_out, fit_kw)
+    x, out = sample(model, sampler, nfe, n, shape=shape, batch_size=batch_size, grid=ts, options=opts, seed=seed,
+                    device=device, dtype=dtype)
+    out["grid"] = grid_file or (("fitted:" if fit_grid else "") + (grid or info.default_grid))
+    return x, {**out, "grid_fit": fit_report}
 
 
 def fit_sampler_grid(model, sampler, ts, init, options, shape, dtype, seed, fit_out, fit_kw=None):
@@ -136,3 +227,7 @@ def fit_sampler_grid(model, sampler, ts, init, options, shape, dtype, seed, fit_
           f"{fit.heldout_fit:.3e}, {fit.model_evals} network evaluations spent fitting"
           + (f"; saved to {fit_out}" if fit_out else ""))
     return fit.ts, {k: v for k, v in fit.to_json().items() if k not in ("history", "ts")}
+
+
+__all__ = ["sample", "plan", "run_sampler", "grid_for_nfe", "grid_from_file", "planned_nfe_for_grid",
+           "fit_sampler_grid", "sampler_info"]

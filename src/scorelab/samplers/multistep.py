@@ -89,7 +89,8 @@ def ddim_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.
 
 
 @register("ddim", order=1, evals_per_step=1, stochastic=True, options=("eta",),
-          reference="Song, Meng & Ermon 2021, eq. 12", default_grid="uniform_log_snr")
+          reference="Song, Meng & Ermon 2021, eq. 12", default_grid="uniform_log_snr",
+          weak_order=1, transition=ddim_transition, transition_options=("eta",))
 def sample_ddim(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                 callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False,
                 eta: float = 0.0):
@@ -202,7 +203,8 @@ def _register_dpm_solver(k: int):
     ref = {1: "Lu et al. 2022, eq. 3.7 (k=1)", 2: "Lu et al. 2022, Alg. 1", 3: "Lu et al. 2022, Alg. 2"}[k]
 
     @register(f"dpm_solver_{k}", order=k, evals_per_step=k, stochastic=False, options=("orders",),
-              reference=ref, default_grid="uniform_log_snr")
+              reference=ref, default_grid="uniform_log_snr", skip_correction_at_zero=k > 1,
+              mixed_orders=k if k > 1 else 0)
     def fn(model, x_T, ts, *, generator=None, callback=None, return_trajectory=False, progress=False, orders=None):
         return sample_dpm_solver(model, x_T, ts, generator=generator, callback=callback, progress=progress,
                                  return_trajectory=return_trajectory, order=k, orders=orders)

@@ -194,7 +194,7 @@ def sample_euler(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: tor
 
 
 @register("heun", order=2, evals_per_step=2, stochastic=False, options=(),
-          reference="Karras et al. 2022, Alg. 1", default_grid="karras")
+          reference="Karras et al. 2022, Alg. 1", default_grid="karras", skip_correction_at_zero=True)
 def sample_heun(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                 callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False):
     """Heun's 2nd-order method (Karras Alg. 1) in the scaled variable.  NFE = 2n, or 2n - 1 when ts[-1] = 0."""
@@ -235,7 +235,7 @@ def edm_gamma(model: DiffusionModel, t: torch.Tensor, n: int, S_churn: float, S_
 
 
 @register("edm", order=2, evals_per_step=2, stochastic=True, options=("S_churn", "S_tmin", "S_tmax", "S_noise"),
-          reference="Karras et al. 2022, Alg. 2", default_grid="karras")
+          reference="Karras et al. 2022, Alg. 2", default_grid="karras", skip_correction_at_zero=True)
 def sample_edm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False,
                S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = math.inf, S_noise: float = 1.0):

@@ -116,7 +116,9 @@ def _predict(model, x, t, s, predictor, add_noise, generator):
 
 @register("pc", order=1, evals_per_step=2, stochastic=True,
           options=("predictor", "snr", "n_corrector", "step_norm", "noise_last"),
-          reference="Song et al. 2021, Alg. 1/2 and App. G Alg. 4/5")
+          reference="Song et al. 2021, Alg. 1/2 and App. G Alg. 4/5",
+          evals_of=lambda predictor="euler_maruyama", n_corrector=1, **_: (predictor != "none") + int(n_corrector),
+          evals_at_zero_of=lambda predictor="euler_maruyama", **_: int(predictor != "none"))
 def sample_pc(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
               callback: Callback | None = None, return_trajectory: bool = False, predictor: str = "euler_maruyama",
               snr: float = 0.16, n_corrector: int = 1, step_norm: str = "batch", noise_last: bool = False,
@@ -155,7 +157,8 @@ def noise_levels(process, ts: torch.Tensor) -> torch.Tensor:
 
 
 @register("annealed_langevin", order=0, evals_per_step=100, stochastic=True, options=("eps", "n_steps"),
-          reference="Song & Ermon 2019, Alg. 1")
+          reference="Song & Ermon 2019, Alg. 1", evals_of=lambda n_steps=100, **_: int(n_steps),
+          evals_at_zero_of=lambda **_: 1)
 def sample_annealed_langevin(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                              callback: Callback | None = None, return_trajectory: bool = False, eps: float = 2e-5,
                              n_steps: int = 100, progress: bool = False):

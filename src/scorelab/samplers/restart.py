@@ -75,7 +75,8 @@ def _restart_times(model: DiffusionModel, t_min_r: float | None, t_max_r: float 
 
 
 @register("restart", order=2, evals_per_step=2, stochastic=True, options=("t_min_r", "t_max_r", "K", "n_restart"),
-          reference="Xu et al. 2023, Restart sampling, Alg. 1", default_grid="karras")
+          reference="Xu et al. 2023, Restart sampling, Alg. 1", default_grid="karras", skip_correction_at_zero=True,
+          extra_nfe_of=lambda K=DEFAULT_K, n_restart=DEFAULT_N_RESTART, **_: 2 * int(K) * int(n_restart))
 def sample_restart(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                    callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False,
                    t_min_r: float | None = None, t_max_r: float | None = None, K: int = DEFAULT_K,

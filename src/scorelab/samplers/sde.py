@@ -153,7 +153,8 @@ def _ddpm_grid_step(variance: str):
 
 
 @register("ddpm", order=1, evals_per_step=1, stochastic=True, options=("variance", "noise_last"),
-          reference="Ho et al. 2020, Alg. 2 (posterior q(x_s|x_t,x_0) on any grid)", default_grid="uniform_log_snr")
+          reference="Ho et al. 2020, Alg. 2 (posterior q(x_s|x_t,x_0) on any grid)", default_grid="uniform_log_snr",
+          weak_order=1, transition=ddpm_transition, transition_options=("variance",))
 def sample_ddpm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                 callback: Callback | None = None, return_trajectory: bool = False, variance: str = "large",
                 noise_last: bool = False, progress: bool = False):
@@ -206,7 +207,8 @@ def euler_maruyama_transition(model: DiffusionModel, x: torch.Tensor, t: torch.T
 
 
 @register("euler_maruyama", order=1, evals_per_step=1, stochastic=True, options=("noise_last",),
-          reference="Song et al. 2021, eq. 6 (reverse SDE), Euler-Maruyama", default_grid="uniform_log_snr")
+          reference="Song et al. 2021, eq. 6 (reverse SDE), Euler-Maruyama", default_grid="uniform_log_snr",
+          weak_order=1, transition=euler_maruyama_transition)
 def sample_euler_maruyama(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                           callback: Callback | None = None, return_trajectory: bool = False,
                           noise_last: bool = False, progress: bool = False):

@@ -164,7 +164,9 @@ def _step_order(i: int, n: int, order: int, lower_order_final: bool) -> int:
 @register("unipc", order=4, evals_per_step=1, stochastic=False,
           options=("order", "variant", "lower_order_final", "use_corrector"),
           reference="Zhao et al. 2023 (UniPC), Algs. 2-3; default UniPC-3 with B(h) = h",
-          default_grid="uniform_log_snr")
+          default_grid="uniform_log_snr",
+          order_of=lambda order=3, use_corrector=True, lower_order_final=True, **_:
+          min(order + bool(use_corrector), 2) if lower_order_final else order + bool(use_corrector))
 def sample_unipc(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                  callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False,
                  order: int = 3, variant: str = "bh1", lower_order_final: bool = True, use_corrector: bool = True):
@@ -190,7 +192,9 @@ def sample_unipc(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: tor
 
 @register("unipc_bh2", order=3, evals_per_step=1, stochastic=False,
           options=("order", "lower_order_final", "use_corrector"),
-          reference="Zhao et al. 2023 (UniPC), Algs. 2-3, UniPC-2 with B(h) = e^h - 1", default_grid="uniform_log_snr")
+          reference="Zhao et al. 2023 (UniPC), Algs. 2-3, UniPC-2 with B(h) = e^h - 1", default_grid="uniform_log_snr",
+          order_of=lambda order=2, use_corrector=True, lower_order_final=True, **_:
+          min(order + bool(use_corrector), 2) if lower_order_final else order + bool(use_corrector))
 def sample_unipc_bh2(model, x_T, ts, *, generator=None, callback=None, return_trajectory=False, progress=False,
                      order=2, lower_order_final=True, use_corrector=True):
     """UniPC-2, B(h) = e^h - 1 ("bh2", diffusers' default); see ``sample_unipc``."""
