@@ -108,8 +108,8 @@ def attribute_state(source: str, filename: str = "<src>") -> list[str]:
     for node in ast.walk(ast.parse(source, filename)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args:
             first = node.args[0]
-            if node.func.id == "hasattr" and isinstance(first, ast.Name) and first.id == "model":
-                found.append(f"{filename}:{node.lineno}: hasattr(model, ...)")
+            if node.func.id in ("hasattr", "getattr") and isinstance(first, ast.Name) and first.id == "model":
+                found.append(f"{filename}:{node.lineno}: {node.func.id}(model, ...)")
             if (node.func.id == "setattr" and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
                     and node.args[1].value == "event_shape"):
                 found.append(f"{filename}:{node.lineno}: setattr(..., 'event_shape', ...)")
@@ -130,8 +130,9 @@ def test_no_model_attribute_state_in_src():
 
 def test_attribute_state_check_can_fail():
     src = ("def f(model, guided):\n    if hasattr(model, 'mixture'):\n        guided.event_shape = (2,)\n"
-           "    model.event_shape, y = (2,), 1\n    setattr(guided, 'event_shape', (2,))\n")
-    assert len(attribute_state(src)) == 4
+           "    model.event_shape, y = (2,), 1\n    setattr(guided, 'event_shape', (2,))\n"
+           "    return getattr(model, 'process', None)\n")
+    assert len(attribute_state(src)) == 5
     assert attribute_state("class A:\n    def __init__(self):\n        self.event_shape = (2,)\n") == []
 
 

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .controlled import LOSSES, DiffusionSampler
+from .dis import DIS
 from .estimators import ess, log_Z_is
 
 
@@ -38,7 +39,7 @@ def pretrain_mc_score(sampler: DiffusionSampler, target, *, rounds: int = 6, upd
     (``benchmarks/densities.py`` on DW(5,5,4); docs/benchmarks.md): there on-policy LV training stalls at ESS ~0.02
     while the same network regressed onto the exact control reaches ESS 0.47, and LV started there stays there.  Returns
     {"rounds", "cpu_time", "wall_time"}."""
-    if not hasattr(sampler, "mc_optimal_control"):
+    if not isinstance(sampler, DIS):
         raise ValueError(f"MC-score pretraining needs a sampler whose optimal control is the noised target's score "
                          f"(DIS); {sampler.name!r} has none")
     if min(rounds, updates, paths, n_mc, batch) < 1:

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.analytic import MixtureModel
 from ..core.denoisers import DiffusionModel
 from ..core.schedules import make_grid
 
@@ -150,8 +151,8 @@ def optimize_grid(model: DiffusionModel, sampler: str, n_steps: int, *, init: st
     ``init``: the starting grid (a ``make_grid`` name, ``grid_kw`` passed on; endpoints t_max, t_min taken from
     it); ``final_zero``: the grid ends with a step to t = 0 (not optimised: it is the denoiser's output);
     ``n_samples`` / ``n_heldout``: x_T of the fitting and the held-out batch, drawn from the process prior with
-    ``generator`` (a CPU generator), shape ``[n, *sample_shape]`` (default: the model's ``event_shape`` or its
-    mixture's), on ``device`` in ``dtype``;
+    ``generator`` (a CPU generator), shape ``[n, *sample_shape]`` (required but for an exact oracle, whose
+    mixture knows its shape), on ``device`` in ``dtype``;
     ``objective``: ``"sliced_w2"`` (on ``n_proj`` fixed random directions) or ``"pathwise"`` (module docstring);
     ``max_objective``: budget of objective evaluations (Powell); ``sampler_opts``: passed to the sampler (e.g.
     ``orders`` of DPM-Solver, ``order`` of UniPC); ``reference``, ``rtol``, ``ref_steps``: the teacher's solver
@@ -259,11 +260,7 @@ def _params(fn) -> set:
 
 
 def _sample_shape(model: DiffusionModel) -> tuple:
-    shape = getattr(model, "event_shape", None)
-    if shape:
-        return tuple(shape)
-    for attr in ("mixture", "gm"):
-        gm = getattr(model, attr, None)
-        if gm is not None:
-            return tuple(getattr(gm, "event_shape", (gm.d,)))
+    """An exact oracle knows its sample shape; any other model needs ``sample_shape`` (no attributes are read)."""
+    if isinstance(model, MixtureModel):
+        return tuple(model.mixture.event_shape)
     raise ValueError("cannot infer the sample shape of this model; pass sample_shape=(...)")

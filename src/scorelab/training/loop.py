@@ -42,6 +42,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..core.denoisers import DiffusionModel
 from ..core.processes import Discrete
 from ..io import checkpoints as ckpts
 from .losses import DSMLoss, LossConfig
@@ -379,7 +380,8 @@ def _setup(model: nn.Module, data: torch.Tensor, labels, config: TrainConfig, lo
         raise ValueError("the model has no trainable parameters")
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     if loss_fn is None:
-        proposal = "discrete" if isinstance(getattr(model, "process", None), Discrete) else "uniform"
+        discrete = isinstance(model, DiffusionModel) and isinstance(model.process, Discrete)
+        proposal = "discrete" if discrete else "uniform"
         loss_fn = DSMLoss(LossConfig(proposal=proposal))
     per_rank = shards // world
     return _Run(model, ema, make_optimizer(params, config), params, loss_fn, data, labels, config, device, shards,
