@@ -39,12 +39,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .._utils import bcast
 from ..core.denoisers import DiffusionModel
-from .base import Callback, GridCoefs, TrajectoryRecorder, combine, fexp, fexpm1, fsqrt, register
-from .sde import draw, gaussian_step, prepare
+from .base import Callback, GridCoefs, combine, fexp, fexpm1, fsqrt, gaussian_sample, gaussian_step, register
+from .loop import prepare, run_loop
 
 
 # -- the variance-preserving view of any process --------------------------------------------------
@@ -162,28 +161,12 @@ def _grid_vp(p, g: GridCoefs) -> list:
     return list(zip(lc.tolist(), lab.tolist(), strict=True))
 
 
-def _run_det(model, x_T, ts, name, generator, callback, return_trajectory, progress):
-    model, ts = prepare(model, x_T, ts)
-    x, n, prev, g = x_T, ts.shape[0] - 1, None, GridCoefs(model.process, ts, x_T)
-    v = _grid_vp(model.process, g)
-    ks = [_step_coefs(v[i], v[i + 1]) for i in range(n)]
-    rec = TrajectoryRecorder(x_T, ts, return_trajectory)
-    for i in tqdm(range(n), desc=name, disable=not progress, leave=False):
-        t, k = g.t[i], ks[i]
-        if name == "accel_det" and i == 0:
-            u = virtual_prev_time(model.process, g.ts64[0], g.ts64[1])
-            x, x0_hat = _det_core(model, x, t, u.to(x), k, (fexp(_vp(model.process, u)[0]),) + k[2:4])
-        elif name == "accel_det":
-            x, x0_hat = _det_core(model, x, t, g.t[i - 1], k, (ks[i - 1][0],) + ks[i - 1][2:4])
-        else:
-            S = model.score(x, t)
-            x0_hat = _x0_terms(x, S, k[0], k[4]) if callback is not None else None
-            x = _psi(x, S, k, None if prev is None else (prev[0], prev[1], *ks[i - 1][2:4]))
-            prev = (S, k[0])
-        rec.add(x)
-        if callback is not None:
-            callback(dict(i=i, t=g.t[i + 1], x=x, x0_hat=x0_hat))
-    return rec.finish(x, model.nfe)
+def _grid_ks(model: DiffusionModel, x_T: torch.Tensor, ts) -> tuple:
+    """(counted model, grid, GridCoefs, per-step ``_step_coefs``) of a sampler call."""
+    m, ts = prepare(model, x_T, ts)
+    g = GridCoefs(m.process, ts, x_T)
+    v = _grid_vp(m.process, g)
+    return m, ts, g, [_step_coefs(v[i], v[i + 1]) for i in range(ts.shape[0] - 1)]
 
 
 @register("accel_det", order=2, evals_per_step=2, stochastic=False, default_grid="uniform_log_snr",
@@ -192,7 +175,16 @@ def sample_accel_det(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator:
                      callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False):
     """Accelerated deterministic sampler over ``ts`` (``[n+1]`` or ``[n+1, B]``); x_T ``[B, ...]``.
     Second order in the step size; NFE = 2n.  Returns x at ts[-1] or a Trajectory (deterministic steps)."""
-    return _run_det(model, x_T, ts, "accel_det", generator, callback, return_trajectory, progress)
+    m, ts, g, ks = _grid_ks(model, x_T, ts)
+    u0 = virtual_prev_time(m.process, g.ts64[0], g.ts64[1])  # the first step's s_{t+1} time (module doc)
+    ups = [(u0.to(x_T), (fexp(_vp(m.process, u0)[0]),) + ks[0][2:4])] + \
+        [(g.t[i - 1], (ks[i - 1][0],) + ks[i - 1][2:4]) for i in range(1, len(ks))]
+
+    def step(i, x, state):
+        return (*_det_core(m, x, g.t[i], ups[i][0], ks[i], ups[i][1]), None, None, state, None)
+
+    return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress)
 
 
 @register("accel_det_1eval", order=2, evals_per_step=1, stochastic=False, default_grid="uniform_log_snr",
@@ -200,8 +192,17 @@ def sample_accel_det(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator:
 def sample_accel_det_1eval(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                            callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False):
     """1-evaluation accelerated deterministic sampler (two-step, like DPM-Solver++(2M)); NFE = n.
-    Returns x at ts[-1] ``[B, ...]`` or a Trajectory."""
-    return _run_det(model, x_T, ts, "accel_det_1eval", generator, callback, return_trajectory, progress)
+    Returns x at ts[-1] ``[B, ...]`` or a Trajectory.  History: the previous step's score S (and c(t) there)."""
+    m, ts, g, ks = _grid_ks(model, x_T, ts)
+
+    def step(i, x, prev):
+        k = ks[i]
+        S = m.score(x, g.t[i])
+        x_s = _psi(x, S, k, None if prev is None else (prev, ks[i - 1][0], *ks[i - 1][2:4]))
+        return x_s, lambda: _x0_terms(x, S, k[0], k[4]), None, None, S, None
+
+    return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress)
 
 
 # -- stochastic sampler ------------------------------------------------------------------------------
@@ -245,20 +246,15 @@ def sample_accel_stoch(model: DiffusionModel, x_T: torch.Tensor, ts, *, generato
                        progress: bool = False):
     """Accelerated stochastic sampler over ``ts``; x_T ``[B, ...]``.  NFE = n.  ``noise_last=False`` skips the
     second-stage noise Z^+ on the last step.  Returns x at ts[-1] or a Trajectory with ``extras["x_plus"]``."""
-    model, ts = prepare(model, x_T, ts)
-    x, n, g = x_T, ts.shape[0] - 1, GridCoefs(model.process, ts, x_T)
-    v = _grid_vp(model.process, g)
-    ks = [_step_coefs(v[i], v[i + 1]) for i in range(n)]
-    rec, x_plus_all = TrajectoryRecorder(x_T, ts, return_trajectory), []
-    for i in tqdm(range(n), desc="accel_stoch", disable=not progress, leave=False):
-        t, k = g.t[i], ks[i]
-        x_plus = draw(x, _xdt(k[0] * fsqrt(k[3] / 2), x), generator)  # eq. (3): Y^+ = Phi_t(Y_t, Z_t)
-        mean, std, x0_hat = _stoch_core(model, x_plus, t, k)  # eq. (3): Y_{t-1} = Psi_t(Y^+, Z^+)
-        x = gaussian_step(mean, _xdt(std, x), i < n - 1 or noise_last, generator, rec)
-        x_plus_all.append(x_plus)
-        if callback is not None:
-            callback(dict(i=i, t=g.t[i + 1], x=x, x0_hat=x0_hat, x_plus=x_plus))
-    out = rec.finish(x, model.nfe)
-    if return_trajectory:
-        out.extras["x_plus"] = x_plus_all
-    return out
+    m, ts, g, ks = _grid_ks(model, x_T, ts)
+    std_plus = [_xdt(k[0] * fsqrt(k[3] / 2), x_T) for k in ks]
+    noisy = [True] * (len(ks) - 1) + [bool(noise_last)]
+
+    def step(i, x, state):
+        x_plus = gaussian_sample(x, std_plus[i], generator)  # eq. (3): Y^+ = Phi_t(Y_t, Z_t)
+        mean, std, x0_hat = _stoch_core(m, x_plus, g.t[i], ks[i])  # eq. (3): Y_{t-1} = Psi_t(Y^+, Z^+)
+        x_s, mean, std = gaussian_step(mean, _xdt(std, x), noisy[i], generator)
+        return x_s, x0_hat, mean, std, state, {"x_plus": x_plus}
+
+    return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress, keep=("x_plus",))

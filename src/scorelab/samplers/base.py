@@ -52,9 +52,22 @@ def step_times(ts: torch.Tensor, i: int, x: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def gaussian_sample(mean: torch.Tensor, std: torch.Tensor | float, generator: torch.Generator | None) -> torch.Tensor:
-    """mean + std * z, z ~ N(0, I) drawn from ``generator``."""
+    """The one Gaussian draw: mean + std * z, z ~ N(0, I) from ``generator``; ``mean`` ``[B, ...]``, ``std`` a float,
+    a 0-d tensor, a ``[B]`` tensor (broadcast per sample) or a tensor broadcastable to ``mean``."""
     z = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-    return torch.add(mean, z, alpha=std) if isinstance(std, float) else mean + std * z
+    if isinstance(std, float):
+        return torch.add(mean, z, alpha=std)
+    if std.ndim == 1 and mean.ndim > 1:
+        std = bcast(std, mean)
+    return mean + std * z
+
+
+def gaussian_step(mean: torch.Tensor, std, add_noise: bool, generator: torch.Generator | None) -> tuple:
+    """A Gaussian step x ~ N(mean, std^2 I): ``(x, mean, std)``; or ``(mean, None, None)`` (deterministic) when
+    ``add_noise`` is False or std is not > 0.  std: a float or a scalar / ``[B]`` tensor."""
+    if add_noise and is_pos(std):
+        return gaussian_sample(mean, std, generator), mean, std
+    return mean, None, None
 
 
 # -- per-grid coefficients (the samplers' per-step overhead) ----------------------------------------------------------
@@ -76,8 +89,8 @@ def fsqrt(v: Coef) -> Coef:
 
 
 def is_pos(v: Coef) -> bool:
-    """All entries > 0."""
-    return v > 0 if isinstance(v, float) else bool(torch.all(v > 0))
+    """The one positivity test of a coefficient or std (float, scalar or ``[B]`` tensor): all entries > 0."""
+    return v > 0 if isinstance(v, float) else bool(torch.all(torch.as_tensor(v) > 0))
 
 
 def as_coef_tensor(v: Coef, x: torch.Tensor) -> torch.Tensor:
@@ -189,6 +202,8 @@ class TrajectoryRecorder:
             return
         if isinstance(std, float):  # a precomputed coefficient: recorded as a tensor in x's dtype
             std = torch.tensor(std, dtype=x_next.dtype, device=x_next.device)
+        elif std is not None and std.ndim == 1 and x_next.ndim > 1:  # per-sample std: recorded broadcastable to x
+            std = bcast(std, x_next)
         self.xs.append(x_next)
         self.means.append(mean)
         self.stds.append(std)

@@ -50,7 +50,8 @@ import torch
 
 from ..core.denoisers import DiffusionModel
 from .base import Callback, GridCoefs, combine, register
-from .ode import prepare, reaches_zero, run_steps
+from .loop import prepare, run_loop
+from .ode import reaches_zero
 
 VARIANTS = ("bh1", "bh2")
 _F64 = torch.float64
@@ -179,13 +180,13 @@ def sample_unipc(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: tor
     n, g = ts.shape[0] - 1, GridCoefs(m.process, ts, x_T)
     ks = [_step_order(i, n, order, lower_order_final) for i in range(n)]
 
-    def step(i, x, t, s, state):
-        x_s, x0, state = unipc_step(m, x, t, s, state, ks[i], variant, use_corrector, g.c(i), g.c(i + 1),
-                                    g.zero[i + 1])
-        return x_s, x0, None, None, state
+    def step(i, x, state):
+        x_s, x0, state = unipc_step(m, x, g.t[i], g.t[i + 1], state, ks[i], variant, use_corrector, g.c(i),
+                                    g.c(i + 1), g.zero[i + 1])
+        return x_s, x0, None, None, state, None
 
-    return run_steps(m, x_T, ts, step, state=UniPCState(), callback=callback, return_trajectory=return_trajectory,
-                     progress=progress, times=g.t)
+    return run_loop(m, x_T, ts, step, state=UniPCState(), times=g.t, callback=callback,
+                    return_trajectory=return_trajectory, progress=progress)
 
 
 @register("unipc_bh2", order=3, evals_per_step=1, stochastic=False,
