@@ -164,9 +164,9 @@ def _grid_vp(p, g: GridCoefs) -> list:
 def _grid_ks(model: DiffusionModel, x_T: torch.Tensor, ts) -> tuple:
     """(counted model, grid, GridCoefs, per-step ``_step_coefs``) of a sampler call."""
     m, ts = prepare(model, x_T, ts)
-    g = GridCoefs(m.process, ts, x_T)
-    v = _grid_vp(m.process, g)
-    return m, ts, g, [_step_coefs(v[i], v[i + 1]) for i in range(ts.shape[0] - 1)]
+    g = GridCoefs.of(m.process, ts, x_T)
+    v = g.memo("vp", lambda: _grid_vp(m.process, g))
+    return m, ts, g, g.memo("accel", lambda: [_step_coefs(v[i], v[i + 1]) for i in range(ts.shape[0] - 1)])
 
 
 @register("accel_det", order=2, evals_per_step=2, stochastic=False, default_grid="uniform_log_snr",

@@ -276,7 +276,7 @@ def sample_analytic_dpm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generat
     if clip_x0 and data_range is None:
         raise ValueError("clip_x0=True needs data_range=(low, high), the range to clamp x0_hat into")
     v = _cap_last_noise(v, ts, max_last_std)
-    lam2, g = grid_variances(p, ts, "lambda", eta=eta).tolist(), GridCoefs(p, ts, x_T)
+    lam2, g = grid_variances(p, ts, "lambda", eta=eta).tolist(), GridCoefs.of(p, ts, x_T)
     std = [float(u) for u in v.sqrt()]
     noisy = [not g.zero[i + 1] or final_noise for i in range(len(std))]
     c_eps = [fsqrt(g.sg[i + 1] ** 2 - lam2[i]) for i in range(len(std))]  # mu_tilde's coefficient of eps_hat

@@ -99,15 +99,20 @@ def as_coef_tensor(v: Coef, x: torch.Tensor) -> torch.Tensor:
 
 
 def combine(x: torch.Tensor, terms: list) -> torch.Tensor:
-    """sum_j c_j v_j for (c_j, v_j) in ``terms``; c_j a float (fused ``torch.add(..., alpha=c)``) or a scalar /
-    ``[B]`` tensor broadcast against x (cast to x's dtype).  ``x`` only gives the shape and dtype."""
-    out = None
-    for c, v in terms:
+    """sum_j c_j v_j for (c_j, v_j) in ``terms``; c_j a float (fused ``add_(..., alpha=c)``) or a scalar / ``[B]``
+    tensor broadcast against x (cast to x's dtype).  ``x`` only gives the shape and dtype; every v_j has x's shape.
+    The sum accumulates in place into the fresh first product (one kernel per term, no temporaries)."""
+    (c, v), rest = terms[0], terms[1:]
+    out = c * v if isinstance(c, float) else bcast(c, x) * v
+    for c, v in rest:
         if isinstance(c, float):
-            out = c * v if out is None else torch.add(out, v, alpha=c)
+            out.add_(v, alpha=c)
         else:
-            out = bcast(c, x) * v if out is None else out + bcast(c, x) * v
+            out.add_(bcast(c, x) * v)
     return out
+
+
+GRID_CACHE_SIZE = 16  # grids memoised per process by ``GridCoefs.of``
 
 
 class GridCoefs:
@@ -130,7 +135,27 @@ class GridCoefs:
             self.zero = [v == 0 for v in self.ts64.tolist()]
             if x.dtype != torch.float64:  # the model's own x0 / eps / score conversions look up times in x's dtype
                 process.warm_coefs(ts.detach().to("cpu", x.dtype))
-        self.device = x.device
+        self.device, self.derived = x.device, {}
+
+    @classmethod
+    def of(cls, process, ts: torch.Tensor, x: torch.Tensor) -> "GridCoefs":
+        """``GridCoefs(process, ts, x)``, memoised on the process per grid (values), x dtype and device: a sampler
+        called again on the same grid (every batch of ``budget.run_sampler``) does no per-grid work.  Bounded."""
+        cache = process.__dict__.setdefault("_grid_cache", {})
+        key = (ts.dtype, tuple(ts.shape), ts.detach().cpu().numpy().tobytes(), x.dtype, x.device)
+        g = cache.get(key)
+        if g is None:
+            if len(cache) >= GRID_CACHE_SIZE:
+                cache.clear()
+            g = cache[key] = cls(process, ts, x)
+        return g
+
+    def memo(self, key, build: Callable[[], object]):
+        """A sampler's own per-step coefficients on this grid (``key``: its name and options), built once."""
+        hit = self.derived.get(key)
+        if hit is None:
+            hit = self.derived[key] = build()
+        return hit
 
     def c(self, i: int) -> tuple[Coef, Coef, Coef]:
         """(alpha, sigma, lambda/2) at grid time i."""

@@ -92,8 +92,8 @@ def sample_ddim(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torc
     DDPM-like; eta > 0 records Gaussian transitions and log-probs in the trajectory.  NFE = n."""
     _check_eta(eta)
     m, ts = prepare(model, x_T, ts)
-    g = GridCoefs(m.process, ts, x_T)
-    ks = [ddim_coefs(g.c(i), g.c(i + 1), eta) for i in range(ts.shape[0] - 1)]
+    g = GridCoefs.of(m.process, ts, x_T)
+    ks = g.memo(("ddim", eta), lambda: [ddim_coefs(g.c(i), g.c(i + 1), eta) for i in range(ts.shape[0] - 1)])
 
     def step(i, x, state):
         mean, std, x0 = ddim_core(m, x, g.t[i], ks[i])
@@ -188,8 +188,8 @@ def sample_dpm_solver(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator
     orders = [order] * n if orders is None else [int(k) for k in orders]
     if len(orders) != n or any(k not in (1, 2, 3) for k in orders):
         raise ValueError(f"orders must list {n} values in (1, 2, 3) (one per step), got {orders}")
-    g = GridCoefs(m.process, ts, x_T)
-    mids = _grid_mids(g, orders, x_T)
+    g = GridCoefs.of(m.process, ts, x_T)
+    mids = g.memo(("dpm_solver", tuple(orders)), lambda: _grid_mids(g, orders, x_T))
 
     def step(i, x, state):
         x_s, x0 = dpm_solver_core(m, x, g.t[i], g.c(i), g.c(i + 1), g.zero[i + 1], orders[i], mids[i])
@@ -257,8 +257,14 @@ def dpm_solver_pp_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, 
     """One evaluation x0_hat = model.x0(x, t) and the update with ``pp_coefs`` k; ``history``: ((x0_hat, lambda/2),
     ...) of earlier steps, oldest first.  Returns (x_s, x0_hat, mean, std, new history of at most 2 entries)."""
     (c, std), x0 = k, model.x0(x, t)
-    terms = [(c[0], x), (c[1], x0)] + [(cj, history[-1 - j][0]) for j, cj in enumerate(c[2:])]
-    x_s, mean, std = gaussian_step(combine(x, terms), std, std is not None, generator)
+    terms = [(c[0], x), (c[1], x0)]
+    if len(c) > 2:
+        terms.append((c[2], history[-1][0]))
+        if len(c) > 3:
+            terms.append((c[3], history[-2][0]))
+    if std is None:
+        return combine(x, terms), x0, None, None, history[-1:] + ((x0, lam_t),)
+    x_s, mean, std = gaussian_step(combine(x, terms), std, True, generator)
     return x_s, x0, mean, std, history[-1:] + ((x0, lam_t),)
 
 
@@ -289,9 +295,10 @@ def sample_dpm_solver_pp(model: DiffusionModel, x_T: torch.Tensor, ts, *, genera
     if order not in (1, 2, 3) or (sde and order == 3):
         raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3 (1 or 2 with sde=True), got {order}")
     m, ts = prepare(model, x_T, ts)
-    n, g = ts.shape[0] - 1, GridCoefs(m.process, ts, x_T)
-    ks = [pp_coefs(g.c(i), g.c(i + 1), tuple(g.lam[max(i - 2, 0):i]),
-                   1 if g.zero[i + 1] else _step_order(i, n, order, lower_order_final), sde) for i in range(n)]
+    n, g = ts.shape[0] - 1, GridCoefs.of(m.process, ts, x_T)
+    ks = g.memo(("dpm_solver_pp", order, sde, lower_order_final), lambda: [
+        pp_coefs(g.c(i), g.c(i + 1), tuple(g.lam[max(i - 2, 0):i]),
+                 1 if g.zero[i + 1] else _step_order(i, n, order, lower_order_final), sde) for i in range(n)])
 
     def step(i, x, history):
         return (*dpm_solver_pp_core(m, x, g.t[i], ks[i], history, g.lam[i], generator), None)

@@ -136,6 +136,14 @@ def edm_churn_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: t
 
 
 # -- samplers ---------------------------------------------------------------------------------------------------
+def _euler_coefs(g: GridCoefs) -> list[tuple]:
+    """Per step: x_s = (1 + dt f) x - (dt g^2 / 2) score and x0_hat = x / alpha + (sigma^2 / alpha) score."""
+    f, g2 = g.sde()
+    dts = list((g.ts64[1:] - g.ts64[:-1]).to(g.device).unbind(0)) if g.per_sample else \
+        [s - t for t, s in zip(g.ts64.tolist()[:-1], g.ts64.tolist()[1:], strict=True)]
+    return [(1 + dts[i] * f[i], -0.5 * dts[i] * g2[i], 1 / g.a[i], g.sg[i] ** 2 / g.a[i]) for i in range(len(dts))]
+
+
 @register("euler", order=1, evals_per_step=1, stochastic=False, options=(),
           reference="Song et al. 2021, eq. 13 (probability-flow ODE), Euler in t", default_grid="uniform_log_snr")
 def sample_euler(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
@@ -143,12 +151,8 @@ def sample_euler(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: tor
     """Euler on the probability-flow ODE in t over the grid ``ts`` (``[n+1]`` or ``[n+1, B]``); x_T ``[B, ...]``.
     NFE = n.  Returns x at ts[-1] ``[B, ...]`` or a ``Trajectory``."""
     m, ts = prepare(model, x_T, ts)
-    g = GridCoefs(m.process, ts, x_T)
-    f, g2 = g.sde()
-    dts = list((g.ts64[1:] - g.ts64[:-1]).to(x_T.device).unbind(0)) if g.per_sample else \
-        [s - t for t, s in zip(g.ts64.tolist()[:-1], g.ts64.tolist()[1:], strict=True)]
-    # x_s = (1 + dt f) x - (dt g^2 / 2) score; x0_hat = x / alpha + (sigma^2 / alpha) score
-    ks = [(1 + dts[i] * f[i], -0.5 * dts[i] * g2[i], 1 / g.a[i], g.sg[i] ** 2 / g.a[i]) for i in range(len(dts))]
+    g = GridCoefs.of(m.process, ts, x_T)
+    ks = g.memo("euler", lambda: _euler_coefs(g))
 
     def step(i, x, state):
         k, score = ks[i], m.score(x, g.t[i])
@@ -165,7 +169,7 @@ def sample_heun(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torc
                 callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False):
     """Heun's 2nd-order method (Karras Alg. 1) in the scaled variable.  NFE = 2n, or 2n - 1 when ts[-1] = 0."""
     m, ts = prepare(model, x_T, ts)
-    g = GridCoefs(m.process, ts, x_T)
+    g = GridCoefs.of(m.process, ts, x_T)
 
     def step(i, x, state):
         return (*heun_core(m, x, g.t[i], g.t[i + 1], g.c(i), g.c(i + 1), g.zero[i + 1]), None, None, state, None)
@@ -212,7 +216,7 @@ def sample_edm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch
     if S_churn < 0 or S_noise < 0 or S_tmin < 0 or S_tmax < S_tmin:
         raise ValueError("need S_churn >= 0, S_noise >= 0 and 0 <= S_tmin <= S_tmax")
     m, ts = prepare(model, x_T, ts)
-    n, g = ts.shape[0] - 1, GridCoefs(m.process, ts, x_T)
+    n, g = ts.shape[0] - 1, GridCoefs.of(m.process, ts, x_T)
 
     def step(i, x, state):
         t, s = g.t[i], g.t[i + 1]

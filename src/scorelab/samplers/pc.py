@@ -120,7 +120,7 @@ def sample_pc(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.
     step (predictor, or the last corrector step).  Returns x at ts[-1] ``[B, ...]`` or a Trajectory."""
     _check_pc(predictor, snr, n_corrector, step_norm)
     m, ts = prepare(model, x_T, ts)
-    n, g = ts.shape[0] - 1, GridCoefs(m.process, ts, x_T)
+    n, g = ts.shape[0] - 1, GridCoefs.of(m.process, ts, x_T)
     final = _noisy(n, noise_last)
     predict = em_grid_step(m, g, final, generator) if predictor == "euler_maruyama" else \
         ddpm_grid_step(m, g, "large", final, generator) if predictor == "ddpm" else None

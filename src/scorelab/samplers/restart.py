@@ -63,7 +63,7 @@ def restart_plan(m: DiffusionModel, ts: torch.Tensor, x_T: torch.Tensor, j_r: in
     """The steps ``run_loop`` runs (Xu et al. 2023, Alg. 1): Heun steps along ``ts``; after the step reaching
     ts[j_r], K loops of (re-noise to t_hi, ``n_restart`` Heun steps on a Karras grid back to ts[j_r]).
     Returns (plan entries, visited times ``[len(plan) + 1]`` as grid-dtype tensors, callback index per entry)."""
-    g, n = GridCoefs(m.process, ts, x_T), ts.shape[0] - 1
+    g, n = GridCoefs.of(m.process, ts, x_T), ts.shape[0] - 1
     plan, visited, report = [], [ts[0]], []
     for i in range(n):
         plan.append(_heun(m, g, i))
@@ -71,7 +71,7 @@ def restart_plan(m: DiffusionModel, ts: torch.Tensor, x_T: torch.Tensor, j_r: in
         report.append(i)
         if i + 1 == j_r and K > 0:
             inner = karras_between(m.process, torch.as_tensor(t_hi), ts[i + 1].cpu(), n_restart).to(x_T.device)
-            gi = GridCoefs(m.process, inner, x_T)
+            gi = GridCoefs.of(m.process, inner, x_T)
             report[-1] = None  # the callback of main step i comes after its restart loops
             for _ in range(K):
                 plan += [_renoise(m, gi.t[-1], gi.t[0], generator)] + [_heun(m, gi, j) for j in range(n_restart)]

@@ -78,7 +78,7 @@ def _grid_posterior(g: GridCoefs, variance: str) -> tuple[list, list, list]:
 def ddpm_grid_step(m: DiffusionModel, g: GridCoefs, variance: str, noisy: list[bool], generator):
     """DDPM's step over the grid ``g`` in ``loop.run_loop``'s format (also pc's predictor); ``noisy[i]``: whether
     step i draws its noise.  mean = c_x x + c_0 x0_hat (posterior mean), std from ``variance``."""
-    c_x, c_0, std = _grid_posterior(g, variance)
+    c_x, c_0, std = g.memo(("ddpm", variance), lambda: _grid_posterior(g, variance))
 
     def step(i, x, state):
         x0_hat = m.x0(x, g.t[i])
@@ -106,20 +106,26 @@ def sample_ddpm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torc
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; expected one of {VARIANCES}")
     m, ts = prepare(model, x_T, ts)
-    g = GridCoefs(m.process, ts, x_T)
+    g = GridCoefs.of(m.process, ts, x_T)
     step = ddpm_grid_step(m, g, variance, _noisy(ts.shape[0] - 1, noise_last), generator)
     return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
                     progress=progress)
 
 
 # -- Euler-Maruyama on the reverse SDE -------------------------------------------------------------
-def em_grid_step(m: DiffusionModel, g: GridCoefs, noisy: list[bool], generator):
-    """Euler-Maruyama's step over the grid ``g`` in ``loop.run_loop``'s format (also pc's predictor), h = t - s:
-    mean = (1 - f h) x + g^2 h score, std = sqrt(g^2 h), x0_hat = (x + sigma^2 score)/alpha (lazy)."""
+def _em_coefs(g: GridCoefs) -> list[tuple]:
+    """Per step (h = t - s): (1 - f h, g^2 h, sqrt(g^2 h)) of mean and std, (1/alpha, sigma^2/alpha) of x0_hat."""
     f, g2 = g.sde()
     h = (g.ts64[:-1] - g.ts64[1:]).tolist() if not g.per_sample else \
         list((g.ts64[:-1] - g.ts64[1:]).to(g.device).unbind(0))
-    k = [(1 - f[i] * h[i], g2[i] * h[i], fsqrt(g2[i] * h[i]), 1 / g.a[i], g.sg[i] ** 2 / g.a[i]) for i in range(len(h))]
+    return [(1 - f[i] * h[i], g2[i] * h[i], fsqrt(g2[i] * h[i]), 1 / g.a[i], g.sg[i] ** 2 / g.a[i])
+            for i in range(len(h))]
+
+
+def em_grid_step(m: DiffusionModel, g: GridCoefs, noisy: list[bool], generator):
+    """Euler-Maruyama's step over the grid ``g`` in ``loop.run_loop``'s format (also pc's predictor), h = t - s:
+    mean = (1 - f h) x + g^2 h score, std = sqrt(g^2 h), x0_hat = (x + sigma^2 score)/alpha (lazy)."""
+    k = g.memo("euler_maruyama", lambda: _em_coefs(g))
 
     def step(i, x, state):
         c = k[i]
@@ -150,7 +156,7 @@ def sample_euler_maruyama(model: DiffusionModel, x_T: torch.Tensor, ts, *, gener
     ``noise_last=False`` returns the last step's mean (Song et al.'s code: no noise on the final step).
     Returns x at ts[-1] ``[B, ...]`` or a Trajectory."""
     m, ts = prepare(model, x_T, ts)
-    g = GridCoefs(m.process, ts, x_T)
+    g = GridCoefs.of(m.process, ts, x_T)
     step = em_grid_step(m, g, _noisy(ts.shape[0] - 1, noise_last), generator)
     return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
                     progress=progress)
