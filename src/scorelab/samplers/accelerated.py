@@ -84,16 +84,23 @@ def _x0_terms(x, S, c_t, lab_t):
     return combine(x, [(r / c_t, x), (-fexpm1(lab_t) * r * c_t, S)])
 
 
-def _psi(x, S, k: tuple, up: tuple | None):
+def _psi_coefs(k: tuple, up: tuple | None) -> tuple:
     """Li et al. eq. (2), Psi_t, in x: c_s (y + b/2 s_t + b^2/(4 b_up) (s_t - sqrt(a_up) s_up))/sqrt(a) with
-    y = x/c_t, s_t = c_t S; ``up`` = (S_up, f_up, a_up, b_up) with s_up = f_up S_up, or None (Scheme 1)."""
+    y = x/c_t, s_t = c_t S, s_up = f_up S_up; ``up`` = (f_up, a_up, b_up), or None (Scheme 1).  Returns the
+    coefficients on (x, S) or (x, S, S_up)."""
     c_t, c_s, a, b = k[:4]
     q = c_s / fsqrt(a)
     if up is None:
-        return combine(x, [(q / c_t, x), (q * (b / 2) * c_t, S)])
-    S_up, f_up, a_up, b_up = up
+        return q / c_t, q * (b / 2) * c_t
+    f_up, a_up, b_up = up
     K = b * b / (4 * b_up)
-    return combine(x, [(q / c_t, x), (q * (b / 2 + K) * c_t, S), (-q * K * fsqrt(a_up) * f_up, S_up)])
+    return q / c_t, q * (b / 2 + K) * c_t, -q * K * fsqrt(a_up) * f_up
+
+
+def _psi(x, S, k: tuple, up: tuple | None):
+    """``_psi_coefs`` applied; ``up`` = (S_up, f_up, a_up, b_up) or None."""
+    c = _psi_coefs(k, None if up is None else up[1:])
+    return combine(x, [(c[0], x), (c[1], S)] + ([] if up is None else [(c[2], up[0])]))
 
 
 def _det_core(model, x, t, u, k: tuple, k_up: tuple):
@@ -194,11 +201,13 @@ def sample_accel_det_1eval(model: DiffusionModel, x_T: torch.Tensor, ts, *, gene
     """1-evaluation accelerated deterministic sampler (two-step, like DPM-Solver++(2M)); NFE = n.
     Returns x at ts[-1] ``[B, ...]`` or a Trajectory.  History: the previous step's score S (and c(t) there)."""
     m, ts, g, ks = _grid_ks(model, x_T, ts)
+    psi = g.memo("accel_det_1eval", lambda: [_psi_coefs(ks[i], (ks[i - 1][0], *ks[i - 1][2:4]) if i else None)
+                                             for i in range(len(ks))])
 
-    def step(i, x, prev):
-        k = ks[i]
+    def step(i, x, S_prev):
+        k, c = ks[i], psi[i]
         S = m.score(x, g.t[i])
-        x_s = _psi(x, S, k, None if prev is None else (prev, ks[i - 1][0], *ks[i - 1][2:4]))
+        x_s = combine(x, [(c[0], x), (c[1], S)] if S_prev is None else [(c[0], x), (c[1], S), (c[2], S_prev)])
         return x_s, lambda: _x0_terms(x, S, k[0], k[4]), None, None, S, None
 
     return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
@@ -214,14 +223,20 @@ def accel_stoch_noise(process, x: torch.Tensor, t: torch.Tensor,
     return x, (torch.exp(vp_log_coefs(process, t)[0]) * torch.sqrt(b / 2)).to(x.dtype)
 
 
-def _stoch_core(model, x_plus, t, k: tuple):
-    """Psi_t of eq. (3) given x^+ with precomputed k: mean = c_s (y^+ + b s_t(y^+))/sqrt(a), std = c_s
-    sqrt(b/(2a)) (a float or ``[B]``), x0_hat.  One evaluation."""
+def _stoch_coefs(k: tuple) -> tuple:
+    """Psi_t of eq. (3): mean = c_s (y^+ + b s_t(y^+))/sqrt(a) as coefficients on (x^+, S), std = c_s sqrt(b/(2a))
+    (a float or ``[B]``)."""
     c_t, c_s, a, b = k[:4]
-    S = model.score(x_plus, t)
     q = c_s / fsqrt(a)
-    mean = combine(x_plus, [(q / c_t, x_plus), (q * b * c_t, S)])
-    return mean, c_s * fsqrt(b / (2 * a)), _x0_terms(x_plus, S, c_t, k[4])
+    return q / c_t, q * b * c_t, c_s * fsqrt(b / (2 * a))
+
+
+def _stoch_core(model, x_plus, t, k: tuple, c: tuple | None = None):
+    """Psi_t of eq. (3) given x^+ with precomputed k (and ``_stoch_coefs`` c): (mean, std, x0_hat as a zero-argument
+    function).  One evaluation."""
+    c = _stoch_coefs(k) if c is None else c
+    S = model.score(x_plus, t)
+    return combine(x_plus, [(c[0], x_plus), (c[1], S)]), c[2], lambda: _x0_terms(x_plus, S, k[0], k[4])
 
 
 def _stoch_step(model, x_plus, t, s):
@@ -247,13 +262,15 @@ def sample_accel_stoch(model: DiffusionModel, x_T: torch.Tensor, ts, *, generato
     """Accelerated stochastic sampler over ``ts``; x_T ``[B, ...]``.  NFE = n.  ``noise_last=False`` skips the
     second-stage noise Z^+ on the last step.  Returns x at ts[-1] or a Trajectory with ``extras["x_plus"]``."""
     m, ts, g, ks = _grid_ks(model, x_T, ts)
-    std_plus = [_xdt(k[0] * fsqrt(k[3] / 2), x_T) for k in ks]
+    cs = g.memo("accel_stoch", lambda: [(_xdt(k[0] * fsqrt(k[3] / 2), x_T),) + _stoch_coefs(k)[:2]
+                                        + (_xdt(_stoch_coefs(k)[2], x_T),) for k in ks])
     noisy = [True] * (len(ks) - 1) + [bool(noise_last)]
 
     def step(i, x, state):
-        x_plus = gaussian_sample(x, std_plus[i], generator)  # eq. (3): Y^+ = Phi_t(Y_t, Z_t)
-        mean, std, x0_hat = _stoch_core(m, x_plus, g.t[i], ks[i])  # eq. (3): Y_{t-1} = Psi_t(Y^+, Z^+)
-        x_s, mean, std = gaussian_step(mean, _xdt(std, x), noisy[i], generator)
+        c = cs[i]
+        x_plus = gaussian_sample(x, c[0], generator)  # eq. (3): Y^+ = Phi_t(Y_t, Z_t)
+        mean, std, x0_hat = _stoch_core(m, x_plus, g.t[i], ks[i], c[1:])  # eq. (3): Y_{t-1} = Psi_t(Y^+, Z^+)
+        x_s, mean, std = gaussian_step(mean, std, noisy[i], generator)
         return x_s, x0_hat, mean, std, state, {"x_plus": x_plus}
 
     return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
