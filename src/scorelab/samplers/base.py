@@ -10,6 +10,10 @@ times, a ``[n+1, B]`` tensor decreasing along dim 0).  Stochastic steps are Gaus
 x_{i+1} ~ N(mean_i, std_i^2 I); ``transition_log_prob`` evaluates them, which is what policy-gradient fine-tuning
 (SFT-PG, f-Restart) needs.
 
+Every sampler is a step function run by the one loop, ``loop.run_loop`` (step format there), over per-grid
+coefficients precomputed once (``GridCoefs``, memoised per grid by ``GridCoefs.of``); ``gaussian_step`` /
+``gaussian_sample`` are the one Gaussian draw, ``is_pos`` the one positivity test.
+
 Notation: x (state), t -> s (one step from time t to the smaller time s), z ~ N(0, I).
 """
 from __future__ import annotations
@@ -45,11 +49,6 @@ def check_grid(ts: torch.Tensor | list[float], process=None, *, allow_zero: bool
             raise ValueError(f"time grid must lie in [{lo}, {process.t_max}] for {type(process).__name__}, "
                              f"got [{ts.min().item():.4g}, {ts.max().item():.4g}]")
     return ts
-
-
-def step_times(ts: torch.Tensor, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Times (t_i, t_{i+1}) as tensors in x's dtype/device: scalars for a 1-D grid, ``[B]`` for a 2-D grid."""
-    return ts[i].to(device=x.device, dtype=x.dtype), ts[i + 1].to(device=x.device, dtype=x.dtype)
 
 
 def gaussian_sample(mean: torch.Tensor, std: torch.Tensor | float, generator: torch.Generator | None) -> torch.Tensor:

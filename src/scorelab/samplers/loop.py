@@ -1,21 +1,21 @@
-r"""The one sampler loop: every sampler is a step function run over its grid by ``run_loop``.
+r"""The one sampler loop: every sampler is a step function that ``run_loop`` runs over its grid.
 
 Step format (DESIGN.md, idea 3)::
 
     step(i, x, state) -> (x_next, x0_hat, mean, std, state, extra)
 
-``i`` indexes the step (the sampler's precomputed ``GridCoefs`` and per-step coefficients are looked up with it),
-``x`` is the state ``[B, ...]`` at the step's start (``x0_hat`` may be a zero-argument function, called only when a
-callback wants it), ``state`` the explicit multistep history (whatever the step
-returned last time; ``None`` for one-step methods).  ``mean``/``std`` are the step's Gaussian transition
-x_next ~ N(mean, std^2 I) (``None`` for a deterministic step); ``extra`` is None or a dict of per-step values that
-go to the callback (and, for the keys in ``keep``, to ``Trajectory.extras``).  Compositions (predictor-corrector,
-restart loops) are steps too.
+=============  =====================================================================================================
+``i``          step index; the step looks its times and precomputed coefficients up with it (``GridCoefs``)
+``x``          the state ``[B, ...]`` at the step's start; ``x_next`` the state at its end
+``x0_hat``     the data prediction of the step (a tensor, or a zero-argument function called only for a callback)
+``mean, std``  the step's Gaussian transition x_next ~ N(mean, std^2 I); both None for a deterministic step
+``state``      explicit multistep history: what the step returned last time goes in (``None`` for one-step methods)
+``extra``      None or a dict of per-step values for the callback (and ``Trajectory.extras`` for keys in ``keep``)
+=============  =====================================================================================================
 
-NFE is always measured: ``prepare`` wraps the model in a ``CountingModel`` and ``run_loop`` returns (or records)
-the evaluations made between its start and end.
-
-Notation: n (steps the loop runs), ``times`` (the time each step ends at, reported to the callback).
+Compositions (predictor-corrector, restart's loops, several Langevin steps per level) are steps too.  NFE is always
+measured: ``prepare`` wraps the model in a ``CountingModel`` and ``run_loop`` records the evaluations made between
+its start and its end.
 """
 from __future__ import annotations
 

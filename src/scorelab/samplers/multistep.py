@@ -47,6 +47,8 @@ def ddim_coefs(c_t: tuple, c_s: tuple, eta: float) -> tuple:
     """eq. 12 and 16 in (alpha, sigma) form from c_t, c_s = (alpha, sigma, lambda/2): std = eta sigma_s
     sqrt(1 - e^{-2h}) and the coefficients of mean = alpha_s x0_hat + sqrt(sigma_s^2 - std^2) eps_hat expanded onto
     (x, eps_hat), then those of x0_hat = (x - sigma_t eps_hat)/alpha_t.  Floats or ``[B]`` tensors."""
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
     (a_t, sg_t, lam_t), (a_s, sg_s, lam_s) = c_t, c_s
     std = eta * sg_s * fsqrt(-fexpm1(-2 * (lam_s - lam_t)))
     return a_s / a_t, fsqrt(sg_s**2 - std**2) - a_s * sg_t / a_t, std, 1 / a_t, -sg_t / a_t
@@ -58,17 +60,11 @@ def ddim_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, k: tuple)
     return combine(x, [(k[0], x), (k[1], eps)]), k[2], lambda: combine(x, [(k[3], x), (k[4], eps)])
 
 
-def _check_eta(eta: float) -> None:
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
-
-
 def ddim_transition(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
                     eta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Song, Meng & Ermon 2021, eq. 12: x_s ~ N(mean, std^2 I) with
     mean = alpha_s x0_hat + sqrt(sigma_s^2 - std^2) eps_hat, std = eta sigma_s sqrt(1 - e^{-2h}) (eq. 16).
     x ``[B, ...]``; t, s scalars or ``[B]``.  Returns (mean ``[B, ...]``, std broadcastable to x); one evaluation."""
-    _check_eta(eta)
     p = model.process
     mean, std, _ = ddim_core(model, x, t, ddim_coefs(point_coefs(p, t), point_coefs(p, s), eta))
     return mean, as_coef_tensor(std, x)
@@ -90,7 +86,6 @@ def sample_ddim(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torc
                 eta: float = 0.0):
     """DDIM over ``ts`` (``[n+1]`` or ``[n+1, B]``); eta = 0 is deterministic (= DPM-Solver-1), eta = 1 is
     DDPM-like; eta > 0 records Gaussian transitions and log-probs in the trajectory.  NFE = n."""
-    _check_eta(eta)
     m, ts = prepare(model, x_T, ts)
     g = GridCoefs.of(m.process, ts, x_T)
     ks = g.memo(("ddim", eta), lambda: [ddim_coefs(g.c(i), g.c(i + 1), eta) for i in range(ts.shape[0] - 1)])

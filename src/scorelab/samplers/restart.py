@@ -1,7 +1,7 @@
 r"""Restart sampling (Xu, Deng, Cheng, Tian, Liu & Jaakkola 2023, "Restart sampling for improving generative
 processes", Alg. 1; source 001, ch. 4).
 
-Main Heun steps (Karras Alg. 1, ``ode.heun_step``) run along the grid.  When the grid first reaches
+Main Heun steps (Karras Alg. 1, ``ode.heun_core``) run along the grid.  When the grid first reaches
 t_min_r, K restart loops follow, each of which
 
 1. re-noises with the *forward* transition from t_min_r to t_max_r,
@@ -19,6 +19,9 @@ Notation
 
 Defaults follow the paper's CIFAR-10 setting in sigma_hat = sigma/alpha units: [0.06, 0.30], K = 2, n_restart = 3,
 mapped to process times with ``t_from_log_snr``.  NFE = main Heun NFE + K * 2 n_restart.
+
+The sampler is a composition of steps run by the one loop: ``restart_plan`` lists the Heun steps and, after the
+step reaching t_min_r, the K (re-noise, n_restart Heun) loops; the callback of that main step comes after its loops.
 """
 from __future__ import annotations
 
