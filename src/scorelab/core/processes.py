@@ -119,10 +119,10 @@ class ForwardProcess:
 
     def _memo(self, kind: str, t: TimeLike, fn):
         t = _t(t)
-        if t.ndim != 0 or t.device.type != "cpu" or t.requires_grad:
+        if t.ndim != 0 or not t.is_cpu or t.requires_grad:  # is_cpu: device.type == "cpu" without a device object
             return fn(t)
         cache = self.__dict__.setdefault("_coef_cache", {})
-        key = (kind, float(t), t.dtype)
+        key = (kind, t.item(), t.dtype)
         hit = cache.get(key)
         if hit is None:
             if len(cache) >= 4096:
