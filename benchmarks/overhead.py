@@ -86,22 +86,22 @@ def _timer(fn):
 
 def scorelab_rows(steps: int) -> dict:
     """name -> (evaluations per call, timer) of whole sampler calls; NFE measured by a ``CountingModel``."""
-    p = Discrete.from_schedule("linear", 1000)
-    model, x_T, rows = CountingModel(ZeroEps(p)), torch.randn(1, D, generator=torch.Generator().manual_seed(0)), {}
+    x_T, rows = torch.randn(1, D, generator=torch.Generator().manual_seed(0)), {}
     for name in FIRST_ORDER_MULTISTEP + MULTI_EVAL:
         if name not in SAMPLERS:
             continue
-        info = SAMPLERS[name]
+        p = Discrete.from_schedule("linear", 1000)  # one process per row: its memos are this row's alone
+        model, info = CountingModel(ZeroEps(p)), SAMPLERS[name]
         grid = info.default_grid if info.default_grid in GRIDS else "uniform_t"
         ts = make_grid(grid, p, max(1, round(steps / info.evals_per_step)))
         gen = torch.Generator().manual_seed(1)
 
-        def call(info=info, ts=ts, gen=gen, kw=OPTS.get(name, {})):
+        def call(info=info, model=model, ts=ts, gen=gen, kw=OPTS.get(name, {})):
             n0 = model.nfe
             info.fn(model, x_T, ts, generator=gen, **kw)
             return model.nfe - n0
 
-        def cold(call=call):  # the process's coefficient memos cleared: the first call on a new grid
+        def cold(call=call, p=p):  # the process's coefficient memos cleared: the first call on a new grid
             for key in ("_coef_cache", "_grid_cache"):
                 p.__dict__.pop(key, None)
             return call()
