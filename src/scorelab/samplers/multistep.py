@@ -11,7 +11,8 @@ Notation
 ``a, sg``         alpha, sigma at the subscripted time
 ``eps, x0``       noise / data predictions of the model (DPM-Solver uses eps, DPM-Solver++ uses x0)
 ``r1, r2``        intermediate lambdas lambda_t + r h (1/2 for order 2; 1/3, 2/3 for order 3)
-``history``       multistep memory: tuple of (x0_hat, lambda) of previous steps, oldest first
+``history``       multistep memory of ``dpm_solver_pp_step``: tuple of (x0_hat, lambda) of previous steps, oldest
+                  first (the sampler's step carries ``x0s``: the data predictions alone, newest first)
 ================  ==============================================================================================
 
 References: DDIM, Song, Meng & Ermon 2021, eq. 12 (sigma_eta = eta sigma_s sqrt(1 - e^{-2h}) in (alpha, sigma)
@@ -247,20 +248,18 @@ def pp_coefs(c_t: tuple, c_s: tuple, lams: tuple, order: int, sde: bool = False)
     return (sg_s / sg_t, -a_s * phi_1 + c0) + hist, None
 
 
-def dpm_solver_pp_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, k: tuple, history: tuple,
-                       lam_t, generator: torch.Generator | None = None):
-    """One evaluation x0_hat = model.x0(x, t) and the update with ``pp_coefs`` k; ``history``: ((x0_hat, lambda/2),
-    ...) of earlier steps, oldest first.  Returns (x_s, x0_hat, mean, std, new history of at most 2 entries)."""
+def dpm_solver_pp_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, k: tuple, x0s: tuple,
+                       generator: torch.Generator | None = None):
+    """One evaluation x0_hat = model.x0(x, t) and the update with ``pp_coefs`` k; ``x0s``: the data predictions of
+    earlier steps, newest first.  Returns (x_s, x0_hat, mean, std); mean/std None for the ODE."""
     (c, std), x0 = k, model.x0(x, t)
     terms = [(c[0], x), (c[1], x0)]
-    if len(c) > 2:
-        terms.append((c[2], history[-1][0]))
-        if len(c) > 3:
-            terms.append((c[3], history[-2][0]))
+    for j in range(len(c) - 2):
+        terms.append((c[j + 2], x0s[j]))
     if std is None:
-        return combine(x, terms), x0, None, None, history[-1:] + ((x0, lam_t),)
+        return combine(x, terms), x0, None, None
     x_s, mean, std = gaussian_step(combine(x, terms), std, True, generator)
-    return x_s, x0, mean, std, history[-1:] + ((x0, lam_t),)
+    return x_s, x0, mean, std
 
 
 def dpm_solver_pp_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, history: tuple,
@@ -272,8 +271,9 @@ def dpm_solver_pp_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, 
     c_t, c_s = point_coefs(p, t), point_coefs(p, s)
     order = 1 if reaches_zero(s) else min(order, len(history) + 1)
     k = pp_coefs(c_t, c_s, tuple(lam for _, lam in history), order, sde)
-    out = dpm_solver_pp_core(model, x, t, k, tuple(history), c_t[2], generator)
-    return out[:3] + (None if out[3] is None else as_coef_tensor(out[3], x),) + out[4:]
+    x_s, x0, mean, std = dpm_solver_pp_core(model, x, t, k, tuple(x0 for x0, _ in history[::-1]), generator)
+    new_history = (tuple(history) + ((x0, c_t[2]),))[-2:]
+    return x_s, x0, mean, None if std is None else as_coef_tensor(std, x), new_history
 
 
 def _step_order(i: int, n: int, order: int, lower_order_final: bool) -> int:
@@ -295,8 +295,9 @@ def sample_dpm_solver_pp(model: DiffusionModel, x_T: torch.Tensor, ts, *, genera
         pp_coefs(g.c(i), g.c(i + 1), tuple(g.lam[max(i - 2, 0):i]),
                  1 if g.zero[i + 1] else _step_order(i, n, order, lower_order_final), sde) for i in range(n)])
 
-    def step(i, x, history):
-        return (*dpm_solver_pp_core(m, x, g.t[i], ks[i], history, g.lam[i], generator), None)
+    def step(i, x, x0s):  # history: the data predictions of the last <= 2 steps, newest first
+        x_s, x0, mean, std = dpm_solver_pp_core(m, x, g.t[i], ks[i], x0s, generator)
+        return x_s, x0, mean, std, (x0,) + x0s[:1], None
 
     return run_loop(m, x_T, ts, step, state=(), times=g.t, callback=callback, return_trajectory=return_trajectory,
                     progress=progress)
