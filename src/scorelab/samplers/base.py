@@ -154,8 +154,10 @@ class GridCoefs:
     def of(cls, process, ts: torch.Tensor, x: torch.Tensor) -> "GridCoefs":
         """``GridCoefs(process, ts, x)``, memoised on the process per grid (values), x dtype and device: a sampler
         called again on the same grid (every batch of ``budget.run_sampler``) does no per-grid work.  Bounded."""
+        if ts.requires_grad:  # a grid that carries gradients (into the model's time input) is never shared
+            return cls(process, ts, x)
         cache = process.__dict__.setdefault("_grid_cache", {})
-        key = (ts.dtype, tuple(ts.shape), ts.detach().cpu().numpy().tobytes(), x.dtype, x.device)
+        key = (ts.dtype, tuple(ts.shape), ts.detach().to("cpu", torch.float64).numpy().tobytes(), x.dtype, x.device)
         g = cache.get(key)
         if g is None:
             if len(cache) >= GRID_CACHE_SIZE:
