@@ -72,7 +72,13 @@ class DiffusionModel(nn.Module):
     process: ForwardProcess
 
     def _coefs(self, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
-        a, s, _ = self.process.coefs(as_tensor(t, x))
+        """(alpha(t), sigma(t)) in x's dtype and device, broadcast against x.  The hot path (a 0-d time already in
+        x's dtype and device, as samplers pass it) skips the conversions that would return their input."""
+        if not (isinstance(t, torch.Tensor) and t.dtype is x.dtype and t.device == x.device):
+            t = as_tensor(t, x)
+        a, s, _ = self.process.coefs(t)
+        if a.ndim == 0 and a.dtype is x.dtype and s.dtype is x.dtype and a.device == x.device:
+            return a, s  # what bcast returns for 0-d coefficients already in x's dtype and device
         return bcast(a, x), bcast(s, x)
 
     def x0(self, x: torch.Tensor, t: TimeLike, **cond) -> torch.Tensor:
@@ -253,6 +259,7 @@ class CountingModel(DiffusionModel):
         super().__init__()
         self.model, self.process = model, model.process
         self.__dict__["_nfe"] = 0
+        self.__dict__["_inner"] = model  # plain-attribute alias of the submodule: no nn.Module.__getattr__ per call
 
     @property
     def nfe(self) -> int:
@@ -263,25 +270,22 @@ class CountingModel(DiffusionModel):
         """Set the evaluation counter back to 0."""
         self.__dict__["_nfe"] = 0
 
-    def _count(self) -> None:
-        self.__dict__["_nfe"] += 1
-
     def x0(self, x, t, **cond):
         """The wrapped model's x0, counted as one evaluation. Shapes: x [B, ...], t scalar or [B] -> [B, ...]."""
-        self._count()
-        return self.model.x0(x, t, **cond)
+        self.__dict__["_nfe"] += 1
+        return self._inner.x0(x, t, **cond)
 
     def eps(self, x, t, **cond):
         """The wrapped model's eps, counted as one evaluation. Shapes: x [B, ...], t scalar or [B] -> [B, ...]."""
-        self._count()
-        return self.model.eps(x, t, **cond)
+        self.__dict__["_nfe"] += 1
+        return self._inner.eps(x, t, **cond)
 
     def score(self, x, t, **cond):
         """The wrapped model's score, counted as one evaluation. Shapes: x [B, ...], t scalar or [B] -> [B, ...]."""
-        self._count()
-        return self.model.score(x, t, **cond)
+        self.__dict__["_nfe"] += 1
+        return self._inner.score(x, t, **cond)
 
     def v(self, x, t, **cond):
         """The wrapped model's v, counted as one evaluation. Shapes: x [B, ...], t scalar or [B] -> [B, ...]."""
-        self._count()
-        return self.model.v(x, t, **cond)
+        self.__dict__["_nfe"] += 1
+        return self._inner.v(x, t, **cond)

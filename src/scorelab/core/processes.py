@@ -113,20 +113,27 @@ class ForwardProcess:
         keys = [(kind, v, ts.dtype) for v in ts.tolist()]
         vals = [cache.get(k) for k in keys]
         miss = [j for j, v in enumerate(vals) if v is None]
+        out = [None] * len(vals)
         if miss:
             new = fn(ts[miss])
+            cols = [v.unbind(0) for v in new]  # 0-d entries in one call each (indexing is ~1 us per entry)
+            fresh = list(zip(*(v.tolist() for v in new), strict=True)) if floats else None  # = .item() of each
             if len(cache) + len(miss) > 4096:
                 cache.clear()
             for c, j in enumerate(miss):
-                vals[j] = cache[keys[j]] = tuple(v[c] for v in new)
-        return [tuple(v.item() for v in tup) for tup in vals] if floats else None
+                vals[j] = cache[keys[j]] = tuple(col[c] for col in cols)
+                if floats:
+                    out[j] = fresh[c]
+        if not floats:
+            return None
+        return [tuple(v.item() for v in vals[j]) if o is None else o for j, o in enumerate(out)]
 
     def _memo(self, kind: str, t: TimeLike, fn):
         t = _t(t)
-        if t.ndim != 0 or t.device.type != "cpu" or t.requires_grad:
+        if t.ndim != 0 or not t.is_cpu or t.requires_grad:  # is_cpu: device.type == "cpu" without a device object
             return fn(t)
         cache = self.__dict__.setdefault("_coef_cache", {})
-        key = (kind, float(t), t.dtype)
+        key = (kind, t.item(), t.dtype)
         hit = cache.get(key)
         if hit is None:
             if len(cache) >= 4096:

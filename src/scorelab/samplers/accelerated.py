@@ -39,12 +39,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .._utils import bcast
 from ..core.denoisers import DiffusionModel
-from .base import Callback, GridCoefs, TrajectoryRecorder, combine, fexp, fexpm1, fsqrt, register
-from .sde import draw, gaussian_step, prepare
+from .base import Callback, GridCoefs, combine, fexp, fexpm1, fsqrt, gaussian_sample, gaussian_step, register
+from .loop import prepare, run_loop
 
 
 # -- the variance-preserving view of any process --------------------------------------------------
@@ -85,16 +84,23 @@ def _x0_terms(x, S, c_t, lab_t):
     return combine(x, [(r / c_t, x), (-fexpm1(lab_t) * r * c_t, S)])
 
 
-def _psi(x, S, k: tuple, up: tuple | None):
+def _psi_coefs(k: tuple, up: tuple | None) -> tuple:
     """Li et al. eq. (2), Psi_t, in x: c_s (y + b/2 s_t + b^2/(4 b_up) (s_t - sqrt(a_up) s_up))/sqrt(a) with
-    y = x/c_t, s_t = c_t S; ``up`` = (S_up, f_up, a_up, b_up) with s_up = f_up S_up, or None (Scheme 1)."""
+    y = x/c_t, s_t = c_t S, s_up = f_up S_up; ``up`` = (f_up, a_up, b_up), or None (Scheme 1).  Returns the
+    coefficients on (x, S) or (x, S, S_up)."""
     c_t, c_s, a, b = k[:4]
     q = c_s / fsqrt(a)
     if up is None:
-        return combine(x, [(q / c_t, x), (q * (b / 2) * c_t, S)])
-    S_up, f_up, a_up, b_up = up
+        return q / c_t, q * (b / 2) * c_t
+    f_up, a_up, b_up = up
     K = b * b / (4 * b_up)
-    return combine(x, [(q / c_t, x), (q * (b / 2 + K) * c_t, S), (-q * K * fsqrt(a_up) * f_up, S_up)])
+    return q / c_t, q * (b / 2 + K) * c_t, -q * K * fsqrt(a_up) * f_up
+
+
+def _psi(x, S, k: tuple, up: tuple | None):
+    """``_psi_coefs`` applied; ``up`` = (S_up, f_up, a_up, b_up) or None."""
+    c = _psi_coefs(k, None if up is None else up[1:])
+    return combine(x, [(c[0], x), (c[1], S)] + ([] if up is None else [(c[2], up[0])]))
 
 
 def _det_core(model, x, t, u, k: tuple, k_up: tuple):
@@ -162,28 +168,12 @@ def _grid_vp(p, g: GridCoefs) -> list:
     return list(zip(lc.tolist(), lab.tolist(), strict=True))
 
 
-def _run_det(model, x_T, ts, name, generator, callback, return_trajectory, progress):
-    model, ts = prepare(model, x_T, ts)
-    x, n, prev, g = x_T, ts.shape[0] - 1, None, GridCoefs(model.process, ts, x_T)
-    v = _grid_vp(model.process, g)
-    ks = [_step_coefs(v[i], v[i + 1]) for i in range(n)]
-    rec = TrajectoryRecorder(x_T, ts, return_trajectory)
-    for i in tqdm(range(n), desc=name, disable=not progress, leave=False):
-        t, k = g.t[i], ks[i]
-        if name == "accel_det" and i == 0:
-            u = virtual_prev_time(model.process, g.ts64[0], g.ts64[1])
-            x, x0_hat = _det_core(model, x, t, u.to(x), k, (fexp(_vp(model.process, u)[0]),) + k[2:4])
-        elif name == "accel_det":
-            x, x0_hat = _det_core(model, x, t, g.t[i - 1], k, (ks[i - 1][0],) + ks[i - 1][2:4])
-        else:
-            S = model.score(x, t)
-            x0_hat = _x0_terms(x, S, k[0], k[4]) if callback is not None else None
-            x = _psi(x, S, k, None if prev is None else (prev[0], prev[1], *ks[i - 1][2:4]))
-            prev = (S, k[0])
-        rec.add(x)
-        if callback is not None:
-            callback(dict(i=i, t=g.t[i + 1], x=x, x0_hat=x0_hat))
-    return rec.finish(x, model.nfe)
+def _grid_ks(model: DiffusionModel, x_T: torch.Tensor, ts) -> tuple:
+    """(counted model, grid, GridCoefs, per-step ``_step_coefs``) of a sampler call."""
+    m, ts = prepare(model, x_T, ts)
+    g = GridCoefs.of(m.process, ts, x_T)
+    v = g.memo("vp", lambda: _grid_vp(m.process, g))
+    return m, ts, g, g.memo("accel", lambda: [_step_coefs(v[i], v[i + 1]) for i in range(ts.shape[0] - 1)])
 
 
 @register("accel_det", order=2, evals_per_step=2, stochastic=False, default_grid="uniform_log_snr",
@@ -192,7 +182,16 @@ def sample_accel_det(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator:
                      callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False):
     """Accelerated deterministic sampler over ``ts`` (``[n+1]`` or ``[n+1, B]``); x_T ``[B, ...]``.
     Second order in the step size; NFE = 2n.  Returns x at ts[-1] or a Trajectory (deterministic steps)."""
-    return _run_det(model, x_T, ts, "accel_det", generator, callback, return_trajectory, progress)
+    m, ts, g, ks = _grid_ks(model, x_T, ts)
+    u0 = virtual_prev_time(m.process, g.ts64[0], g.ts64[1])  # the first step's s_{t+1} time (module doc)
+    ups = [(u0.to(x_T), (fexp(_vp(m.process, u0)[0]),) + ks[0][2:4])] + \
+        [(g.t[i - 1], (ks[i - 1][0],) + ks[i - 1][2:4]) for i in range(1, len(ks))]
+
+    def step(i, x, state):
+        return (*_det_core(m, x, g.t[i], ups[i][0], ks[i], ups[i][1]), None, None, state, None)
+
+    return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress)
 
 
 @register("accel_det_1eval", order=2, evals_per_step=1, stochastic=False, default_grid="uniform_log_snr",
@@ -200,8 +199,19 @@ def sample_accel_det(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator:
 def sample_accel_det_1eval(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                            callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False):
     """1-evaluation accelerated deterministic sampler (two-step, like DPM-Solver++(2M)); NFE = n.
-    Returns x at ts[-1] ``[B, ...]`` or a Trajectory."""
-    return _run_det(model, x_T, ts, "accel_det_1eval", generator, callback, return_trajectory, progress)
+    Returns x at ts[-1] ``[B, ...]`` or a Trajectory.  History: the previous step's score S (and c(t) there)."""
+    m, ts, g, ks = _grid_ks(model, x_T, ts)
+    psi = g.memo("accel_det_1eval", lambda: [_psi_coefs(ks[i], (ks[i - 1][0], *ks[i - 1][2:4]) if i else None)
+                                             for i in range(len(ks))])
+
+    def step(i, x, S_prev):
+        k, c = ks[i], psi[i]
+        S = m.score(x, g.t[i])
+        x_s = combine(x, [(c[0], x), (c[1], S)] if S_prev is None else [(c[0], x), (c[1], S), (c[2], S_prev)])
+        return x_s, lambda: _x0_terms(x, S, k[0], k[4]), None, None, S, None
+
+    return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress)
 
 
 # -- stochastic sampler ------------------------------------------------------------------------------
@@ -213,14 +223,20 @@ def accel_stoch_noise(process, x: torch.Tensor, t: torch.Tensor,
     return x, (torch.exp(vp_log_coefs(process, t)[0]) * torch.sqrt(b / 2)).to(x.dtype)
 
 
-def _stoch_core(model, x_plus, t, k: tuple):
-    """Psi_t of eq. (3) given x^+ with precomputed k: mean = c_s (y^+ + b s_t(y^+))/sqrt(a), std = c_s
-    sqrt(b/(2a)) (a float or ``[B]``), x0_hat.  One evaluation."""
+def _stoch_coefs(k: tuple) -> tuple:
+    """Psi_t of eq. (3): mean = c_s (y^+ + b s_t(y^+))/sqrt(a) as coefficients on (x^+, S), std = c_s sqrt(b/(2a))
+    (a float or ``[B]``)."""
     c_t, c_s, a, b = k[:4]
-    S = model.score(x_plus, t)
     q = c_s / fsqrt(a)
-    mean = combine(x_plus, [(q / c_t, x_plus), (q * b * c_t, S)])
-    return mean, c_s * fsqrt(b / (2 * a)), _x0_terms(x_plus, S, c_t, k[4])
+    return q / c_t, q * b * c_t, c_s * fsqrt(b / (2 * a))
+
+
+def _stoch_core(model, x_plus, t, k: tuple, c: tuple | None = None):
+    """Psi_t of eq. (3) given x^+ with precomputed k (and ``_stoch_coefs`` c): (mean, std, x0_hat as a zero-argument
+    function).  One evaluation."""
+    c = _stoch_coefs(k) if c is None else c
+    S = model.score(x_plus, t)
+    return combine(x_plus, [(c[0], x_plus), (c[1], S)]), c[2], lambda: _x0_terms(x_plus, S, k[0], k[4])
 
 
 def _stoch_step(model, x_plus, t, s):
@@ -246,20 +262,17 @@ def sample_accel_stoch(model: DiffusionModel, x_T: torch.Tensor, ts, *, generato
                        progress: bool = False):
     """Accelerated stochastic sampler over ``ts``; x_T ``[B, ...]``.  NFE = n.  ``noise_last=False`` skips the
     second-stage noise Z^+ on the last step.  Returns x at ts[-1] or a Trajectory with ``extras["x_plus"]``."""
-    model, ts = prepare(model, x_T, ts)
-    x, n, g = x_T, ts.shape[0] - 1, GridCoefs(model.process, ts, x_T)
-    v = _grid_vp(model.process, g)
-    ks = [_step_coefs(v[i], v[i + 1]) for i in range(n)]
-    rec, x_plus_all = TrajectoryRecorder(x_T, ts, return_trajectory), []
-    for i in tqdm(range(n), desc="accel_stoch", disable=not progress, leave=False):
-        t, k = g.t[i], ks[i]
-        x_plus = draw(x, _xdt(k[0] * fsqrt(k[3] / 2), x), generator)  # eq. (3): Y^+ = Phi_t(Y_t, Z_t)
-        mean, std, x0_hat = _stoch_core(model, x_plus, t, k)  # eq. (3): Y_{t-1} = Psi_t(Y^+, Z^+)
-        x = gaussian_step(mean, _xdt(std, x), i < n - 1 or noise_last, generator, rec)
-        x_plus_all.append(x_plus)
-        if callback is not None:
-            callback(dict(i=i, t=g.t[i + 1], x=x, x0_hat=x0_hat, x_plus=x_plus))
-    out = rec.finish(x, model.nfe)
-    if return_trajectory:
-        out.extras["x_plus"] = x_plus_all
-    return out
+    m, ts, g, ks = _grid_ks(model, x_T, ts)
+    cs = g.memo("accel_stoch", lambda: [(_xdt(k[0] * fsqrt(k[3] / 2), x_T),) + _stoch_coefs(k)[:2]
+                                        + (_xdt(_stoch_coefs(k)[2], x_T),) for k in ks])
+    noisy = [True] * (len(ks) - 1) + [bool(noise_last)]
+
+    def step(i, x, state):
+        c = cs[i]
+        x_plus = gaussian_sample(x, c[0], generator)  # eq. (3): Y^+ = Phi_t(Y_t, Z_t)
+        mean, std, x0_hat = _stoch_core(m, x_plus, g.t[i], ks[i], c[1:])  # eq. (3): Y_{t-1} = Psi_t(Y^+, Z^+)
+        x_s, mean, std = gaussian_step(mean, std, noisy[i], generator)
+        return x_s, x0_hat, mean, std, state, {"x_plus": x_plus}
+
+    return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress, keep=("x_plus",))

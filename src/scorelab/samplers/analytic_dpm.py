@@ -37,10 +37,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .._utils import as_tensor, bcast
 from ..core.denoisers import DiffusionModel
 from ..core.processes import Discrete, ForwardProcess
-from .base import TrajectoryRecorder, check_grid, counted, gaussian_sample, register, step_times
+from .base import GridCoefs, check_grid, combine, fsqrt, gaussian_step, register
+from .loop import prepare, run_loop
 
 
 # -- Gamma ----------------------------------------------------------------------------------------------------------
@@ -267,8 +267,8 @@ def sample_analytic_dpm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generat
     Ho et al.'s "clip_denoised"); ``max_last_std`` caps the std of the last step that adds noise (the one landing on
     the smallest t > 0; their ``clip_sigma_idx=1``, with cap ``clip_pixel * bin * sqrt(pi/2)``, i.e. a mean absolute
     noise of ``clip_pixel`` quantization bins)."""
-    ts = check_grid(ts, model.process)
-    p, m = model.process, counted(model)
+    m, ts = prepare(model, x_T, ts)
+    p = m.process
     v = grid_variances(p, ts, variances, gamma=gamma, eta=eta, clip=clip, data_range=data_range) \
         if isinstance(variances, str) else torch.as_tensor(variances, dtype=torch.float64).flatten()
     if v.shape != (ts.shape[0] - 1,) or torch.any(v < 0):
@@ -276,22 +276,20 @@ def sample_analytic_dpm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generat
     if clip_x0 and data_range is None:
         raise ValueError("clip_x0=True needs data_range=(low, high), the range to clamp x0_hat into")
     v = _cap_last_noise(v, ts, max_last_std)
-    lam2 = grid_variances(p, ts, "lambda", eta=eta)
-    x, rec = x_T, TrajectoryRecorder(x_T, ts, return_trajectory)
-    for i in range(ts.shape[0] - 1):
-        t, s = step_times(ts, i, x)
-        a_t, sg_t = bcast(p.alpha(as_tensor(t, x)), x), bcast(p.sigma(as_tensor(t, x)), x)
-        eps = m.eps(x, t)
-        x0_hat = (x - sg_t * eps) / a_t
+    lam2, g = grid_variances(p, ts, "lambda", eta=eta).tolist(), GridCoefs.of(p, ts, x_T)
+    std = [float(u) for u in v.sqrt()]
+    noisy = [not g.zero[i + 1] or final_noise for i in range(len(std))]
+    c_eps = [fsqrt(g.sg[i + 1] ** 2 - lam2[i]) for i in range(len(std))]  # mu_tilde's coefficient of eps_hat
+
+    def step(i, x, state):
+        (a_t, sg_t), a_s = g.c(i)[:2], g.a[i + 1]
+        eps = m.eps(x, g.t[i])
+        x0_hat = combine(x, [(1 / a_t, x), (-sg_t / a_t, eps)])
         if clip_x0:
             x0_hat = x0_hat.clamp(*data_range)
-            eps = (x - a_t * x0_hat) / sg_t
-        c_eps = (p.sigma(as_tensor(s, x)) ** 2 - lam2[i].to(x.dtype)).clamp(min=0).sqrt()
-        mean = p.alpha(as_tensor(s, x)) * x0_hat + c_eps * eps
-        std = float(v[i].sqrt())
-        noisy = std > 0 and (float(s) > 0 or final_noise)
-        x = gaussian_sample(mean, std, generator) if noisy else mean
-        rec.add(x, mean if noisy else None, std if noisy else None)
-        if callback is not None:
-            callback({"i": i, "t": t, "s": s, "x": x, "x0_hat": x0_hat, "mean": mean, "std": std})
-    return rec.finish(x, m.nfe)
+            eps = combine(x, [(1 / sg_t, x), (-a_t / sg_t, x0_hat)])
+        x_s, mean, sd = gaussian_step(combine(x, [(a_s, x0_hat), (c_eps[i], eps)]), std[i], noisy[i], generator)
+        extra = None if callback is None else {"t": g.t[i], "s": g.t[i + 1], "mean": mean, "std": std[i]}
+        return x_s, x0_hat, mean, sd, state, extra
+
+    return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory)

@@ -10,10 +10,15 @@ times, a ``[n+1, B]`` tensor decreasing along dim 0).  Stochastic steps are Gaus
 x_{i+1} ~ N(mean_i, std_i^2 I); ``transition_log_prob`` evaluates them, which is what policy-gradient fine-tuning
 (SFT-PG, f-Restart) needs.
 
+Every sampler is a step function run by the one loop, ``loop.run_loop`` (step format there), over per-grid
+coefficients precomputed once (``GridCoefs``, memoised per grid by ``GridCoefs.of``); ``gaussian_step`` /
+``gaussian_sample`` are the one Gaussian draw, ``is_pos`` the one positivity test.
+
 Notation: x (state), t -> s (one step from time t to the smaller time s), z ~ N(0, I).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Union
@@ -46,15 +51,23 @@ def check_grid(ts: torch.Tensor | list[float], process=None, *, allow_zero: bool
     return ts
 
 
-def step_times(ts: torch.Tensor, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Times (t_i, t_{i+1}) as tensors in x's dtype/device: scalars for a 1-D grid, ``[B]`` for a 2-D grid."""
-    return ts[i].to(device=x.device, dtype=x.dtype), ts[i + 1].to(device=x.device, dtype=x.dtype)
-
-
 def gaussian_sample(mean: torch.Tensor, std: torch.Tensor | float, generator: torch.Generator | None) -> torch.Tensor:
-    """mean + std * z, z ~ N(0, I) drawn from ``generator``."""
-    z = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-    return torch.add(mean, z, alpha=std) if isinstance(std, float) else mean + std * z
+    """The one Gaussian draw: mean + std * z, z ~ N(0, I) from ``generator``; ``mean`` ``[B, ...]``, ``std`` a float,
+    a 0-d tensor, a ``[B]`` tensor (broadcast per sample) or a tensor broadcastable to ``mean``."""
+    z = torch.empty_like(mean, memory_format=torch.contiguous_format).normal_(generator=generator)  # = randn(shape)
+    if isinstance(std, float):
+        return torch.add(mean, z, alpha=std)
+    if std.ndim == 1 and mean.ndim > 1:
+        std = bcast(std, mean)
+    return mean + std * z
+
+
+def gaussian_step(mean: torch.Tensor, std, add_noise: bool, generator: torch.Generator | None) -> tuple:
+    """A Gaussian step x ~ N(mean, std^2 I): ``(x, mean, std)``; or ``(mean, None, None)`` (deterministic) when
+    ``add_noise`` is False or std is not > 0.  std: a float or a scalar / ``[B]`` tensor."""
+    if add_noise and is_pos(std):
+        return gaussian_sample(mean, std, generator), mean, std
+    return mean, None, None
 
 
 # -- per-grid coefficients (the samplers' per-step overhead) ----------------------------------------------------------
@@ -76,8 +89,8 @@ def fsqrt(v: Coef) -> Coef:
 
 
 def is_pos(v: Coef) -> bool:
-    """All entries > 0."""
-    return v > 0 if isinstance(v, float) else bool(torch.all(v > 0))
+    """The one positivity test of a coefficient or std (float, scalar or ``[B]`` tensor): all entries > 0."""
+    return v > 0 if isinstance(v, float) else bool(torch.all(torch.as_tensor(v) > 0))
 
 
 def as_coef_tensor(v: Coef, x: torch.Tensor) -> torch.Tensor:
@@ -85,16 +98,34 @@ def as_coef_tensor(v: Coef, x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(v, dtype=x.dtype, device=x.device) if isinstance(v, float) else bcast(v, x)
 
 
+_SCALAR_DTYPES = (torch.float32, torch.float64)
+
+
+@functools.lru_cache(maxsize=8192)
+def _scalar(c: float, dtype: torch.dtype) -> torch.Tensor:
+    """A float coefficient as a 0-d CPU tensor in x's dtype (float32/64): ``v * _scalar(c)`` equals ``c * v`` bit for
+    bit (the kernel casts a Python scalar to the same dtype) but skips wrapping the float (~1.5 us per call)."""
+    return torch.tensor(c, dtype=dtype)
+
+
 def combine(x: torch.Tensor, terms: list) -> torch.Tensor:
-    """sum_j c_j v_j for (c_j, v_j) in ``terms``; c_j a float (fused ``torch.add(..., alpha=c)``) or a scalar /
-    ``[B]`` tensor broadcast against x (cast to x's dtype).  ``x`` only gives the shape and dtype."""
-    out = None
-    for c, v in terms:
+    """sum_j c_j v_j for (c_j, v_j) in ``terms``; c_j a float (fused ``add_(..., alpha=c)``) or a scalar / ``[B]``
+    tensor broadcast against x (cast to x's dtype).  ``x`` only gives the shape and dtype; every v_j has x's shape.
+    The sum accumulates in place into the fresh first product (one kernel per term, no temporaries)."""
+    (c, v), rest = terms[0], terms[1:]
+    if isinstance(c, float):
+        out = v * _scalar(c, v.dtype) if c != 0.0 and v.dtype in _SCALAR_DTYPES else c * v
+    else:
+        out = bcast(c, x) * v
+    for c, v in rest:
         if isinstance(c, float):
-            out = c * v if out is None else torch.add(out, v, alpha=c)
+            out.add_(v, alpha=c)
         else:
-            out = bcast(c, x) * v if out is None else out + bcast(c, x) * v
+            out.add_(bcast(c, x) * v)
     return out
+
+
+GRID_CACHE_SIZE = 16  # grids memoised per process by ``GridCoefs.of``
 
 
 class GridCoefs:
@@ -117,7 +148,29 @@ class GridCoefs:
             self.zero = [v == 0 for v in self.ts64.tolist()]
             if x.dtype != torch.float64:  # the model's own x0 / eps / score conversions look up times in x's dtype
                 process.warm_coefs(ts.detach().to("cpu", x.dtype))
-        self.device = x.device
+        self.device, self.derived = x.device, {}
+
+    @classmethod
+    def of(cls, process, ts: torch.Tensor, x: torch.Tensor) -> "GridCoefs":
+        """``GridCoefs(process, ts, x)``, memoised on the process per grid (values), x dtype and device: a sampler
+        called again on the same grid (every batch of ``budget.run_sampler``) does no per-grid work.  Bounded."""
+        if ts.requires_grad:  # a grid that carries gradients (into the model's time input) is never shared
+            return cls(process, ts, x)
+        cache = process.__dict__.setdefault("_grid_cache", {})
+        key = (ts.dtype, tuple(ts.shape), ts.detach().to("cpu", torch.float64).numpy().tobytes(), x.dtype, x.device)
+        g = cache.get(key)
+        if g is None:
+            if len(cache) >= GRID_CACHE_SIZE:
+                cache.clear()
+            g = cache[key] = cls(process, ts, x)
+        return g
+
+    def memo(self, key, build: Callable[[], object]):
+        """A sampler's own per-step coefficients on this grid (``key``: its name and options), built once."""
+        hit = self.derived.get(key)
+        if hit is None:
+            hit = self.derived[key] = build()
+        return hit
 
     def c(self, i: int) -> tuple[Coef, Coef, Coef]:
         """(alpha, sigma, lambda/2) at grid time i."""
@@ -189,6 +242,8 @@ class TrajectoryRecorder:
             return
         if isinstance(std, float):  # a precomputed coefficient: recorded as a tensor in x's dtype
             std = torch.tensor(std, dtype=x_next.dtype, device=x_next.device)
+        elif std is not None and std.ndim == 1 and x_next.ndim > 1:  # per-sample std: recorded broadcastable to x
+            std = bcast(std, x_next)
         self.xs.append(x_next)
         self.means.append(mean)
         self.stds.append(std)

@@ -11,7 +11,8 @@ Notation
 ``a, sg``         alpha, sigma at the subscripted time
 ``eps, x0``       noise / data predictions of the model (DPM-Solver uses eps, DPM-Solver++ uses x0)
 ``r1, r2``        intermediate lambdas lambda_t + r h (1/2 for order 2; 1/3, 2/3 for order 3)
-``history``       multistep memory: tuple of (x0_hat, lambda) of previous steps, oldest first
+``history``       multistep memory of ``dpm_solver_pp_step``: tuple of (x0_hat, lambda) of previous steps, oldest
+                  first (the sampler's step carries ``x0s``: the data predictions alone, newest first)
 ================  ==============================================================================================
 
 References: DDIM, Song, Meng & Ermon 2021, eq. 12 (sigma_eta = eta sigma_s sqrt(1 - e^{-2h}) in (alpha, sigma)
@@ -32,60 +33,51 @@ from .base import (
     fexp,
     fexpm1,
     fsqrt,
-    gaussian_sample,
-    is_pos,
+    gaussian_step,
     point_coefs,
     register,
 )
-from .ode import prepare, reaches_zero, run_steps
+from .loop import prepare, run_loop
+from .ode import reaches_zero
 
 LOWER_ORDER_FINAL_BELOW = 10  # reference code: `if lower_order_final and steps < 10`
 
 
 # -- DDIM ---------------------------------------------------------------------------------------------------------
-def ddim_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, c_t: tuple, c_s: tuple, eta: float):
-    """eq. 12 with precomputed c_t, c_s = (alpha, sigma, lambda/2) at t and s: (mean, std, x0_hat); std a float
-    or ``[B]`` tensor.  One evaluation."""
+def ddim_coefs(c_t: tuple, c_s: tuple, eta: float) -> tuple:
+    """eq. 12 and 16 in (alpha, sigma) form from c_t, c_s = (alpha, sigma, lambda/2): std = eta sigma_s
+    sqrt(1 - e^{-2h}) and the coefficients of mean = alpha_s x0_hat + sqrt(sigma_s^2 - std^2) eps_hat expanded onto
+    (x, eps_hat), then those of x0_hat = (x - sigma_t eps_hat)/alpha_t.  Floats or ``[B]`` tensors."""
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
     (a_t, sg_t, lam_t), (a_s, sg_s, lam_s) = c_t, c_s
+    std = eta * sg_s * fsqrt(-fexpm1(-2 * (lam_s - lam_t)))
+    return a_s / a_t, fsqrt(sg_s**2 - std**2) - a_s * sg_t / a_t, std, 1 / a_t, -sg_t / a_t
+
+
+def ddim_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, k: tuple):
+    """One evaluation: (mean, std, x0_hat as a zero-argument function) of the step with ``ddim_coefs`` k."""
     eps = model.eps(x, t)
-    x0 = combine(x, [(1 / a_t, x), (-sg_t / a_t, eps)])
-    std = eta * sg_s * fsqrt(-fexpm1(-2 * (lam_s - lam_t)))  # eq. 16 in (alpha, sigma) form
-    mean = combine(x, [(a_s, x0), (fsqrt(sg_s**2 - std**2), eps)])  # eq. 12
-    return mean, std, x0
-
-
-def _ddim(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, eta: float):
-    p = model.process
-    mean, std, x0 = ddim_core(model, x, t, point_coefs(p, t), point_coefs(p, s), eta)
-    return mean, as_coef_tensor(std, x), x0
+    return combine(x, [(k[0], x), (k[1], eps)]), k[2], lambda: combine(x, [(k[3], x), (k[4], eps)])
 
 
 def ddim_transition(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
                     eta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Song, Meng & Ermon 2021, eq. 12: x_s ~ N(mean, std^2 I) with
-    mean = alpha_s x0_hat + sqrt(sigma_s^2 - std^2) eps_hat and std = eta sigma_s sqrt(1 - e^{-2h})
-    (eta = 1: the DDPM posterior).  x ``[B, ...]``; t, s scalars or ``[B]``.  Returns (mean ``[B, ...]``,
-    std broadcastable to x); one evaluation."""
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
-    mean, std, _ = _ddim(model, x, t, s, eta)
-    return mean, std
-
-
-def _ddim_out(mean, std, x0, eta, generator, x):
-    if eta == 0 or not is_pos(std):
-        return mean, x0, None, None
-    std = std if isinstance(std, float) else as_coef_tensor(std, x)  # float: recorded as a tensor by the recorder
-    return gaussian_sample(mean, std, generator), x0, mean, std
+    mean = alpha_s x0_hat + sqrt(sigma_s^2 - std^2) eps_hat, std = eta sigma_s sqrt(1 - e^{-2h}) (eq. 16).
+    x ``[B, ...]``; t, s scalars or ``[B]``.  Returns (mean ``[B, ...]``, std broadcastable to x); one evaluation."""
+    p = model.process
+    mean, std, _ = ddim_core(model, x, t, ddim_coefs(point_coefs(p, t), point_coefs(p, s), eta))
+    return mean, as_coef_tensor(std, x)
 
 
 def ddim_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, eta: float = 0.0,
               generator: torch.Generator | None = None):
     """One DDIM step.  Returns (x_s, x0_hat, mean, std); mean/std are None when the step is deterministic."""
     p = model.process
-    x_s, x0, mean, std = _ddim_out(*ddim_core(model, x, t, point_coefs(p, t), point_coefs(p, s), eta), eta,
-                                   generator, x)
-    return x_s, x0, mean, None if std is None else as_coef_tensor(std, x)
+    mean, std, x0 = ddim_core(model, x, t, ddim_coefs(point_coefs(p, t), point_coefs(p, s), eta))
+    x_s, mean, std = gaussian_step(mean, std, eta > 0, generator)
+    return x_s, x0(), mean, None if std is None else as_coef_tensor(std, x)
 
 
 @register("ddim", order=1, evals_per_step=1, stochastic=True, options=("eta",),
@@ -96,16 +88,17 @@ def sample_ddim(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torc
                 eta: float = 0.0):
     """DDIM over ``ts`` (``[n+1]`` or ``[n+1, B]``); eta = 0 is deterministic (= DPM-Solver-1), eta = 1 is
     DDPM-like; eta > 0 records Gaussian transitions and log-probs in the trajectory.  NFE = n."""
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
     m, ts = prepare(model, x_T, ts)
-    g = GridCoefs(m.process, ts, x_T)
+    g = GridCoefs.of(m.process, ts, x_T)
+    ks = g.memo(("ddim", eta), lambda: [ddim_coefs(g.c(i), g.c(i + 1), eta) for i in range(ts.shape[0] - 1)])
 
-    def step(i, x, t, s, state):
-        return (*_ddim_out(*ddim_core(m, x, t, g.c(i), g.c(i + 1), eta), eta, generator, x), state)
+    def step(i, x, state):
+        mean, std, x0 = ddim_core(m, x, g.t[i], ks[i])
+        x_s, mean, std = gaussian_step(mean, std, eta > 0, generator)
+        return x_s, x0, mean, std, state, None
 
-    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress,
-                     times=g.t)
+    return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress)
 
 
 # -- DPM-Solver (singlestep, noise prediction) ---------------------------------------------------------------------
@@ -129,11 +122,14 @@ def dpm_solver_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, c_t
                     order: int, mids: list):
     """One singlestep DPM-Solver step with precomputed coefficients: c_t, c_s = (alpha, sigma, lambda/2);
     ``mids`` = [(time in x's dtype, its coefficients)] at lambda_t + r h (``MID_R``).  ``order`` evaluations (1 into
-    s = 0).  Returns (x_s, x0_hat)."""
+    s = 0).  Returns (x_s, x0_hat as a zero-argument function)."""
     eps = model.eps(x, t)
-    x0 = combine(x, [(1 / c_t[0], x), (-c_t[1] / c_t[0], eps)])
+
+    def x0():
+        return combine(x, [(1 / c_t[0], x), (-c_t[1] / c_t[0], eps)])
+
     if s_zero:
-        return combine(x, [(c_s[0], x0), (c_s[1], eps)]), x0
+        return combine(x, [(c_s[0], x0()), (c_s[1], eps)]), x0
     if order == 1:
         return combine(x, _first_terms(x, eps, c_t, c_s)), x0
     h, r1 = c_s[2] - c_t[2], MID_R[order][0]
@@ -157,7 +153,8 @@ def dpm_solver_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: 
     c_t, c_s = point_coefs(p, t), point_coefs(p, s)
     u = [] if zero else _mid_times(p, c_t[2], c_s[2], order)
     mids = [(v.to(device=x.device, dtype=x.dtype), point_coefs(p, v)) for v in u]
-    return dpm_solver_core(model, x, t, c_t, c_s, zero, order, mids)
+    x_s, x0 = dpm_solver_core(model, x, t, c_t, c_s, zero, order, mids)
+    return x_s, x0()
 
 
 def _grid_mids(g: GridCoefs, orders: list[int], x: torch.Tensor) -> list[list]:
@@ -188,15 +185,15 @@ def sample_dpm_solver(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator
     orders = [order] * n if orders is None else [int(k) for k in orders]
     if len(orders) != n or any(k not in (1, 2, 3) for k in orders):
         raise ValueError(f"orders must list {n} values in (1, 2, 3) (one per step), got {orders}")
-    g = GridCoefs(m.process, ts, x_T)
-    mids = _grid_mids(g, orders, x_T)
+    g = GridCoefs.of(m.process, ts, x_T)
+    mids = g.memo(("dpm_solver", tuple(orders)), lambda: _grid_mids(g, orders, x_T))
 
-    def step(i, x, t, s, state):
-        x_s, x0 = dpm_solver_core(m, x, t, g.c(i), g.c(i + 1), g.zero[i + 1], orders[i], mids[i])
-        return x_s, x0, None, None, state
+    def step(i, x, state):
+        x_s, x0 = dpm_solver_core(m, x, g.t[i], g.c(i), g.c(i + 1), g.zero[i + 1], orders[i], mids[i])
+        return x_s, x0, None, None, state, None
 
-    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress,
-                     times=g.t)
+    return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress)
 
 
 def _register_dpm_solver(k: int):
@@ -220,44 +217,51 @@ sample_dpm_solver_3 = _register_dpm_solver(3)
 
 
 # -- DPM-Solver++ (multistep, data prediction) -----------------------------------------------------------------------
-def _pp_terms(x0: torch.Tensor, lam_t, h, history: tuple, order: int, A, B=None) -> list:
-    """``combine`` terms of A D1 - B D2, the finite differences (D1, D2) of the data prediction in lambda, scaled
-    by h (reference code, 2M / 3M), expanded onto x0 and the history's data predictions."""
+def _pp_diff(lam_t, h, lams: tuple, order: int, A, B=None) -> tuple:
+    """A D1 - B D2, the finite differences (D1, D2) of the data prediction in lambda scaled by h (reference code,
+    2M / 3M), as coefficients (on x0, on the history's data predictions newest first); ``lams``: the history's
+    lambda/2, oldest first."""
     if order == 1:
-        return []
-    x0_1, lam_1 = history[-1]
-    r0 = (lam_t - lam_1) / h
+        return 0.0, ()
+    r0 = (lam_t - lams[-1]) / h
     if order == 2:  # D1 = (x0 - x0_1)/r0
-        return [(A / r0, x0), (-A / r0, x0_1)]
-    x0_2, lam_2 = history[-2]
-    r1 = (lam_1 - lam_2) / h
+        return A / r0, (-A / r0,)
+    r1 = (lams[-1] - lams[-2]) / h
     q = r0 / (r0 + r1)  # D1 = (1 + q) u - q v, D2 = (u - v)/(r0 + r1); u = (x0 - x0_1)/r0, v = (x0_1 - x0_2)/r1
     cu, cv = A * (1 + q) - B / (r0 + r1), B / (r0 + r1) - A * q
-    return [(cu / r0, x0), (cv / r1 - cu / r0, x0_1), (-cv / r1, x0_2)]
+    return cu / r0, (cv / r1 - cu / r0, -cv / r1)
 
 
-def dpm_solver_pp_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, c_t: tuple, c_s: tuple,
-                       s_zero: bool, history: tuple, order: int = 2, sde: bool = False,
-                       generator: torch.Generator | None = None):
-    """``dpm_solver_pp_step`` with precomputed c_t, c_s = (alpha, sigma, lambda/2) at t and s."""
+def pp_coefs(c_t: tuple, c_s: tuple, lams: tuple, order: int, sde: bool = False) -> tuple:
+    """Coefficients of one DPM-Solver++ step: x_s (ODE) or its mean (SDE) = c_x x + c_0 x0_hat + sum_j c_j x0_j
+    over the history's data predictions newest first, and std (None for the ODE).  ``order`` already capped.
+
+    ODE (2M/3M): x_s = (sg_s/sg_t) x - alpha_s phi_1 x0 + (A D1 - B D2) terms, phi_1 = e^{-h} - 1;
+    SDE midpoint: mean = (sg_s/sg_t) e^{-h} x + alpha_s (1 - e^{-2h}) (x0 + D1/2), std = sg_s sqrt(1 - e^{-2h})."""
     (sg_t, lam_t), (a_s, sg_s, lam_s) = c_t[1:], c_s
     h = lam_s - lam_t
-    x0 = model.x0(x, t)
-    order = 1 if s_zero else min(order, len(history) + 1)
-    new_history = (tuple(history) + ((x0, lam_t),))[-2:]
-    if sde:  # mean = (sg_s/sg_t) e^{-h} x + alpha_s (1 - e^{-2h}) (x0 + D1/2)
+    if sde:
         one_m = -fexpm1(-2 * h)
-        mean = combine(x, [(sg_s / sg_t * fexp(-h), x), (a_s * one_m, x0)]
-                       + _pp_terms(x0, lam_t, h, history, order, 0.5 * a_s * one_m))
-        std = sg_s * fsqrt(one_m)
-        if not is_pos(std):
-            return mean, x0, None, None, new_history
-        std = std if isinstance(std, float) else as_coef_tensor(std, x)
-        return gaussian_sample(mean, std, generator), x0, mean, std, new_history
-    phi_1 = fexpm1(-h)  # x_s = (sg_s/sg_t) x - alpha_s phi_1 x0 - alpha_s phi_1 D1/2 (2M); + 3M's D1, D2 terms
+        c0, hist = _pp_diff(lam_t, h, lams, order, 0.5 * a_s * one_m)
+        return (sg_s / sg_t * fexp(-h), a_s * one_m + c0) + hist, sg_s * fsqrt(one_m)
+    phi_1 = fexpm1(-h)
     A, B = (-0.5 * a_s * phi_1, None) if order == 2 else (a_s * (phi_1 / h + 1), a_s * ((phi_1 / h + 1) / h - 0.5))
-    terms = [(sg_s / sg_t, x), (-a_s * phi_1, x0)] + _pp_terms(x0, lam_t, h, history, order, A, B)
-    return combine(x, terms), x0, None, None, new_history
+    c0, hist = _pp_diff(lam_t, h, lams, order, A, B)
+    return (sg_s / sg_t, -a_s * phi_1 + c0) + hist, None
+
+
+def dpm_solver_pp_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, k: tuple, x0s: tuple,
+                       generator: torch.Generator | None = None):
+    """One evaluation x0_hat = model.x0(x, t) and the update with ``pp_coefs`` k; ``x0s``: the data predictions of
+    earlier steps, newest first.  Returns (x_s, x0_hat, mean, std); mean/std None for the ODE."""
+    (c, std), x0 = k, model.x0(x, t)
+    terms = [(c[0], x), (c[1], x0)]
+    for j in range(len(c) - 2):
+        terms.append((c[j + 2], x0s[j]))
+    if std is None:
+        return combine(x, terms), x0, None, None
+    x_s, mean, std = gaussian_step(combine(x, terms), std, True, generator)
+    return x_s, x0, mean, std
 
 
 def dpm_solver_pp_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, history: tuple,
@@ -266,9 +270,12 @@ def dpm_solver_pp_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, 
     order <= 2).  ``history``: tuple of (x0_hat, lambda/2) of earlier steps; ``order`` is capped by its length + 1
     and is 1 into s = 0.  One evaluation.  Returns (x_s, x0_hat, mean, std, new_history); mean/std None for ODE."""
     p = model.process
-    out = dpm_solver_pp_core(model, x, t, point_coefs(p, t), point_coefs(p, s), reaches_zero(s), history, order,
-                             sde, generator)
-    return out[:3] + (None if out[3] is None else as_coef_tensor(out[3], x),) + out[4:]
+    c_t, c_s = point_coefs(p, t), point_coefs(p, s)
+    order = 1 if reaches_zero(s) else min(order, len(history) + 1)
+    k = pp_coefs(c_t, c_s, tuple(lam for _, lam in history), order, sde)
+    x_s, x0, mean, std = dpm_solver_pp_core(model, x, t, k, tuple(x0 for x0, _ in history[::-1]), generator)
+    new_history = (tuple(history) + ((x0, c_t[2]),))[-2:]
+    return x_s, x0, mean, None if std is None else as_coef_tensor(std, x), new_history
 
 
 def _step_order(i: int, n: int, order: int, lower_order_final: bool) -> int:
@@ -285,14 +292,17 @@ def sample_dpm_solver_pp(model: DiffusionModel, x_T: torch.Tensor, ts, *, genera
     if order not in (1, 2, 3) or (sde and order == 3):
         raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3 (1 or 2 with sde=True), got {order}")
     m, ts = prepare(model, x_T, ts)
-    n, g = ts.shape[0] - 1, GridCoefs(m.process, ts, x_T)
-    ks = [_step_order(i, n, order, lower_order_final) for i in range(n)]
+    n, g = ts.shape[0] - 1, GridCoefs.of(m.process, ts, x_T)
+    ks = g.memo(("dpm_solver_pp", order, sde, lower_order_final), lambda: [
+        pp_coefs(g.c(i), g.c(i + 1), tuple(g.lam[max(i - 2, 0):i]),
+                 1 if g.zero[i + 1] else _step_order(i, n, order, lower_order_final), sde) for i in range(n)])
 
-    def step(i, x, t, s, history):
-        return dpm_solver_pp_core(m, x, t, g.c(i), g.c(i + 1), g.zero[i + 1], history, ks[i], sde, generator)
+    def step(i, x, x0s):  # history: the data predictions of the last <= 2 steps, newest first
+        x_s, x0, mean, std = dpm_solver_pp_core(m, x, g.t[i], ks[i], x0s, generator)
+        return x_s, x0, mean, std, (x0,) + x0s[:1], None
 
-    return run_steps(m, x_T, ts, step, state=(), callback=callback, return_trajectory=return_trajectory,
-                     progress=progress, times=g.t)
+    return run_loop(m, x_T, ts, step, state=(), times=g.t, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress)
 
 
 @register("dpm_solver_pp_2m", order=2, evals_per_step=1, stochastic=False, options=("lower_order_final",),

@@ -18,24 +18,20 @@ Notation
 ``gamma``            churn factor of Alg. 2: sigma_hat -> sigma_hat (1 + gamma)
 ===================  ==========================================================================================
 
-Every sample function follows the contract of ``samplers/base.py`` and is built from a pure step function;
-``run_steps`` is the shared loop (NFE measured through ``counted``, trajectory, callback, progress bar).
+Every sample function follows the contract of ``samplers/base.py``: a step over precomputed ``GridCoefs`` run by
+``loop.run_loop`` (NFE measured through ``counted``, trajectory, callback, progress bar).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from torchdiffeq import odeint
-from tqdm.auto import tqdm
 
 from .._utils import bcast
-from ..core.denoisers import CountingModel, DiffusionModel
-from .base import Callback, GridCoefs, TrajectoryRecorder, check_grid, combine, counted, point_coefs, register
-
-# step(i, x, t, s, state) -> (x_next, x0_hat, mean, std, state); mean/std None for deterministic steps
-StepFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, object], tuple]
+from ..core.denoisers import DiffusionModel
+from .base import Callback, GridCoefs, combine, point_coefs, register
+from .loop import prepare, run_loop
 
 
 def coefs(model: DiffusionModel, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,42 +40,9 @@ def coefs(model: DiffusionModel, t: torch.Tensor, x: torch.Tensor) -> tuple[torc
     return bcast(a, x), bcast(s, x)
 
 
-def half_lam(model: DiffusionModel, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """lambda(t)/2 = log(alpha/sigma) (DPM-Solver's lambda), broadcast against x; +inf at t = 0."""
-    return bcast(model.process.coefs(t)[2], x)
-
-
 def reaches_zero(s: torch.Tensor) -> bool:
     """True when (any sample of) the step ends at t = 0, where 2nd-order corrections are skipped (Karras Alg. 1)."""
     return bool(torch.any(s == 0))
-
-
-def prepare(model: DiffusionModel, x_T: torch.Tensor, ts) -> tuple[CountingModel, torch.Tensor]:
-    """Wrap the model for NFE counting and validate the grid (1-D, or ``[n+1, B]`` matching x_T's batch)."""
-    if not isinstance(x_T, torch.Tensor) or x_T.ndim < 1:
-        raise ValueError("x_T must be a tensor of shape [B, ...]")
-    ts = check_grid(ts, model.process)
-    if ts.ndim == 2 and ts.shape[1] != x_T.shape[0]:
-        raise ValueError(f"per-sample grid must have shape [n+1, B] with B={x_T.shape[0]}, got {tuple(ts.shape)}")
-    return counted(model), ts.to(x_T.device)
-
-
-def run_steps(model: CountingModel, x_T: torch.Tensor, ts: torch.Tensor, step: StepFn, *, state=None,
-              callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False,
-              times: list | None = None):
-    """Loop ``step`` over the grid ``ts`` (already validated) and return x at ts[-1] or a ``Trajectory``.
-
-    ``state`` is explicit multistep history: it goes into each step and comes back out of it.  ``times``: the grid
-    times in x's dtype (e.g. ``GridCoefs.t``), made here when not given."""
-    nfe0, x = model.nfe, x_T
-    rec = TrajectoryRecorder(x_T, ts, return_trajectory)
-    times = list(ts.to(x_T).unbind(0)) if times is None else times
-    for i in tqdm(range(ts.shape[0] - 1), disable=not progress, leave=False):
-        x, x0_hat, mean, std, state = step(i, x, times[i], times[i + 1], state)
-        rec.add(x, mean, std)
-        if callback is not None:
-            callback(dict(i=i, t=times[i + 1], x=x, x0_hat=x0_hat))
-    return rec.finish(x, model.nfe - nfe0)
 
 
 # -- step functions ---------------------------------------------------------------------------------------------
@@ -173,6 +136,14 @@ def edm_churn_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: t
 
 
 # -- samplers ---------------------------------------------------------------------------------------------------
+def _euler_coefs(g: GridCoefs) -> list[tuple]:
+    """Per step: x_s = (1 + dt f) x - (dt g^2 / 2) score and x0_hat = x / alpha + (sigma^2 / alpha) score."""
+    f, g2 = g.sde()
+    dts = list((g.ts64[1:] - g.ts64[:-1]).to(g.device).unbind(0)) if g.per_sample else \
+        [s - t for t, s in zip(g.ts64.tolist()[:-1], g.ts64.tolist()[1:], strict=True)]
+    return [(1 + dts[i] * f[i], -0.5 * dts[i] * g2[i], 1 / g.a[i], g.sg[i] ** 2 / g.a[i]) for i in range(len(dts))]
+
+
 @register("euler", order=1, evals_per_step=1, stochastic=False, options=(),
           reference="Song et al. 2021, eq. 13 (probability-flow ODE), Euler in t", default_grid="uniform_log_snr")
 def sample_euler(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
@@ -180,17 +151,16 @@ def sample_euler(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: tor
     """Euler on the probability-flow ODE in t over the grid ``ts`` (``[n+1]`` or ``[n+1, B]``); x_T ``[B, ...]``.
     NFE = n.  Returns x at ts[-1] ``[B, ...]`` or a ``Trajectory``."""
     m, ts = prepare(model, x_T, ts)
-    g = GridCoefs(m.process, ts, x_T)
-    f, g2 = g.sde()
-    dts = list((g.ts64[1:] - g.ts64[:-1]).to(x_T.device).unbind(0)) if g.per_sample else \
-        [s - t for t, s in zip(g.ts64.tolist()[:-1], g.ts64.tolist()[1:], strict=True)]
+    g = GridCoefs.of(m.process, ts, x_T)
+    ks = g.memo("euler", lambda: _euler_coefs(g))
 
-    def step(i, x, t, s, state):
-        x_s, x0 = euler_core(m, x, t, dts[i], g.c(i), (f[i], g2[i]))
-        return x_s, x0, None, None, state
+    def step(i, x, state):
+        k, score = ks[i], m.score(x, g.t[i])
+        return combine(x, [(k[0], x), (k[1], score)]), lambda: combine(x, [(k[2], x), (k[3], score)]), \
+            None, None, state, None
 
-    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress,
-                     times=g.t)
+    return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress)
 
 
 @register("heun", order=2, evals_per_step=2, stochastic=False, options=(),
@@ -199,14 +169,13 @@ def sample_heun(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torc
                 callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False):
     """Heun's 2nd-order method (Karras Alg. 1) in the scaled variable.  NFE = 2n, or 2n - 1 when ts[-1] = 0."""
     m, ts = prepare(model, x_T, ts)
-    g = GridCoefs(m.process, ts, x_T)
+    g = GridCoefs.of(m.process, ts, x_T)
 
-    def step(i, x, t, s, state):
-        x_s, x0 = heun_core(m, x, t, s, g.c(i), g.c(i + 1), g.zero[i + 1])
-        return x_s, x0, None, None, state
+    def step(i, x, state):
+        return (*heun_core(m, x, g.t[i], g.t[i + 1], g.c(i), g.c(i + 1), g.zero[i + 1]), None, None, state, None)
 
-    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress,
-                     times=g.t)
+    return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress)
 
 
 @register("dopri5", order=5, evals_per_step=math.nan, stochastic=False, options=("rtol", "atol"),
@@ -219,11 +188,13 @@ def sample_dopri5(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: to
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
     m, ts = prepare(model, x_T, ts)
+    times = list(ts.to(x_T).unbind(0))
 
-    def step(i, x, t, s, state):
-        return dopri5_step(m, x, t, s, rtol, atol), None, None, None, state
+    def step(i, x, state):
+        return dopri5_step(m, x, times[i], times[i + 1], rtol, atol), None, None, None, state, None
 
-    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress)
+    return run_loop(m, x_T, ts, step, times=times, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress)
 
 
 def edm_gamma(model: DiffusionModel, t: torch.Tensor, n: int, S_churn: float, S_tmin: float,
@@ -245,15 +216,16 @@ def sample_edm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch
     if S_churn < 0 or S_noise < 0 or S_tmin < 0 or S_tmax < S_tmin:
         raise ValueError("need S_churn >= 0, S_noise >= 0 and 0 <= S_tmin <= S_tmax")
     m, ts = prepare(model, x_T, ts)
-    n, g = ts.shape[0] - 1, GridCoefs(m.process, ts, x_T)
+    n, g = ts.shape[0] - 1, GridCoefs.of(m.process, ts, x_T)
 
-    def step(i, x, t, s, state):
+    def step(i, x, state):
+        t, s = g.t[i], g.t[i + 1]
         gamma = edm_gamma(m, t, n, S_churn, S_tmin, S_tmax)
         if torch.any(gamma > 0):
             x_s, x0 = edm_churn_step(m, x, t, s, gamma, S_noise, generator)
         else:
             x_s, x0 = heun_core(m, x, t, s, g.c(i), g.c(i + 1), g.zero[i + 1])
-        return x_s, x0, None, None, state
+        return x_s, x0, None, None, state, None
 
-    return run_steps(m, x_T, ts, step, callback=callback, return_trajectory=return_trajectory, progress=progress,
-                     times=g.t)
+    return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress)

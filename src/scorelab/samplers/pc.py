@@ -41,12 +41,12 @@ x <- x0_hat(x, t_{n-1}) (one evaluation).
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from .._utils import bcast
 from ..core.denoisers import DiffusionModel
-from .base import Callback, TrajectoryRecorder, register, step_times
-from .sde import _ddpm_step, _em_step, draw, is_positive, prepare
+from .base import Callback, GridCoefs, gaussian_sample, is_pos, register
+from .loop import prepare, run_loop
+from .sde import _noisy, ddpm_grid_step, em_grid_step
 
 PREDICTORS = ("euler_maruyama", "ddpm", "none")
 STEP_NORMS = ("sample", "batch", "expected")
@@ -103,17 +103,6 @@ def _check_pc(predictor, snr, n_corrector, step_norm):
         raise ValueError("predictor='none' with n_corrector=0 would not move the sample")
 
 
-def _predict(model, x, t, s, predictor, add_noise, generator):
-    """Predictor step t -> s. Returns (x, mean, std, x0_hat); mean/std None when no Gaussian was drawn."""
-    if predictor == "none":
-        return x, None, None, None
-    mean, std, x0_hat = (_em_step(model, x, t, s) if predictor == "euler_maruyama"
-                         else _ddpm_step(model, x, t, s, "large"))
-    if add_noise and is_positive(std):
-        return draw(mean, std, generator), mean, std, x0_hat
-    return mean, None, None, x0_hat
-
-
 @register("pc", order=1, evals_per_step=2, stochastic=True,
           options=("predictor", "snr", "n_corrector", "step_norm", "noise_last"),
           reference="Song et al. 2021, Alg. 1/2 and App. G Alg. 4/5",
@@ -132,22 +121,25 @@ def sample_pc(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.
     steps); see the module docstring for the low-dimension caveat.  ``noise_last=False`` drops the noise of the last
     step (predictor, or the last corrector step).  Returns x at ts[-1] ``[B, ...]`` or a Trajectory."""
     _check_pc(predictor, snr, n_corrector, step_norm)
-    model, ts = prepare(model, x_T, ts)
-    x, n, p = x_T, ts.shape[0] - 1, model.process
-    rec = TrajectoryRecorder(x_T, ts, return_trajectory)
-    for i in tqdm(range(n), desc="pc", disable=not progress, leave=False):
-        t, s = step_times(ts, i, x)
-        x, mean, std, x0_hat = _predict(model, x, t, s, predictor, i < n - 1 or noise_last, generator)
-        if n_corrector > 0 and bool(torch.all(p.sigma(s) > 0)):
-            a = torch.exp(2 * (p.log_alpha(t) - p.log_alpha(s))).to(x.dtype)
-            final = i < n - 1 or noise_last
-            x, (mean, std) = _corrector(model, x, s, a, snr, n_corrector, step_norm, generator, final)
-            if predictor != "none" or n_corrector > 1 or step_norm != "expected" or not final:
+    m, ts = prepare(model, x_T, ts)
+    n, g = ts.shape[0] - 1, GridCoefs.of(m.process, ts, x_T)
+    final = _noisy(n, noise_last)
+    predict = em_grid_step(m, g, final, generator) if predictor == "euler_maruyama" else \
+        ddpm_grid_step(m, g, "large", final, generator) if predictor == "ddpm" else None
+    a = [(g.a[i] / g.a[i + 1]) ** 2 for i in range(n)]  # alpha_{t|s}^2
+    gaussian_last = predictor == "none" and n_corrector == 1 and step_norm == "expected"
+
+    def step(i, x, state):
+        x, x0_hat, mean, std = (x, None, None, None) if predict is None else predict(i, x, state)[:4]
+        if n_corrector > 0 and is_pos(g.sg[i + 1]):
+            a_i = a[i] if isinstance(a[i], float) else a[i].to(x.dtype)
+            x, (mean, std) = _corrector(m, x, g.t[i + 1], a_i, snr, n_corrector, step_norm, generator, final[i])
+            if not (gaussian_last and final[i]):
                 mean = std = None  # a composition of Gaussian steps (or a z-dependent step) is not a Gaussian
-        rec.add(x, mean, std)
-        if callback is not None:
-            callback(dict(i=i, t=s, x=x, x0_hat=x0_hat))
-    return rec.finish(x, model.nfe)
+        return x, x0_hat, mean, std, state, None
+
+    return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress)
 
 
 def noise_levels(process, ts: torch.Tensor) -> torch.Tensor:
@@ -171,28 +163,25 @@ def sample_annealed_langevin(model: DiffusionModel, x_T: torch.Tensor, ts, *, ge
         raise ValueError(f"eps must be > 0, got {eps}")
     if int(n_steps) != n_steps or n_steps < 1:
         raise ValueError(f"n_steps must be a positive integer, got {n_steps}")
-    model, ts = prepare(model, x_T, ts)
-    lv = noise_levels(model.process, ts)
+    m, ts = prepare(model, x_T, ts)
+    lv = noise_levels(m.process, ts)
     last = lv[-1] if bool(torch.all(lv[-1] > 0)) else lv[-2]
     if not bool(torch.all(eps < 4 * last**2)):
         raise ValueError(f"eps={eps} must be < 4 sigma_L^2 = {float((4 * last**2).min()):.3g} for Langevin to be "
                          "stable (Song & Ermon use eps = 2e-5 with sigma_L = 0.01)")
-    x, n = x_T, ts.shape[0] - 1
-    rec = TrajectoryRecorder(x_T, ts, return_trajectory)
-    for i in tqdm(range(n), desc="annealed_langevin", disable=not progress, leave=False):
-        t, s = step_times(ts, i, x)
-        mean = std = x0_hat = None
+    times = list(ts.to(x_T).unbind(0))
+    # Alg. 1, line 3: alpha_i = eps sigma_i^2/sigma_L^2 for x/alpha, i.e. alpha(t)^2 alpha_i for x
+    steps = [(eps * model.process.sigma(ts[i + 1].to(torch.float64)) ** 2 / last**2).to(x_T.dtype)
+             for i in range(ts.shape[0] - 1)]
+
+    def step(i, x, state):
         if not bool(torch.all(lv[i + 1] > 0)):  # final time with sigma = 0: Tweedie denoising
-            x = x0_hat = model.x0(x, t)
-        else:
-            # Alg. 1, line 3: alpha_i = eps sigma_i^2/sigma_L^2 for x/alpha, i.e. alpha(t)^2 alpha_i for x
-            step = (eps * model.process.sigma(ts[i + 1].to(torch.float64)) ** 2 / last**2).to(x.dtype)
-            for _ in range(int(n_steps)):  # Alg. 1, lines 4-7
-                mean, std = langevin_transition(model, x, s, step_size=step / 2)
-                x = draw(mean, std, generator)
-            if n_steps > 1:
-                mean = std = None
-        rec.add(x, mean, std)
-        if callback is not None:
-            callback(dict(i=i, t=s, x=x, x0_hat=x0_hat))
-    return rec.finish(x, model.nfe)
+            x0_hat = m.x0(x, times[i])
+            return x0_hat, x0_hat, None, None, state, None
+        for _ in range(int(n_steps)):  # Alg. 1, lines 4-7
+            mean, std = langevin_transition(m, x, times[i + 1], step_size=steps[i] / 2)
+            x = gaussian_sample(mean, std, generator)
+        return (x, None, mean, std, state, None) if n_steps == 1 else (x, None, None, None, state, None)
+
+    return run_loop(m, x_T, ts, step, times=times, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress)

@@ -1,7 +1,7 @@
 r"""Restart sampling (Xu, Deng, Cheng, Tian, Liu & Jaakkola 2023, "Restart sampling for improving generative
 processes", Alg. 1; source 001, ch. 4).
 
-Main Heun steps (Karras Alg. 1, ``ode.heun_step``) run along the grid.  When the grid first reaches
+Main Heun steps (Karras Alg. 1, ``ode.heun_core``) run along the grid.  When the grid first reaches
 t_min_r, K restart loops follow, each of which
 
 1. re-noises with the *forward* transition from t_min_r to t_max_r,
@@ -19,16 +19,19 @@ Notation
 
 Defaults follow the paper's CIFAR-10 setting in sigma_hat = sigma/alpha units: [0.06, 0.30], K = 2, n_restart = 3,
 mapped to process times with ``t_from_log_snr``.  NFE = main Heun NFE + K * 2 n_restart.
+
+The sampler is a composition of steps run by the one loop: ``restart_plan`` lists the Heun steps and, after the
+step reaching t_min_r, the K (re-noise, n_restart Heun) loops; the callback of that main step comes after its loops.
 """
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from ..core.denoisers import DiffusionModel
 from ..core.schedules import karras_between, t_from_sigma_hat
-from .base import Callback, TrajectoryRecorder, gaussian_sample, register, step_times
-from .ode import coefs, heun_step, prepare
+from .base import Callback, GridCoefs, gaussian_step, register
+from .loop import prepare, run_loop
+from .ode import coefs, heun_core
 
 DEFAULT_K = 2
 DEFAULT_N_RESTART = 3
@@ -45,22 +48,40 @@ def restart_transition(model: DiffusionModel, x: torch.Tensor, t_lo: torch.Tenso
     return ratio * x, torch.sqrt((sg_hi**2 - ratio**2 * sg_lo**2).clamp(min=0))
 
 
-def restart_loops(model: DiffusionModel, x: torch.Tensor, t_lo: torch.Tensor, t_hi: float, K: int, n_restart: int,
-                  generator: torch.Generator | None, rec: TrajectoryRecorder, times: list) -> torch.Tensor:
-    """K restart loops from t_lo (scalar or ``[B]``) up to t_hi and back (Xu et al. 2023, Alg. 1, lines 5-9)."""
-    inner = karras_between(model.process, torch.as_tensor(t_hi), t_lo.cpu(), n_restart).to(x.device)
-    for _ in range(K):
-        t_top = inner[0].to(dtype=x.dtype)
-        mean, std = restart_transition(model, x, t_lo, t_top)
-        x = gaussian_sample(mean, std, generator)
-        rec.add(x, mean, std)
-        times.append(inner[0])
-        for j in range(n_restart):
-            t, s = step_times(inner, j, x)
-            x = heun_step(model, x, t, s)[0]
-            rec.add(x)
-            times.append(inner[j + 1])
-    return x
+def _heun(m: DiffusionModel, g: GridCoefs, i: int):
+    """Heun step i of the grid ``g`` as a plan entry x -> (x_next, x0_hat, mean, std)."""
+    return lambda x: heun_core(m, x, g.t[i], g.t[i + 1], g.c(i), g.c(i + 1), g.zero[i + 1]) + (None, None)
+
+
+def _renoise(m: DiffusionModel, t_lo: torch.Tensor, t_hi: torch.Tensor, generator):
+    """The forward re-noising t_lo -> t_hi as a plan entry (a Gaussian step, recorded)."""
+    def entry(x):
+        x_next, mean, std = gaussian_step(*restart_transition(m, x, t_lo, t_hi), True, generator)
+        return x_next, None, mean, std
+    return entry
+
+
+def restart_plan(m: DiffusionModel, ts: torch.Tensor, x_T: torch.Tensor, j_r: int | None, t_hi: float, K: int,
+                 n_restart: int, generator) -> tuple[list, list, list]:
+    """The steps ``run_loop`` runs (Xu et al. 2023, Alg. 1): Heun steps along ``ts``; after the step reaching
+    ts[j_r], K loops of (re-noise to t_hi, ``n_restart`` Heun steps on a Karras grid back to ts[j_r]).
+    Returns (plan entries, visited times ``[len(plan) + 1]`` as grid-dtype tensors, callback index per entry)."""
+    g, n = GridCoefs.of(m.process, ts, x_T), ts.shape[0] - 1
+    plan, visited, report = [], [ts[0]], []
+    for i in range(n):
+        plan.append(_heun(m, g, i))
+        visited.append(ts[i + 1])
+        report.append(i)
+        if i + 1 == j_r and K > 0:
+            inner = karras_between(m.process, torch.as_tensor(t_hi), ts[i + 1].cpu(), n_restart).to(x_T.device)
+            gi = GridCoefs.of(m.process, inner, x_T)
+            report[-1] = None  # the callback of main step i comes after its restart loops
+            for _ in range(K):
+                plan += [_renoise(m, gi.t[-1], gi.t[0], generator)] + [_heun(m, gi, j) for j in range(n_restart)]
+                visited += list(inner.unbind(0))
+                report += [None] * (n_restart + 1)
+            report[-1] = i
+    return plan, visited, report
 
 
 def _restart_times(model: DiffusionModel, t_min_r: float | None, t_max_r: float | None) -> tuple[float, float]:
@@ -89,17 +110,12 @@ def sample_restart(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: t
     m, ts = prepare(model, x_T, ts)
     t_lo, t_hi = _restart_times(m, t_min_r, t_max_r)
     hits = [j for j in range(1, ts.shape[0]) if torch.all((ts[j] <= t_lo) & (ts[j] > 0))]
-    j_r = hits[0] if hits else None
-    nfe0, x, times = m.nfe, x_T, [ts[0]]
-    rec = TrajectoryRecorder(x_T, ts, return_trajectory)
-    for i in tqdm(range(ts.shape[0] - 1), disable=not progress, leave=False):
-        t, s = step_times(ts, i, x)
-        x, x0 = heun_step(m, x, t, s)
-        rec.add(x)
-        times.append(ts[i + 1])
-        if i + 1 == j_r and K > 0:
-            x = restart_loops(m, x, ts[i + 1], t_hi, int(K), int(n_restart), generator, rec, times)
-        if callback is not None:
-            callback(dict(i=i, t=s, x=x, x0_hat=x0))
-    rec.ts = torch.stack([torch.as_tensor(t, dtype=ts.dtype) for t in times])
-    return rec.finish(x, m.nfe - nfe0)
+    plan, visited, report = restart_plan(m, ts, x_T, hits[0] if hits else None, t_hi, int(K), int(n_restart),
+                                         generator)
+
+    def step(k, x, state):
+        return (*plan[k](x), state, None)
+
+    visited = torch.stack([torch.as_tensor(t, dtype=ts.dtype) for t in visited])
+    return run_loop(m, x_T, visited, step, times=list(visited.to(x_T).unbind(0)), callback=callback,
+                    return_trajectory=return_trajectory, progress=progress, report=report)

@@ -27,57 +27,14 @@ and at a final time with sigma = 0 (r = 0).
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
-from tqdm.auto import tqdm
 
 from .._utils import bcast
 from ..core.denoisers import DiffusionModel
-from .base import (
-    Callback,
-    GridCoefs,
-    TrajectoryRecorder,
-    check_grid,
-    combine,
-    counted,
-    fsqrt,
-    gaussian_sample,
-    register,
-)
+from .base import Callback, GridCoefs, combine, fsqrt, gaussian_step, register
+from .loop import prepare, run_loop
 
 VARIANCES = ("small", "large")
-
-
-# -- shared helpers (also used by pc.py) --------------------------------------------------------
-def prepare(model: DiffusionModel, x_T: torch.Tensor, ts) -> tuple:
-    """Validate the grid against the model's process and the batch; return ``(counted model, grid)``."""
-    if not isinstance(x_T, torch.Tensor) or x_T.ndim < 1:
-        raise ValueError("x_T must be a tensor of shape [B, ...]")
-    ts = check_grid(ts, model.process)
-    if ts.ndim == 2 and ts.shape[1] != x_T.shape[0]:
-        raise ValueError(f"a per-sample grid must have shape [n+1, B] with B={x_T.shape[0]}, got {tuple(ts.shape)}")
-    return counted(model), ts
-
-
-def draw(mean: torch.Tensor, std: torch.Tensor | float, generator: torch.Generator | None) -> torch.Tensor:
-    """``gaussian_sample`` with a float, scalar or ``[B]`` std broadcast against ``mean`` ``[B, ...]``."""
-    return gaussian_sample(mean, std if isinstance(std, float) else bcast(std, mean), generator)
-
-
-def is_positive(std: torch.Tensor | float) -> bool:
-    return std > 0 if isinstance(std, float) else bool(torch.all(torch.as_tensor(std) > 0))
-
-
-def gaussian_step(mean: torch.Tensor, std, add_noise: bool, generator: torch.Generator | None,
-                  rec: TrajectoryRecorder) -> torch.Tensor:
-    """x ~ N(mean, std^2) recorded with its transition, or x = mean (no noise or std = 0) recorded as deterministic."""
-    if add_noise and is_positive(std):
-        x = draw(mean, std, generator)
-        rec.add(x, mean, std)
-        return x
-    rec.add(mean)
-    return mean
 
 
 def posterior_coefs(process, t: torch.Tensor, s: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -97,15 +54,6 @@ def posterior_coefs(process, t: torch.Tensor, s: torch.Tensor) -> dict[str, torc
 
 
 # -- DDPM ancestral sampling ----------------------------------------------------------------------
-def _ddpm_step(model, x, t, s, variance: str):
-    if variance not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; expected one of {VARIANCES}")
-    c = posterior_coefs(model.process, t, s)
-    x0_hat = model.x0(x, t)
-    mean = bcast(c["c_x"], x) * x + bcast(c["c_0"], x) * x0_hat
-    return mean, torch.sqrt(c["var_" + variance]), x0_hat
-
-
 def ddpm_transition(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, *,
                     variance: str = "large") -> tuple[torch.Tensor, torch.Tensor]:
     """One DDPM ancestral step t -> s < t as a Gaussian (Ho et al. 2020, Alg. 2, line 4; eqs. 6-7).
@@ -113,43 +61,36 @@ def ddpm_transition(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: 
     x: ``[B, ...]``; t, s: scalars or ``[B]``.  Returns ``(mean [B, ...], std)`` with std a scalar or ``[B]``:
     mean = posterior mean with x0_hat = model.x0(x, t), std^2 = beta_tilde (``"small"``) or sigma_{t|s}^2
     (``"large"``, = beta_t on a Discrete chain's own grid).  Pure in (model, x, t, s): differentiable in the model."""
-    mean, std, _ = _ddpm_step(model, x, t, s, variance)
-    return mean, std
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; expected one of {VARIANCES}")
+    c = posterior_coefs(model.process, t, s)
+    mean = bcast(c["c_x"], x) * x + bcast(c["c_0"], x) * model.x0(x, t)
+    return mean, torch.sqrt(c["var_" + variance])
 
 
-def run_chain(model, x_T, ts, step: Callable, *, generator, callback, return_trajectory, noise_last: bool,
-              progress: bool, desc: str):
-    """Loop over the grid with ``step(model, x, t, s, i, g) -> (mean, std, x0_hat)`` (``g``: the grid's
-    ``GridCoefs``, ``i`` the step index); add noise unless it is the last step and ``noise_last`` is False (or std
-    is 0).  Records each Gaussian transition in the trajectory."""
-    model, ts = prepare(model, x_T, ts)
-    x, n, g = x_T, ts.shape[0] - 1, GridCoefs(model.process, ts, x_T)
-    rec = TrajectoryRecorder(x_T, ts, return_trajectory)
-    for i in tqdm(range(n), desc=desc, disable=not progress, leave=False):
-        mean, std, x0_hat = step(model, x, g.t[i], g.t[i + 1], i, g)
-        x = gaussian_step(mean, std, i < n - 1 or noise_last, generator, rec)
-        if callback is not None:
-            callback(dict(i=i, t=g.t[i + 1], x=x, x0_hat=x0_hat))
-    return rec.finish(x, model.nfe)
-
-
-def _grid_posterior(g: GridCoefs, variance: str) -> list:
+def _grid_posterior(g: GridCoefs, variance: str) -> tuple[list, list, list]:
     """``posterior_coefs`` of every step (c_x, c_0, std), computed once: floats (1-D grid) or ``[B]`` tensors."""
-    key = "_post_" + variance
-    if key not in g.__dict__:
-        c = posterior_coefs(g.process, g.ts64[:-1], g.ts64[1:])
-        c = {k: v.tolist() if not g.per_sample else list(v.to(g.device).unbind(0)) for k, v in c.items()}
-        g.__dict__[key] = c["c_x"], c["c_0"], [fsqrt(v) for v in c["var_" + variance]]
-    return g.__dict__[key]
+    c = posterior_coefs(g.process, g.ts64[:-1], g.ts64[1:])
+    c = {k: v.tolist() if not g.per_sample else list(v.to(g.device).unbind(0)) for k, v in c.items()}
+    return c["c_x"], c["c_0"], [fsqrt(v) for v in c["var_" + variance]]
 
 
-def _ddpm_grid_step(variance: str):
-    def step(model, x, t, s, i, g):
-        c_x, c_0, std = _grid_posterior(g, variance)
-        x0_hat = model.x0(x, t)
-        return combine(x, [(c_x[i], x), (c_0[i], x0_hat)]), std[i], x0_hat
+def ddpm_grid_step(m: DiffusionModel, g: GridCoefs, variance: str, noisy: list[bool], generator):
+    """DDPM's step over the grid ``g`` in ``loop.run_loop``'s format (also pc's predictor); ``noisy[i]``: whether
+    step i draws its noise.  mean = c_x x + c_0 x0_hat (posterior mean), std from ``variance``."""
+    c_x, c_0, std = g.memo(("ddpm", variance), lambda: _grid_posterior(g, variance))
+
+    def step(i, x, state):
+        x0_hat = m.x0(x, g.t[i])
+        x_s, mean, sd = gaussian_step(combine(x, [(c_x[i], x), (c_0[i], x0_hat)]), std[i], noisy[i], generator)
+        return x_s, x0_hat, mean, sd, state, None
 
     return step
+
+
+def _noisy(n: int, noise_last: bool) -> list[bool]:
+    """Noise on every step but the last unless ``noise_last``."""
+    return [True] * (n - 1) + [bool(noise_last)]
 
 
 @register("ddpm", order=1, evals_per_step=1, stochastic=True, options=("variance", "noise_last"),
@@ -165,45 +106,45 @@ def sample_ddpm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torc
     sampler does, so every step is a Gaussian policy).  NFE = n.  Returns x at ts[-1] ``[B, ...]`` or a Trajectory."""
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; expected one of {VARIANCES}")
-    return run_chain(model, x_T, ts, _ddpm_grid_step(variance), generator=generator,
-                     callback=callback, return_trajectory=return_trajectory, noise_last=noise_last,
-                     progress=progress, desc="ddpm")
+    m, ts = prepare(model, x_T, ts)
+    g = GridCoefs.of(m.process, ts, x_T)
+    step = ddpm_grid_step(m, g, variance, _noisy(ts.shape[0] - 1, noise_last), generator)
+    return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress)
 
 
 # -- Euler-Maruyama on the reverse SDE -------------------------------------------------------------
-def _em_core(model, x, t, h, c_t, sde_t):
-    """mean = (1 - f h) x + g^2 h score, std = sqrt(g^2 h), x0_hat = (x + sigma^2 score)/alpha (h = t - s)."""
-    (a, sig), (f, g2) = c_t[:2], sde_t
-    score = model.score(x, t)
-    mean = combine(x, [(1 - f * h, x), (g2 * h, score)])
-    return mean, fsqrt(g2 * h), combine(x, [(1 / a, x), (sig**2 / a, score)])
+def _em_coefs(g: GridCoefs) -> list[tuple]:
+    """Per step (h = t - s): (1 - f h, g^2 h, sqrt(g^2 h)) of mean and std, (1/alpha, sigma^2/alpha) of x0_hat."""
+    f, g2 = g.sde()
+    h = (g.ts64[:-1] - g.ts64[1:]).tolist() if not g.per_sample else \
+        list((g.ts64[:-1] - g.ts64[1:]).to(g.device).unbind(0))
+    return [(1 - f[i] * h[i], g2[i] * h[i], fsqrt(g2[i] * h[i]), 1 / g.a[i], g.sg[i] ** 2 / g.a[i])
+            for i in range(len(h))]
 
 
-def _em_step(model, x, t, s):
-    p = model.process
-    h = t - s
-    f, g2 = bcast(p.drift_coef(t).to(x.dtype), x), p.diffusion_sq(t).to(x.dtype)
-    score = model.score(x, t)
-    mean = x - (f * x - bcast(g2, x) * score) * bcast(h, x)
-    a, sig = bcast(p.alpha(t).to(x.dtype), x), bcast(p.sigma(t).to(x.dtype), x)
-    return mean, torch.sqrt(g2 * h), (x + sig**2 * score) / a
+def em_grid_step(m: DiffusionModel, g: GridCoefs, noisy: list[bool], generator):
+    """Euler-Maruyama's step over the grid ``g`` in ``loop.run_loop``'s format (also pc's predictor), h = t - s:
+    mean = (1 - f h) x + g^2 h score, std = sqrt(g^2 h), x0_hat = (x + sigma^2 score)/alpha (lazy)."""
+    k = g.memo("euler_maruyama", lambda: _em_coefs(g))
 
+    def step(i, x, state):
+        c = k[i]
+        score = m.score(x, g.t[i])
+        x_s, mean, std = gaussian_step(combine(x, [(c[0], x), (c[1], score)]), c[2], noisy[i], generator)
+        return x_s, lambda: combine(x, [(c[3], x), (c[4], score)]), mean, std, state, None
 
-def _em_grid_step(model, x, t, s, i, g):
-    if "_sde" not in g.__dict__:
-        g.__dict__["_sde"] = g.sde()
-        g.__dict__["_h"] = (g.ts64[:-1] - g.ts64[1:]).tolist() if not g.per_sample else \
-            list((g.ts64[:-1] - g.ts64[1:]).to(g.device).unbind(0))
-    f, g2 = g.__dict__["_sde"]
-    return _em_core(model, x, t, g.__dict__["_h"][i], g.c(i), (f[i], g2[i]))
+    return step
 
 
 def euler_maruyama_transition(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor,
                               s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One Euler-Maruyama step t -> s < t of the reverse SDE (Song et al. 2021, eq. 6), h = t - s:
     mean = x - [f(t) x - g^2(t) score(x, t)] h, std = sqrt(g^2(t) h).  x ``[B, ...]``; std scalar or ``[B]``."""
-    mean, std, _ = _em_step(model, x, t, s)
-    return mean, std
+    p, h = model.process, t - s
+    f, g2 = bcast(p.drift_coef(t).to(x.dtype), x), p.diffusion_sq(t).to(x.dtype)
+    score = model.score(x, t)
+    return x - (f * x - bcast(g2, x) * score) * bcast(h, x), torch.sqrt(g2 * h)
 
 
 @register("euler_maruyama", order=1, evals_per_step=1, stochastic=True, options=("noise_last",),
@@ -216,6 +157,8 @@ def sample_euler_maruyama(model: DiffusionModel, x_T: torch.Tensor, ts, *, gener
 
     ``noise_last=False`` returns the last step's mean (Song et al.'s code: no noise on the final step).
     Returns x at ts[-1] ``[B, ...]`` or a Trajectory."""
-    return run_chain(model, x_T, ts, _em_grid_step, generator=generator, callback=callback,
-                     return_trajectory=return_trajectory, noise_last=noise_last, progress=progress,
-                     desc="euler_maruyama")
+    m, ts = prepare(model, x_T, ts)
+    g = GridCoefs.of(m.process, ts, x_T)
+    step = em_grid_step(m, g, _noisy(ts.shape[0] - 1, noise_last), generator)
+    return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
+                    progress=progress)

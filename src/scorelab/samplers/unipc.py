@@ -50,7 +50,8 @@ import torch
 
 from ..core.denoisers import DiffusionModel
 from .base import Callback, GridCoefs, combine, register
-from .ode import prepare, reaches_zero, run_steps
+from .loop import prepare, run_loop
+from .ode import reaches_zero
 
 VARIANTS = ("bh1", "bh2")
 _F64 = torch.float64
@@ -105,28 +106,39 @@ def unipc_b(h, k: int, variant: str = "bh1") -> tuple[list, object]:
     return b, B
 
 
+def uni_coefs(c_t: tuple, c_s: tuple, lams: tuple, k: int, variant: str = "bh1", corrector: bool = False) -> tuple:
+    """Coefficients of UniP-k (Alg. 2) or, with ``corrector``, UniC-k (Alg. 3) from t to s:
+    x_s = c_x x + c_0 m0 + sum_j nw_j m_j over m_j = the earlier data predictions (most recent first; then the new
+    point for UniC).  ``lams``: lam of the history, oldest first, the last one at t (the one of m0).  Floats or
+    ``[B]`` tensors.  Returns (c_x, c_0, [nw_j])."""
+    (a_s, sg_s, lam_s), sg_t, lam_t = c_s, c_t[1], lams[-1]
+    h = lam_s - lam_t
+    rks = [(lam_k - lam_t) / h for lam_k in lams[-k:-1][::-1]]  # earlier points, most recent first
+    n_terms = len(rks) + corrector
+    b, B = unipc_b(h, n_terms if n_terms > 1 else 0, variant) if n_terms else ([], 0.0)
+    if not corrector:  # UniP: R[:-1, :-1] rho = b[:-1]; the reference code fixes rho = 1/2 for k = 2
+        rhos = [0.5] if k == 2 else _lagrange_solve(rks, b)
+    else:  # UniC: nodes r_1.. and r = 1 for the new point; rho = 1/2 for k = 1
+        rks = rks + [1.0]
+        rhos = [0.5] if k == 1 else _lagrange_solve(rks, b)
+    w = [a_s * B * rho / r for rho, r in zip(rhos, rks, strict=True)]  # x_s -= sum_k w_k (m_k - m0)
+    return sg_s / sg_t, sum(w, -a_s * _expm1(-h)), [-w_k for w_k in w]
+
+
+def _apply(x: torch.Tensor, coefs: tuple, m0: torch.Tensor, points) -> torch.Tensor:
+    c_x, c_0, nw = coefs
+    return combine(x, [(c_x, x), (c_0, m0)] + [(nw_k, m_k) for nw_k, m_k in zip(nw, points, strict=True)])
+
+
 def uni_update(x: torch.Tensor, c_t: tuple, c_s: tuple, history: tuple, k: int, variant: str = "bh1",
                m_new: torch.Tensor | None = None) -> torch.Tensor:
     """UniP-k (``m_new`` None; Alg. 2) or UniC-k (``m_new`` = x0_hat at s; Alg. 3) from x at t to s.
 
     c_t, c_s: (alpha, sigma, lam) at t and s from ``_coefs64``; ``history``: ((x0_hat, lam), ...) oldest first,
     whose last entry is m0 at t; uses its last k entries.  x ``[B, ...]``.  No evaluation.  Returns x_s."""
-    (a_s, sg_s, lam_s), sg_t = c_s, c_t[1]
-    m0, lam_t = history[-1]
-    h = lam_s - lam_t
-    older = history[-k:-1][::-1]  # m_1, m_2, ...: most recent first
-    n_terms = len(older) + (m_new is not None)
-    rks = [(lam_k - lam_t) / h for _, lam_k in older]
-    b, B = unipc_b(h, n_terms if n_terms > 1 else 0, variant) if n_terms else ([], 0.0)
-    if m_new is None:  # UniP: R[:-1, :-1] rho = b[:-1]; the reference code fixes rho = 1/2 for k = 2
-        rhos = [0.5] if k == 2 else _lagrange_solve(rks, b)
-        points = [m for m, _ in older]
-    else:  # UniC: nodes r_1.. and r = 1 for the new point; rho = 1/2 for k = 1
-        rhos = [0.5] if k == 1 else _lagrange_solve(rks + [1.0], b)
-        points, rks = [m for m, _ in older] + [m_new], rks + [1.0]
-    w = [a_s * B * rho / r for rho, r in zip(rhos, rks, strict=True)]  # x_s -= sum_k w_k (m_k - m0)
-    c0 = sum(w, -a_s * _expm1(-h))
-    return combine(x, [(sg_s / sg_t, x), (c0, m0)] + [(-w_k, m_k) for w_k, m_k in zip(w, points, strict=True)])
+    coefs = uni_coefs(c_t, c_s, tuple(lam for _, lam in history), k, variant, m_new is not None)
+    points = [m for m, _ in history[-k:-1][::-1]] + ([] if m_new is None else [m_new])
+    return _apply(x, coefs, history[-1][0], points)
 
 
 def unipc_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, state: UniPCState,
@@ -178,16 +190,35 @@ def sample_unipc(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: tor
     if variant not in VARIANTS:
         raise ValueError(f"UniPC variant must be one of {VARIANTS}, got {variant!r}")
     m, ts = prepare(model, x_T, ts)
-    n, g = ts.shape[0] - 1, GridCoefs(m.process, ts, x_T)
-    ks = [_step_order(i, n, order, lower_order_final) for i in range(n)]
+    g = GridCoefs.of(m.process, ts, x_T)
+    pred, corr = g.memo(("unipc", order, variant, lower_order_final, use_corrector),
+                        lambda: _grid_unipc(g, order, variant, lower_order_final, use_corrector))
 
-    def step(i, x, t, s, state):
-        x_s, x0, state = unipc_step(m, x, t, s, state, ks[i], variant, use_corrector, g.c(i), g.c(i + 1),
-                                    g.zero[i + 1])
-        return x_s, x0, None, None, state
+    def step(i, x, state):  # state: (data predictions of the last <= 3 grid times, oldest first; x_{i-1})
+        x0 = m.x0(x, g.t[i])
+        hist, x_prev = state
+        if corr[i] is not None:  # UniC of the previous step with x0 as its new point (Alg. 3)
+            k_prev, coefs = corr[i]
+            x = _apply(x_prev, coefs, hist[-1], hist[-k_prev:-1][::-1] + (x0,))
+        hist = (hist + (x0,))[-3:]
+        k, coefs = pred[i]  # UniP (Alg. 2)
+        return _apply(x, coefs, x0, hist[-k:-1][::-1]), x0, None, None, (hist, x), None
 
-    return run_steps(m, x_T, ts, step, state=UniPCState(), callback=callback, return_trajectory=return_trajectory,
-                     progress=progress, times=g.t)
+    return run_loop(m, x_T, ts, step, state=((), None), times=g.t, callback=callback,
+                    return_trajectory=return_trajectory, progress=progress)
+
+
+def _grid_unipc(g: GridCoefs, order: int, variant: str, lower_order_final: bool, use_corrector: bool) -> tuple:
+    """Per step i: (k, ``uni_coefs``) of the predictor and, from step 1 on with ``use_corrector``, of the
+    corrector of step i - 1 (else None): the order warm-up, lower_order_final and the step into 0 as in
+    ``unipc_step``."""
+    n = len(g.t) - 1
+    ks = [1 if g.zero[i + 1] else min(_step_order(i, n, order, lower_order_final), min(i + 1, 3)) for i in range(n)]
+    pred = [(ks[i], uni_coefs(g.c(i), g.c(i + 1), tuple(g.lam[max(i - 2, 0):i + 1]), ks[i], variant))
+            for i in range(n)]
+    corr = [None] + [(ks[i - 1], uni_coefs(g.c(i - 1), g.c(i), tuple(g.lam[max(i - 3, 0):i]), ks[i - 1], variant,
+                                           True)) if use_corrector else None for i in range(1, n)]
+    return pred, corr
 
 
 @register("unipc_bh2", order=3, evals_per_step=1, stochastic=False,
