@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from harness import write_results  # noqa: E402
 
 from scorelab.core.denoisers import CountingModel, DiffusionModel  # noqa: E402
 from scorelab.core.processes import Discrete  # noqa: E402
