@@ -33,7 +33,8 @@ def scatter_panels(panels: Mapping[str, torch.Tensor], path: str, *, reference: 
     n = len(panels)
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows), squeeze=False,
+                             layout="constrained")
     ref = _np(reference)[:max_points] if reference is not None else None
     if lim is None:  # frame the reference when there is one, so a diverged panel cannot shrink the others
         clouds = [ref[:, :2]] if ref is not None else [_np(v)[:max_points, :2] for v in panels.values()]
