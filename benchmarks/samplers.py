@@ -77,6 +77,7 @@ from harness import (  # noqa: E402
     write_json,
     write_results,
 )
+from overhead import ZeroEps  # noqa: E402
 
 from scorelab.core.analytic import GaussianMixture, random_mixture, ring_mixture  # noqa: E402
 from scorelab.core.denoisers import CountingModel, DiffusionModel  # noqa: E402
@@ -502,18 +503,7 @@ def heldout_stage(gm, model, chosen: dict, best: dict, args, name: str, partial:
     return rows
 
 
-# -- per-step overhead ----------------------------------------------------------------------------------------------
-class ZeroEps(DiffusionModel):
-    """A near-free model: eps = 0 (x0 follows from the model currency's conversion)."""
-
-    def __init__(self, process):
-        super().__init__()
-        self.process = process
-
-    def eps(self, x, t, **cond):
-        return torch.zeros_like(x)
-
-
+# -- per-step overhead (the near-free eps = 0 model ``ZeroEps`` is benchmarks/overhead.py's) -----------------------
 OVERHEAD_SCORELAB = ("ddim", "euler", "heun", "dpm_solver_1", "dpm_solver_2", "dpm_solver_3", "dpm_solver_pp_2m",
                      "dpm_solver_pp_3m", "dpm_solver_pp_2m_sde", "unipc", "unipc_bh2", "accel_det", "accel_det_1eval",
                      "accel_stoch", "ddpm", "euler_maruyama")
