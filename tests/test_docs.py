@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "scorelab"
 
 #: packages whose every public function/class/method must carry a docstring (with shapes, by the house rules)
-DOCUMENTED = ("core", "nets", "data", "densities", "evaluation", "training")
+DOCUMENTED = ("core", "nets", "data", "densities", "evaluation", "training", "io", "guidance", "finetune", "cli")
 
 #: packages the API reference leaves out (the command line maps arguments onto the library; `scorelab --help`
 #: documents it)

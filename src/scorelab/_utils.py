@@ -47,6 +47,7 @@ def batch_time(t: TimeLike, x: torch.Tensor) -> torch.Tensor:
 
 
 def check_positive(name: str, value: float) -> float:
+    """``value`` if it is > 0, else ``ValueError`` naming ``name``."""
     if not (value > 0):
         raise ValueError(f"{name} must be > 0, got {value}")
     return value

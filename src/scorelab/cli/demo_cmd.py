@@ -7,6 +7,7 @@ from .common import add_verb
 
 
 def add_parser(sub) -> None:
+    """Add ``scorelab demo`` to the subcommands ``sub``."""
     sp = add_verb(sub, "demo", run, "the main job on built-in data: train on the swiss roll, sample, report")
     sp.add_argument("--out", help="output folder (default: runs/demo, or runs/demo-2, ... when that is taken)")
     sp.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
@@ -14,6 +15,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``scorelab demo`` on the parsed ``args`` -> exit status (bad input raises ValueError)."""
     from ..io.checkpoints import unused_dir
     from .demo import run_demo
 

@@ -14,6 +14,7 @@ examples:
 
 
 def add_parser(sub) -> None:
+    """Add ``scorelab density`` to the subcommands ``sub``."""
     sp = add_verb(sub, "density", run, "train a diffusion sampler for an unnormalized density and estimate log Z",
                   EXAMPLES)
     sp.add_argument("--target", required=True)
@@ -37,6 +38,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``scorelab density`` on the parsed ``args`` -> exit status (bad input raises ValueError)."""
     from ..densities import DensityConfig
     from ..densities import run as run_density
 

@@ -13,6 +13,7 @@ examples:
 
 
 def add_parser(sub) -> None:
+    """Add ``scorelab evaluate`` to the subcommands ``sub``."""
     sp = add_verb(sub, "evaluate", run, "compare samples with a reference (data set name, file or exact oracle)",
                   EXAMPLES)
     sp.add_argument("--samples", required=True)
@@ -23,6 +24,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``scorelab evaluate`` on the parsed ``args`` -> exit status (bad input raises ValueError)."""
     from ..evaluation.reports import oracle_report, reference_report
     from ..io.loading import load_samples, oracle_mixture
 

@@ -15,6 +15,7 @@ example:
 
 
 def add_parser(sub) -> None:
+    """Add ``scorelab finetune sft-pg`` to the subcommands ``sub``."""
     sp = sub.add_parser("finetune", help="refine a pretrained model without retraining it",
                         description="refine a pretrained model without retraining it")
     fsub = sp.add_subparsers(dest="method", required=True)
@@ -31,6 +32,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``scorelab finetune sft-pg`` on the parsed ``args`` -> exit status (bad input raises ValueError)."""
     from ..finetune.sft_pg import finetune_sft_pg
 
     if not os.path.exists(args.checkpoint):

@@ -53,6 +53,7 @@ class TrainDiscriminatorOptions:
 
 
 def add_parser(sub) -> None:
+    """Add ``scorelab guidance train-discriminator`` to the subcommands ``sub``."""
     sp = sub.add_parser("guidance", help="train guidance networks (discriminator guidance)",
                         description="train guidance networks (discriminator guidance)")
     gsub = sp.add_subparsers(dest="what", required=True)
@@ -74,6 +75,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``scorelab guidance train-discriminator`` on the parsed ``args`` -> exit status (bad input raises ValueError)."""
     if not os.path.exists(args.checkpoint):
         raise ValueError(f"checkpoint {args.checkpoint!r} does not exist")
     opts = parse_options(args.set)

@@ -7,11 +7,13 @@ from .common import add_verb
 
 
 def add_parser(sub) -> None:
+    """Add ``scorelab datasets`` and ``scorelab samplers`` to the subcommands ``sub``."""
     add_verb(sub, "datasets", run, "list the built-in data sets")
     add_verb(sub, "samplers", run, "list every sampler with its order, evaluations per step and options")
 
 
 def run(args: argparse.Namespace) -> int:
+    """``scorelab datasets`` or ``scorelab samplers`` -> exit status."""
     from ..data import describe_datasets
     from ..samplers import SAMPLERS
 

@@ -7,6 +7,7 @@ from .common import CLIError, add_model_args, add_verb, loaded_model, positive_i
 
 
 def add_parser(sub) -> None:
+    """Add ``scorelab likelihood`` to the subcommands ``sub``."""
     sp = add_verb(sub, "likelihood", run, "probability-flow ODE log-likelihood (nats and bits/dim)")
     add_model_args(sp)
     sp.add_argument("--samples", help="data to evaluate (.npy or data set)")
@@ -24,6 +25,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``scorelab likelihood`` on the parsed ``args`` -> exit status (bad input raises ValueError)."""
     import torch
 
     from ..evaluation.reports import likelihood_report

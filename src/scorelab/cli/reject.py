@@ -15,6 +15,7 @@ example:
 
 
 def add_parser(sub) -> None:
+    """Add ``scorelab reject`` to the subcommands ``sub``."""
     sp = add_verb(sub, "reject", run, "rejection sampling with a discriminator's density-ratio estimate",
                   EXAMPLES + set_keys_help(RejectConfig, "--set keys (RejectConfig fields; --n, --method, --K win):"))
     sp.add_argument("--checkpoint", required=True)
@@ -27,6 +28,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``scorelab reject`` on the parsed ``args`` -> exit status (bad input raises ValueError)."""
     from ..guidance.rejection import reject_to_folder
 
     for path in (args.checkpoint, args.discriminator):

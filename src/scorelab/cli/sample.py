@@ -15,6 +15,7 @@ examples:
 
 
 def add_parser(sub) -> None:
+    """Add ``scorelab sample`` to the subcommands ``sub``."""
     sp = add_verb(sub, "sample", run, "draw samples with any sampler under an NFE budget", EXAMPLES)
     add_model_args(sp)
     sp.add_argument("--sampler", required=True)
@@ -34,6 +35,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``scorelab sample`` on the parsed ``args`` -> exit status (bad input raises ValueError)."""
     import numpy as np
 
     from ..evaluation.reports import sample_oracle_metrics

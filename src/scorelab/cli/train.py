@@ -15,6 +15,7 @@ example:
 
 
 def add_parser(sub) -> None:
+    """Add ``scorelab train`` to the subcommands ``sub``."""
     sp = add_verb(sub, "train", run, "train a score model from a YAML config",
                   EXAMPLES + set_keys_help(ExperimentConfig, "--set keys (defaults where the config gives none):"))
     sp.add_argument("--config", required=True)
@@ -25,6 +26,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``scorelab train`` on the parsed ``args`` -> exit status (bad input raises ValueError)."""
     from ..training.experiment import launch_training, load_experiment
 
     exp = load_experiment(args.config, overrides=parse_options(args.set))

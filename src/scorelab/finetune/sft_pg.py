@@ -156,6 +156,7 @@ class SFTPGConfig:
 
     @property
     def uses_baseline(self) -> bool:
+        """True for SFT-PG with the value-function baseline (method ``sft_pg_b``, Fan & Lee 2023, Alg. 1)."""
         return self.method == "sft_pg_b"
 
     @property
@@ -172,6 +173,7 @@ class SFTPGConfig:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-ready dict (checkpoint sidecars, run reports)."""
         return ckpts.jsonable(asdict(self))
 
 
@@ -235,6 +237,7 @@ class Rollout:
 
     @property
     def x0(self) -> torch.Tensor:
+        """The rollout's final state x_0, ``[B, ...]``."""
         return self.xs[-1]
 
 

@@ -61,6 +61,8 @@ class MixtureLogRatio(torch.nn.Module):
         self.target, self.model, self.process = target, model, process
 
     def forward(self, x: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        """Exact log density ratio log p_t(x) / q_t(x) of the target and the model mixtures at (x ``[B, ...]``, t
+        scalar or ``[B]``) -> ``[B]`` in x's dtype."""
         t64 = as_tensor(t, x.to(torch.float64))
         lr = self.target.log_prob_t(x, t64, self.process) - self.model.log_prob_t(x, t64, self.process)
         return lr.to(x.dtype)

@@ -112,6 +112,7 @@ class RejectionResult:
     K: float | None = None
 
     def summary(self) -> dict[str, Any]:
+        """The scalar fields of the result (acceptance rates, counts, settings) as a dict; tensors left out."""
         return {k: v for k, v in asdict(self).items() if not isinstance(v, torch.Tensor)}
 
 
@@ -126,6 +127,8 @@ class RejectionRule:
     K: float | None = None
 
     def log_acceptance(self, log_r: torch.Tensor) -> torch.Tensor:
+        """log acceptance probability of each proposal from its log density ratio ``log_r`` ``[N]`` -> ``[N]``: the
+        budget rule (``log_c``) or DRS with ``gamma`` (0 = exact rejection)."""
         if self.method == "budget":
             return budget_log_acceptance(log_r, self.log_c, self.log_M)
         return drs_log_acceptance(log_r, self.log_M, self.gamma if self.method == "drs" else 0.0)

@@ -90,10 +90,12 @@ class GuidedModel(DiffusionModel):
         return bcast(self.scale * on.to(x.dtype), x)
 
     def score(self, x, t, **cond):
+        """Guided score s + w m(t) c(x, t); x ``[B, ...]``, t scalar or ``[B]`` -> shape of x."""
         s, w = self.base.score(x, t, **self.base_cond(cond)), self.weight(x, t)
         return s if w is None else s + w * self.correction(x, t, **cond)
 
     def eps(self, x, t, **cond):
+        """Guided eps = base eps - sigma w m(t) c(x, t); x ``[B, ...]``, t scalar or ``[B]`` -> shape of x."""
         e, w = self.base.eps(x, t, **self.base_cond(cond)), self.weight(x, t)
         if w is None:
             return e
@@ -101,6 +103,8 @@ class GuidedModel(DiffusionModel):
         return e - sigma * w * self.correction(x, t, **cond)
 
     def x0(self, x, t, **cond):
+        """Guided x0 = base x0 + sigma^2 / alpha w m(t) c(x, t) (Tweedie); x ``[B, ...]``, t scalar or ``[B]`` -> shape
+        of x."""
         x0, w = self.base.x0(x, t, **self.base_cond(cond)), self.weight(x, t)
         if w is None:
             return x0
@@ -126,6 +130,8 @@ class DiscriminatorGuidance(GuidedModel):
         self.discriminator = discriminator
 
     def correction(self, x, t, **cond):
+        """c = grad_x l(x, t), the gradient of the discriminator's logit (= grad log of its density-ratio
+        estimate); shape of x."""
         return scalar_field_grad(self.discriminator, x, t)
 
 
@@ -140,6 +146,7 @@ class EnergyGuidance(GuidedModel):
         self.energy = energy
 
     def correction(self, x, t, **cond):
+        """c = -grad_x E(x, t); shape of x."""
         return -scalar_field_grad(self.energy, x, t)
 
 
@@ -169,9 +176,11 @@ class ClassifierGuidance(GuidedModel):
         self.classifier, self.y = classifier, y
 
     def base_cond(self, cond):
+        """The conditioning without the class label ``y`` (the base model is unconditional)."""
         return {k: v for k, v in cond.items() if k != "y"}
 
     def correction(self, x, t, **cond):
+        """c = grad_x log p_phi(y | x_t, t) for the labels ``y`` (scalar or ``[B]``); shape of x."""
         y = _labels(cond.get("y", self.y), x, "classifier guidance")
 
         def log_p_y(x_, t_):
@@ -203,6 +212,7 @@ class ClassifierFreeGuidance(DiffusionModel):
     weight = GuidedModel.weight
 
     def eps(self, x, t, **cond):
+        """eps_w = (1 + w) eps(x, t, y) - w eps(x, t, null) inside the window, eps(x, t, y) outside; shape of x."""
         y = _labels(cond.pop("y", self.y), x, "classifier-free guidance")
         e_c, w = self.model.eps(x, t, y=y, **cond), self.weight(x, t)
         if w is None:

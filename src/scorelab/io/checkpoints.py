@@ -130,6 +130,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the torch (and, where present, CUDA) random-number state saved by ``get_rng_state``."""
     if "torch" in state:
         torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
@@ -197,6 +198,7 @@ class Checkpoint:
 
     @property
     def step(self) -> int:
+        """The training step this checkpoint was written at."""
         return int(self.meta["step"])
 
 
