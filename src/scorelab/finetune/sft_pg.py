@@ -49,8 +49,9 @@ from ..core.denoisers import DiffusionModel
 from ..core.processes import Discrete, ForwardProcess
 from ..evaluation.metrics import sliced_w2
 from ..io import checkpoints as ckpts
-from ..samplers.base import SAMPLERS, SamplerInfo, check_grid, transition_log_prob
+from ..samplers.base import SAMPLERS, SamplerInfo, transition_log_prob
 from ..samplers.budget import planned_nfe_for_grid, sample
+from ..samplers.loop import prepare, run_loop
 from ..samplers.sde import VARIANCES
 
 
@@ -247,21 +248,20 @@ def rollout(model: DiffusionModel, x_T: torch.Tensor, ts: torch.Tensor, config: 
     ``pre_transition`` (if any; the environment), then x_{k+1} = mean + std z, z ~ N(0, I) from ``generator``, with
     (mean, std) = ``policy_transition`` (draws in the order of the sampler's ``sample_<name>``).  Differentiable when
     called under grad (the reparameterised SFT gradient); wrap in ``torch.no_grad()`` for SFT-PG rollouts."""
-    ts, pre = check_grid(ts, model.process), config.info.pre_transition
-    x, xs, inputs, stds, T = x_T, [x_T], [], [], ts.shape[0] - 1
-    for k in range(T):
-        t, s = ts[k].to(x), ts[k + 1].to(x)
+    model, ts = prepare(model, x_T, ts)  # counted model, checked grid: the samplers' own loop runs the policy
+    pre, T, times = config.info.pre_transition, ts.shape[0] - 1, ts.to(x_T)
+
+    def step(k: int, x: torch.Tensor, state):
+        t, s = times[k], times[k + 1]
         x_in = x if pre is None else _draw(*pre(model.process, x, t, s), generator)
         mean, std = policy_transition(model, x_in, t, s, config)
         std_v = _std_vector(std, x)
         if (k < T - 1 or config.noise_last) and bool(torch.all(std_v > 0)):
-            x = _draw(mean, std_v, generator)
-        else:
-            x, std_v = mean, torch.zeros_like(std_v)
-        xs.append(x)
-        inputs.append(x_in)
-        stds.append(std_v)
-    return Rollout(xs, inputs, torch.stack(stds), ts)
+            return _draw(mean, std_v, generator), None, None, None, state, {"x_in": x_in, "std": std_v}
+        return mean, None, None, None, state, {"x_in": x_in, "std": torch.zeros_like(std_v)}
+
+    traj = run_loop(model, x_T, ts, step, return_trajectory=True, keep=("x_in", "std"))
+    return Rollout(traj.xs, traj.extras["x_in"], torch.stack(traj.extras["std"]), ts)
 
 
 # -- networks: critic f_alpha and baseline V_omega -------------------------------------------------------------------
