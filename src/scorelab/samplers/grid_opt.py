@@ -69,7 +69,8 @@ class GridFit:
     reference: str = "dopri5"  # the teacher's solver (ode_reference's method)
 
     def to_json(self) -> dict:
-        """The fit as a JSON-ready dict (the grid ``ts`` as a list of floats); what ``save`` writes and ``load_grid`` reads."""
+        """The fit as a JSON-ready dict (the grid ``ts`` as a list of floats): what ``save`` writes, ``load_grid``
+        reads."""
         d = asdict(self)
         d["ts"] = self.ts.tolist()
         return d
