@@ -105,12 +105,13 @@ def _psi(x, S, k: tuple, up: tuple | None):
 
 def _det_core(model, x, t, u, k: tuple, k_up: tuple):
     """Deterministic step with precomputed k (``_step_coefs``) and k_up = (c_u, a_up, b_up): s_t at (x, t),
-    Phi_t (Y^- in x: c_u sqrt(a_up) (y - b_up/2 s_t)), s_up at (x^-, u), then Psi_t.  Returns (x_s, x0_hat)."""
+    Phi_t (Y^- in x: c_u sqrt(a_up) (y - b_up/2 s_t)), s_up at (x^-, u), then Psi_t.  Returns (x_s, x0_hat as a
+    zero-argument function: computed only when a callback asks)."""
     c_t, (c_u, a_up, b_up) = k[0], k_up
     S = model.score(x, t)
     r = c_u * fsqrt(a_up)
     S_up = model.score(combine(x, [(r / c_t, x), (-r * b_up / 2 * c_t, S)]), u)
-    return _psi(x, S, k, (S_up, c_u, a_up, b_up)), _x0_terms(x, S, c_t, k[4])
+    return _psi(x, S, k, (S_up, c_u, a_up, b_up)), lambda: _x0_terms(x, S, c_t, k[4])
 
 
 def virtual_prev_time(process, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -138,7 +139,8 @@ def accel_det_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: t
     else:
         vu = _vp(p, u)
         k_up = (fexp(vu[0]),) + _step_coefs(vu, vt)[2:4]
-    return _det_core(model, x, t, u.to(x), k, k_up)
+    x_s, x0 = _det_core(model, x, t, u.to(x), k, k_up)
+    return x_s, x0()
 
 
 def accel_det_1eval_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,

@@ -30,6 +30,7 @@ from .base import (
     GridCoefs,
     as_coef_tensor,
     combine,
+    data_prediction,
     fexp,
     fexpm1,
     fsqrt,
@@ -285,6 +286,24 @@ def _step_order(i: int, n: int, order: int, lower_order_final: bool) -> int:
     return min(order, i + 1)
 
 
+def _pp_fast_step(m, g: GridCoefs, ks: list, key: tuple):
+    """``dpm_solver_pp_core`` (ODE) on a 1-D grid: x_s = c_x x + c_0 x0_hat + sum_j c_j x0_j as one product and
+    in-place adds (what ``combine`` does), c_x a cached 0-d tensor, x0_hat from ``data_prediction``."""
+    c_x, rest = g.scalars(key, lambda: [k[0][0] for k in ks]), [k[0][1:] for k in ks]
+    x0_of = data_prediction(m, g)
+
+    def step(i, x, x0s):
+        x0, c = x0_of(x, i), rest[i]
+        x_s = (x * c_x[i]).add_(x0, alpha=c[0])
+        if len(c) > 1:
+            x_s.add_(x0s[0], alpha=c[1])
+            if len(c) > 2:
+                x_s.add_(x0s[1], alpha=c[2])
+        return x_s, x0, None, None, (x0,) + x0s[:1], None
+
+    return step
+
+
 def sample_dpm_solver_pp(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                          callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False,
                          order: int = 2, sde: bool = False, lower_order_final: bool = True):
@@ -293,13 +312,17 @@ def sample_dpm_solver_pp(model: DiffusionModel, x_T: torch.Tensor, ts, *, genera
         raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3 (1 or 2 with sde=True), got {order}")
     m, ts = prepare(model, x_T, ts)
     n, g = ts.shape[0] - 1, GridCoefs.of(m.process, ts, x_T)
-    ks = g.memo(("dpm_solver_pp", order, sde, lower_order_final), lambda: [
+    key = ("dpm_solver_pp", order, sde, lower_order_final)
+    ks = g.memo(key, lambda: [
         pp_coefs(g.c(i), g.c(i + 1), tuple(g.lam[max(i - 2, 0):i]),
                  1 if g.zero[i + 1] else _step_order(i, n, order, lower_order_final), sde) for i in range(n)])
 
     def step(i, x, x0s):  # history: the data predictions of the last <= 2 steps, newest first
         x_s, x0, mean, std = dpm_solver_pp_core(m, x, g.t[i], ks[i], x0s, generator)
         return x_s, x0, mean, std, (x0,) + x0s[:1], None
+
+    if g.fast and not sde:  # the same update with cached coefficients and the model currency's x0 folded in
+        step = _pp_fast_step(m, g, ks, key)
 
     return run_loop(m, x_T, ts, step, state=(), times=g.t, callback=callback, return_trajectory=return_trajectory,
                     progress=progress)

@@ -49,7 +49,7 @@ from typing import NamedTuple
 import torch
 
 from ..core.denoisers import DiffusionModel
-from .base import Callback, GridCoefs, combine, register
+from .base import _SCALAR_DTYPES, Callback, GridCoefs, _scalar, combine, data_prediction, register
 from .loop import prepare, run_loop
 from .ode import reaches_zero
 
@@ -126,7 +126,13 @@ def uni_coefs(c_t: tuple, c_s: tuple, lams: tuple, k: int, variant: str = "bh1",
 
 
 def _apply(x: torch.Tensor, coefs: tuple, m0: torch.Tensor, points) -> torch.Tensor:
+    """x_s = c_x x + c_0 m0 + sum_j nw_j m_j (``combine``; float coefficients: one product and in-place adds)."""
     c_x, c_0, nw = coefs
+    if isinstance(c_x, float) and isinstance(c_0, float) and c_x != 0.0 and x.dtype in _SCALAR_DTYPES:
+        out = (x * _scalar(c_x, x.dtype)).add_(m0, alpha=c_0)  # what ``combine`` does, without building its list
+        for nw_k, m_k in zip(nw, points, strict=True):
+            out.add_(m_k, alpha=nw_k)
+        return out
     return combine(x, [(c_x, x), (c_0, m0)] + [(nw_k, m_k) for nw_k, m_k in zip(nw, points, strict=True)])
 
 
@@ -194,8 +200,10 @@ def sample_unipc(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: tor
     pred, corr = g.memo(("unipc", order, variant, lower_order_final, use_corrector),
                         lambda: _grid_unipc(g, order, variant, lower_order_final, use_corrector))
 
+    x0_of = data_prediction(m, g)
+
     def step(i, x, state):  # state: (data predictions of the last <= 3 grid times, oldest first; x_{i-1})
-        x0 = m.x0(x, g.t[i])
+        x0 = x0_of(x, i)
         hist, x_prev = state
         if corr[i] is not None:  # UniC of the previous step with x0 as its new point (Alg. 3)
             k_prev, coefs = corr[i]
