@@ -286,10 +286,12 @@ def _step_order(i: int, n: int, order: int, lower_order_final: bool) -> int:
     return min(order, i + 1)
 
 
-def _pp_fast_step(m, g: GridCoefs, ks: list, key: tuple):
-    """``dpm_solver_pp_core`` (ODE) on a 1-D grid: x_s = c_x x + c_0 x0_hat + sum_j c_j x0_j as one product and
-    in-place adds (what ``combine`` does), c_x a cached 0-d tensor, x0_hat from ``data_prediction``."""
-    c_x, rest = g.scalars(key, lambda: [k[0][0] for k in ks]), [k[0][1:] for k in ks]
+def _pp_fast_step(m, g: GridCoefs, ks: list, key: tuple, generator: torch.Generator | None):
+    """``dpm_solver_pp_core`` on a 1-D grid: x_s (ODE) or its mean (SDE) = c_x x + c_0 x0_hat + sum_j c_j x0_j as
+    one product and in-place adds (what ``combine`` does), c_x a cached 0-d tensor, x0_hat from
+    ``data_prediction``."""
+    c_x = g.scalars(key, lambda: [k[0][0] for k in ks])
+    rest, std = g.memo(("fast",) + key, lambda: ([k[0][1:] for k in ks], [k[1] for k in ks]))
     x0_of = data_prediction(m, g)
 
     def step(i, x, x0s):
@@ -299,7 +301,10 @@ def _pp_fast_step(m, g: GridCoefs, ks: list, key: tuple):
             x_s.add_(x0s[0], alpha=c[1])
             if len(c) > 2:
                 x_s.add_(x0s[1], alpha=c[2])
-        return x_s, x0, None, None, (x0,) + x0s[:1], None
+        if std[i] is None:
+            return x_s, x0, None, None, (x0,) + x0s[:1], None
+        x_s, mean, sd = gaussian_step(x_s, std[i], True, generator)
+        return x_s, x0, mean, sd, (x0,) + x0s[:1], None
 
     return step
 
@@ -321,8 +326,8 @@ def sample_dpm_solver_pp(model: DiffusionModel, x_T: torch.Tensor, ts, *, genera
         x_s, x0, mean, std = dpm_solver_pp_core(m, x, g.t[i], ks[i], x0s, generator)
         return x_s, x0, mean, std, (x0,) + x0s[:1], None
 
-    if g.fast and not sde:  # the same update with cached coefficients and the model currency's x0 folded in
-        step = _pp_fast_step(m, g, ks, key)
+    if g.fast:  # the same update with cached coefficients and the model currency's x0 folded in
+        step = _pp_fast_step(m, g, ks, key, generator)
 
     return run_loop(m, x_T, ts, step, state=(), times=g.t, callback=callback, return_trajectory=return_trajectory,
                     progress=progress)

@@ -201,6 +201,10 @@ def sample_unipc(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: tor
                         lambda: _grid_unipc(g, order, variant, lower_order_final, use_corrector))
 
     x0_of = data_prediction(m, g)
+    if g.fast:
+        step = _fast_step(g, pred, corr, x0_of, (order, variant, lower_order_final, use_corrector))
+        return run_loop(m, x_T, ts, step, state=((), None), times=g.t, callback=callback,
+                        return_trajectory=return_trajectory, progress=progress)
 
     def step(i, x, state):  # state: (data predictions of the last <= 3 grid times, oldest first; x_{i-1})
         x0 = x0_of(x, i)
@@ -214,6 +218,33 @@ def sample_unipc(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: tor
 
     return run_loop(m, x_T, ts, step, state=((), None), times=g.t, callback=callback,
                     return_trajectory=return_trajectory, progress=progress)
+
+
+def _fast_step(g: GridCoefs, pred: list, corr: list, x0_of, key: tuple):
+    """``sample_unipc``'s step on a 1-D grid: the same products and in-place adds as ``_apply`` (bit for bit), with
+    c_x as cached 0-d tensors and the points taken from the history by position (no per-step lists)."""
+    cx_p = g.scalars(("unipc_p",) + key, lambda: [c[1][0] for c in pred])
+    cx_c = g.scalars(("unipc_c",) + key, lambda: [1.0 if c is None else c[1][0] for c in corr])
+    pf, cf = g.memo(("unipc_fast",) + key, lambda: ([(c[1][1], tuple(c[1][2])) for c in pred],
+                                                     [None if c is None else (c[1][1], tuple(c[1][2])) for c in corr]))
+
+    def step(i, x, state):  # state: (data predictions of the last <= 3 grid times, oldest first; x_{i-1})
+        x0 = x0_of(x, i)
+        hist, x_prev = state
+        c = cf[i]
+        if c is not None:  # UniC: x_prev, hist[-1], hist[-2], ..., then x0 (Alg. 3)
+            x = (x_prev * cx_c[i]).add_(hist[-1], alpha=c[0])
+            nw = c[1]
+            for j in range(len(nw) - 1):
+                x.add_(hist[-2 - j], alpha=nw[j])
+            x.add_(x0, alpha=nw[-1])
+        c0, nw = pf[i]  # UniP: x, x0, then hist[-1], hist[-2] (Alg. 2)
+        x_s = (x * cx_p[i]).add_(x0, alpha=c0)
+        for j in range(len(nw)):
+            x_s.add_(hist[-1 - j], alpha=nw[j])
+        return x_s, x0, None, None, ((hist + (x0,))[-3:], x), None
+
+    return step
 
 
 def _grid_unipc(g: GridCoefs, order: int, variant: str, lower_order_final: bool, use_corrector: bool) -> tuple:
