@@ -238,6 +238,14 @@ def data_prediction(m: CountingModel, g: GridCoefs) -> Callable[[torch.Tensor, i
     return x0
 
 
+def data_prediction_at(m: DiffusionModel, x: torch.Tensor, t: torch.Tensor, a: Coef, sg: Coef) -> torch.Tensor:
+    """x0_hat(x, t) for the step functions called per time, given (alpha, sigma) at t from ``point_coefs``: what
+    ``data_prediction`` computes on a grid (bit for bit for float coefficients), else ``m.x0(x, t)``."""
+    if isinstance(a, float) and x.dtype in _SCALAR_DTYPES and eps_native(m):
+        return (x * _scalar(1.0 / a, x.dtype)).add_(m.eps(x, t), alpha=-sg / a)
+    return m.x0(x, t)
+
+
 def point_coefs(process, t: torch.Tensor) -> tuple[Coef, Coef, Coef]:
     """(alpha, sigma, lambda/2) at one time for the step functions called per time: floats through the scalar memo
     for a 0-d CPU time (the values ``GridCoefs`` sees), float64 tensors for ``[B]`` times."""

@@ -31,6 +31,7 @@ from .base import (
     as_coef_tensor,
     combine,
     data_prediction,
+    data_prediction_at,
     fexp,
     fexpm1,
     fsqrt,
@@ -252,10 +253,11 @@ def pp_coefs(c_t: tuple, c_s: tuple, lams: tuple, order: int, sde: bool = False)
 
 
 def dpm_solver_pp_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, k: tuple, x0s: tuple,
-                       generator: torch.Generator | None = None):
-    """One evaluation x0_hat = model.x0(x, t) and the update with ``pp_coefs`` k; ``x0s``: the data predictions of
-    earlier steps, newest first.  Returns (x_s, x0_hat, mean, std); mean/std None for the ODE."""
-    (c, std), x0 = k, model.x0(x, t)
+                       generator: torch.Generator | None = None, c_t: tuple | None = None):
+    """One evaluation x0_hat = model.x0(x, t) (``data_prediction_at`` given c_t = (alpha, sigma, ...) at t) and the
+    update with ``pp_coefs`` k; ``x0s``: the data predictions of earlier steps, newest first.  Returns (x_s, x0_hat,
+    mean, std); mean/std None for the ODE."""
+    (c, std), x0 = k, model.x0(x, t) if c_t is None else data_prediction_at(model, x, t, c_t[0], c_t[1])
     terms = [(c[0], x), (c[1], x0)]
     for j in range(len(c) - 2):
         terms.append((c[j + 2], x0s[j]))
@@ -274,7 +276,7 @@ def dpm_solver_pp_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, 
     c_t, c_s = point_coefs(p, t), point_coefs(p, s)
     order = 1 if reaches_zero(s) else min(order, len(history) + 1)
     k = pp_coefs(c_t, c_s, tuple(lam for _, lam in history), order, sde)
-    x_s, x0, mean, std = dpm_solver_pp_core(model, x, t, k, tuple(x0 for x0, _ in history[::-1]), generator)
+    x_s, x0, mean, std = dpm_solver_pp_core(model, x, t, k, tuple(x0 for x0, _ in history[::-1]), generator, c_t)
     new_history = (tuple(history) + ((x0, c_t[2]),))[-2:]
     return x_s, x0, mean, None if std is None else as_coef_tensor(std, x), new_history
 

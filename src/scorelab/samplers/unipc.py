@@ -49,7 +49,7 @@ from typing import NamedTuple
 import torch
 
 from ..core.denoisers import DiffusionModel
-from .base import _SCALAR_DTYPES, Callback, GridCoefs, _scalar, combine, data_prediction, register
+from .base import _SCALAR_DTYPES, Callback, GridCoefs, _scalar, combine, data_prediction, data_prediction_at, register
 from .loop import prepare, run_loop
 from .ode import reaches_zero
 
@@ -155,11 +155,11 @@ def unipc_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch
     1 into s = 0).  ``c_t``, ``c_s``, ``s_zero``: (alpha, sigma, lam) at t and s and whether s = 0, when
     precomputed (the sampler passes its grid's: the values ``_coefs64`` gives).  One evaluation.
     Returns (x_s, x0_hat, new_state)."""
-    x0 = model.x0(x, t)
     if state.last is not None:
         c_t = state.last[3]
     elif c_t is None:
         c_t = _coefs64(model, t)
+    x0 = data_prediction_at(model, x, t, c_t[0], c_t[1])
     c_s = _coefs64(model, s) if c_s is None else c_s
     if use_corrector and state.last is not None:
         x_prev, c_prev, k_prev = state.last[:3]
