@@ -225,8 +225,11 @@ def _fast_step(g: GridCoefs, pred: list, corr: list, x0_of, key: tuple):
     c_x as cached 0-d tensors and the points taken from the history by position (no per-step lists)."""
     cx_p = g.scalars(("unipc_p",) + key, lambda: [c[1][0] for c in pred])
     cx_c = g.scalars(("unipc_c",) + key, lambda: [1.0 if c is None else c[1][0] for c in corr])
-    pf, cf = g.memo(("unipc_fast",) + key, lambda: ([(c[1][1], tuple(c[1][2])) for c in pred],
-                                                     [None if c is None else (c[1][1], tuple(c[1][2])) for c in corr]))
+    # per step: (c_0, ((history position, coefficient), ...)) of UniP, and of UniC (its last coefficient on x0)
+    pf, cf = g.memo(("unipc_fast",) + key, lambda: (
+        [(c[1][1], tuple((-1 - j, w) for j, w in enumerate(c[1][2]))) for c in pred],
+        [None if c is None else (c[1][1], tuple((-2 - j, w) for j, w in enumerate(c[1][2][:-1])), c[1][2][-1])
+         for c in corr]))
 
     def step(i, x, state):  # state: (data predictions of the last <= 3 grid times, oldest first; x_{i-1})
         x0 = x0_of(x, i)
@@ -234,15 +237,14 @@ def _fast_step(g: GridCoefs, pred: list, corr: list, x0_of, key: tuple):
         c = cf[i]
         if c is not None:  # UniC: x_prev, hist[-1], hist[-2], ..., then x0 (Alg. 3)
             x = (x_prev * cx_c[i]).add_(hist[-1], alpha=c[0])
-            nw = c[1]
-            for j in range(len(nw) - 1):
-                x.add_(hist[-2 - j], alpha=nw[j])
-            x.add_(x0, alpha=nw[-1])
+            for j, w in c[1]:
+                x.add_(hist[j], alpha=w)
+            x.add_(x0, alpha=c[2])
         c0, nw = pf[i]  # UniP: x, x0, then hist[-1], hist[-2] (Alg. 2)
         x_s = (x * cx_p[i]).add_(x0, alpha=c0)
-        for j in range(len(nw)):
-            x_s.add_(hist[-1 - j], alpha=nw[j])
-        return x_s, x0, None, None, ((hist + (x0,))[-3:], x), None
+        for j, w in nw:
+            x_s.add_(hist[j], alpha=w)
+        return x_s, x0, None, None, (hist[-2:] + (x0,), x), None
 
     return step
 
