@@ -240,11 +240,14 @@ def markdown(res: dict, args, note: str, wall: float, cpu: float) -> str:
                   f"time: worst {worst[1]} at {worst[0]:.2f}x -> {'met' if worst[0] <= 2 else 'not met'}."]
     lines += ["", "Notes: the raw loop multiplies by Python floats (each wraps a scalar tensor, ~1.5 us); scorelab's "
               "`combine` multiplies its first term by a cached 0-d tensor (bit-identical) and adds the rest in place.  "
-              "Samplers that use the data prediction (DPM-Solver++, UniPC, DDPM) pay the model currency's x0 = "
-              "(x - sigma eps)/alpha (three kernels) on top of the raw loop's work; UniPC makes two updates (corrector "
-              "and predictor) per evaluation; stochastic samplers draw noise (one `normal_` and one add per draw, "
-              "two draws per step for accel_stoch).  The k-diffusion rows use the cheapest possible denoiser "
-              "(D = 0, no eps-to-x0 wrapper), which favours them."]
+              "For an eps-model (as here) the samplers fold the model currency's x0 = (x - sigma eps)/alpha and score "
+              "= -eps/sigma into their precomputed coefficients (`samplers.base.data_prediction`, `eps_native`): "
+              "x0_hat costs two kernels where a multistep history needs it (DPM-Solver++, UniPC) and none otherwise "
+              "(computed only for a callback).  UniPC makes two updates (corrector and predictor) per evaluation: "
+              "UniPC-3 runs 11 tensor kernels per evaluation (x0_hat 2, corrector 5, predictor 4) against the raw "
+              "loop's 3; stochastic samplers draw noise (one `normal_` and one add per draw, two draws per step for "
+              "accel_stoch).  The k-diffusion rows use the cheapest possible denoiser (D = 0, no eps-to-x0 wrapper), "
+              "which favours them."]
     return "\n".join(lines)
 
 

@@ -9,14 +9,16 @@ import pytest
 import torch
 
 from scorelab.core.analytic import GaussianMixture
+from scorelab.core.denoisers import DiffusionModel
 from scorelab.core.processes import EDM, VE, VP, Discrete, SubVP, VPCosine
 from scorelab.core.schedules import make_grid
 from scorelab.samplers import SAMPLERS
 from scorelab.samplers.accelerated import accel_det_1eval_step, accel_det_step
-from scorelab.samplers.base import GridCoefs
+from scorelab.samplers.base import GridCoefs, eps_native
 from scorelab.samplers.multistep import ddim_step, dpm_solver_pp_step, dpm_solver_step
 from scorelab.samplers.ode import euler_step, heun_step
 from scorelab.samplers.sde import ddpm_transition
+from scorelab.samplers.unipc import UniPCState, unipc_step
 
 F64 = torch.float64
 PROCESSES = [VP(), SubVP(), VPCosine(), VE(), EDM(), Discrete.from_schedule("linear", 1000)]
@@ -144,3 +146,53 @@ def test_float32_samples_match_float64_to_float32_accuracy():
         x32 = SAMPLERS[name].fn(model, x_T.float(), ts)
         assert x32.dtype == torch.float32
         torch.testing.assert_close(x32.double(), x64, rtol=0, atol=1e-4)
+
+
+# -- eps-native models: the model currency's x0 = (x - sigma eps)/alpha folded into the steps' coefficients ----------
+class _EpsOnly(DiffusionModel):
+    """An eps-model (x0, score from the model currency's conversions): the samplers' folded fast path."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.process = inner, inner.process
+
+    def eps(self, x, t, **cond):
+        return self.inner.eps(x, t)
+
+
+FOLDED = ("dpm_solver_pp_2m", "dpm_solver_pp_3m", "dpm_solver_pp_2m_sde", "unipc", "unipc_bh2", "ddpm",
+          "euler_maruyama", "accel_det", "accel_stoch", "analytic_dpm", "pc")
+
+
+@pytest.mark.parametrize("p", [VP(), Discrete.from_schedule("linear", 1000)], ids=lambda p: p.name)
+def test_eps_model_fast_paths_equal_the_x0_paths_to_rounding(p):
+    """Samplers fed an eps-only model (x0_hat and the score folded into precomputed coefficients, x0_hat computed
+    only for a callback) give the samples, log-probs and callback x0_hat of the same model called through x0."""
+    exact, x_T = GM.as_model(p), _x_T(p, 8)
+    assert eps_native(_EpsOnly(exact)) and eps_native(_EpsOnly(exact), score=True) and not eps_native(exact)
+    ts = make_grid("uniform_log_snr", p, 8, final_zero=True)
+    for name in FOLDED:
+        kw = {"variances": "beta"} if name == "analytic_dpm" else {}
+        runs = []
+        for model in (exact, _EpsOnly(exact)):
+            seen = []
+            traj = SAMPLERS[name].fn(model, x_T, ts, generator=torch.Generator().manual_seed(1), callback=seen.append,
+                                     return_trajectory=True, **kw)
+            runs.append((traj, [d["x0_hat"] for d in seen]))
+        (a, xa), (b, xb) = runs
+        torch.testing.assert_close(b.x0, a.x0, rtol=1e-10, atol=1e-10, msg=name)
+        torch.testing.assert_close(b.log_probs, a.log_probs, rtol=1e-10, atol=1e-10, equal_nan=True, msg=name)
+        for u, v in zip(xa, xb, strict=True):
+            torch.testing.assert_close(v, u, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_eps_model_step_functions_reproduce_the_samplers():
+    """The public step functions fold x0_hat the same way: looping them gives the samplers (UniPC bit for bit)."""
+    p = VP()
+    model, x_T, ts = _EpsOnly(GM.as_model(p)), _x_T(p, 4), make_grid("uniform_t", p, 6)
+    x, state = x_T, UniPCState()
+    for i in range(6):
+        x, _, state = unipc_step(model, x, ts[i], ts[i + 1], state, min(3, i + 1, 6 - i))
+    assert torch.equal(x, SAMPLERS["unipc"].fn(model, x_T, ts))
+    torch.testing.assert_close(_pp_loop(model, x_T, ts, 2), SAMPLERS["dpm_solver_pp_2m"].fn(model, x_T, ts),
+                               rtol=1e-12, atol=1e-12)

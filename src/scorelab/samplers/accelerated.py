@@ -42,7 +42,19 @@ import torch.nn.functional as F
 
 from .._utils import bcast
 from ..core.denoisers import DiffusionModel
-from .base import Callback, GridCoefs, combine, fexp, fexpm1, fsqrt, gaussian_sample, gaussian_step, register
+from .base import (
+    Callback,
+    GridCoefs,
+    combine,
+    data_from_eps,
+    eps_native,
+    fexp,
+    fexpm1,
+    fsqrt,
+    gaussian_sample,
+    gaussian_step,
+    register,
+)
 from .loop import prepare, run_loop
 
 
@@ -105,12 +117,13 @@ def _psi(x, S, k: tuple, up: tuple | None):
 
 def _det_core(model, x, t, u, k: tuple, k_up: tuple):
     """Deterministic step with precomputed k (``_step_coefs``) and k_up = (c_u, a_up, b_up): s_t at (x, t),
-    Phi_t (Y^- in x: c_u sqrt(a_up) (y - b_up/2 s_t)), s_up at (x^-, u), then Psi_t.  Returns (x_s, x0_hat)."""
+    Phi_t (Y^- in x: c_u sqrt(a_up) (y - b_up/2 s_t)), s_up at (x^-, u), then Psi_t.  Returns (x_s, x0_hat as a
+    zero-argument function: computed only when a callback asks)."""
     c_t, (c_u, a_up, b_up) = k[0], k_up
     S = model.score(x, t)
     r = c_u * fsqrt(a_up)
     S_up = model.score(combine(x, [(r / c_t, x), (-r * b_up / 2 * c_t, S)]), u)
-    return _psi(x, S, k, (S_up, c_u, a_up, b_up)), _x0_terms(x, S, c_t, k[4])
+    return _psi(x, S, k, (S_up, c_u, a_up, b_up)), lambda: _x0_terms(x, S, c_t, k[4])
 
 
 def virtual_prev_time(process, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -138,7 +151,8 @@ def accel_det_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: t
     else:
         vu = _vp(p, u)
         k_up = (fexp(vu[0]),) + _step_coefs(vu, vt)[2:4]
-    return _det_core(model, x, t, u.to(x), k, k_up)
+    x_s, x0 = _det_core(model, x, t, u.to(x), k, k_up)
+    return x_s, x0()
 
 
 def accel_det_1eval_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
@@ -254,6 +268,23 @@ def accel_stoch_transition(model: DiffusionModel, x_plus: torch.Tensor, t: torch
     return mean, std
 
 
+def _stoch_eps_step(m, g: GridCoefs, cs: list, noisy: list, generator):
+    """``sample_accel_stoch``'s step for an ``eps_native`` model on a 1-D grid: S = -eps/sigma_t folded into the
+    coefficients, mean = c_0 x^+ - (c_1/sigma_t) eps (two kernels); x0_hat only for a callback."""
+    c0 = g.scalars("accel_stoch", lambda: [c[1] for c in cs])
+    ce = g.memo("accel_stoch_eps", lambda: [-c[2] / g.sg[i] for i, c in enumerate(cs)])
+    x0_of = data_from_eps(g)
+
+    def step(i, x, state):
+        c = cs[i]
+        x_plus = gaussian_sample(x, c[0], generator)  # eq. (3): Y^+ = Phi_t(Y_t, Z_t)
+        eps = m.eps(x_plus, g.t[i])
+        x_s, mean, std = gaussian_step((x_plus * c0[i]).add_(eps, alpha=ce[i]), c[3], noisy[i], generator)
+        return x_s, lambda: x0_of(x_plus, eps, i), mean, std, state, {"x_plus": x_plus}
+
+    return step
+
+
 @register("accel_stoch", order=1, evals_per_step=1, stochastic=True, options=("noise_last",),
           default_grid="uniform_log_snr", reference="Li, Huang, Efimov, Wei, Chi & Chen 2024, eq. (3)",
           weak_order=2, transition=accel_stoch_transition, pre_transition=accel_stoch_noise)
@@ -266,6 +297,10 @@ def sample_accel_stoch(model: DiffusionModel, x_T: torch.Tensor, ts, *, generato
     cs = g.memo("accel_stoch", lambda: [(_xdt(k[0] * fsqrt(k[3] / 2), x_T),) + _stoch_coefs(k)[:2]
                                         + (_xdt(_stoch_coefs(k)[2], x_T),) for k in ks])
     noisy = [True] * (len(ks) - 1) + [bool(noise_last)]
+    if g.fast and eps_native(m, score=True):
+        step = _stoch_eps_step(m, g, cs, noisy, generator)
+        return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory,
+                        progress=progress, keep=("x_plus",))
 
     def step(i, x, state):
         c = cs[i]

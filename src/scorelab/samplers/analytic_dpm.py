@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ..core.denoisers import DiffusionModel
 from ..core.processes import Discrete, ForwardProcess
-from .base import GridCoefs, check_grid, combine, fsqrt, gaussian_step, register
+from .base import GridCoefs, check_grid, combine, data_from_eps, fsqrt, gaussian_step, register
 from .loop import prepare, run_loop
 
 
@@ -249,6 +249,24 @@ def _cap_last_noise(v: torch.Tensor, ts: torch.Tensor, max_last_std: float | Non
     return v
 
 
+def _folded_step(m, g: GridCoefs, c_eps: list, std: list, noisy: list, generator, extras: bool):
+    """``sample_analytic_dpm``'s step without ``clip_x0`` on a 1-D grid: mu_tilde = alpha_s x0_hat + c_eps eps_hat
+    with x0_hat = (x - sigma_t eps_hat)/alpha_t expanded onto (x, eps_hat): (alpha_s/alpha_t) x + (c_eps - alpha_s
+    sigma_t/alpha_t) eps_hat; x0_hat itself only for a callback."""
+    n = len(std)
+    c_x = g.scalars("alpha_s/alpha_t", lambda: [g.a[i + 1] / g.a[i] for i in range(n)])
+    c_e = [c_eps[i] - g.a[i + 1] * g.sg[i] / g.a[i] for i in range(n)]
+    x0_of = data_from_eps(g)
+
+    def step(i, x, state):
+        eps = m.eps(x, g.t[i])
+        x_s, mean, sd = gaussian_step((x * c_x[i]).add_(eps, alpha=c_e[i]), std[i], noisy[i], generator)
+        extra = {"t": g.t[i], "s": g.t[i + 1], "mean": mean, "std": std[i]} if extras else None
+        return x_s, lambda: x0_of(x, eps, i), mean, sd, state, extra
+
+    return step
+
+
 @register("analytic_dpm", order=0, evals_per_step=1, stochastic=True,
           options=("variances", "gamma", "eta", "clip", "data_range", "final_noise", "clip_x0", "max_last_std"),
           reference="Bao et al. 2022 (Analytic-DPM); Ho et al. 2020; Song et al. 2021 (DDIM)")
@@ -280,6 +298,10 @@ def sample_analytic_dpm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generat
     std = [float(u) for u in v.sqrt()]
     noisy = [not g.zero[i + 1] or final_noise for i in range(len(std))]
     c_eps = [fsqrt(g.sg[i + 1] ** 2 - lam2[i]) for i in range(len(std))]  # mu_tilde's coefficient of eps_hat
+
+    if not clip_x0 and g.fast:  # x0_hat folded into the mean's coefficients (two kernels), computed lazily
+        step = _folded_step(m, g, c_eps, std, noisy, generator, callback is not None)
+        return run_loop(m, x_T, ts, step, times=g.t, callback=callback, return_trajectory=return_trajectory)
 
     def step(i, x, state):
         (a_t, sg_t), a_s = g.c(i)[:2], g.a[i + 1]

@@ -26,7 +26,7 @@ from typing import Callable, Union
 import torch
 
 from .._utils import bcast
-from ..core.denoisers import CountingModel, DiffusionModel
+from ..core.denoisers import CountingModel, DiffusionModel, FunctionModel, NetworkModel
 
 Callback = Callable[[dict], None]
 
@@ -125,6 +125,22 @@ def combine(x: torch.Tensor, terms: list) -> torch.Tensor:
     return out
 
 
+def eps_native(model: DiffusionModel, score: bool = False) -> bool:
+    """Whether ``model`` (or the model a ``CountingModel`` wraps) predicts eps itself and its x0 is the model
+    currency's conversion x0 = (x - sigma eps)/alpha of that eps (``DiffusionModel.x0`` not overridden, or an
+    eps-parameterised ``NetworkModel`` / ``FunctionModel``): then a sampler may fold the conversion into its own
+    precomputed coefficients (``data_prediction``) instead of calling ``model.x0``.  ``score``: its score is also
+    the currency's -eps/sigma (``DiffusionModel.score`` not overridden)."""
+    inner = model.__dict__.get("_inner", model) if isinstance(model, CountingModel) else model
+    if score and type(inner).score is not DiffusionModel.score:
+        return False
+    x0 = type(inner).x0
+    if x0 is DiffusionModel.x0:
+        return type(inner).eps is not DiffusionModel.eps
+    return (x0 is NetworkModel.x0 and type(inner).eps is NetworkModel.eps or x0 is FunctionModel.x0
+            and type(inner).eps is FunctionModel.eps) and inner.parameterization == "eps"
+
+
 GRID_CACHE_SIZE = 16  # grids memoised per process by ``GridCoefs.of``
 
 
@@ -148,7 +164,9 @@ class GridCoefs:
             self.zero = [v == 0 for v in self.ts64.tolist()]
             if x.dtype != torch.float64:  # the model's own x0 / eps / score conversions look up times in x's dtype
                 process.warm_coefs(ts.detach().to("cpu", x.dtype))
-        self.device, self.derived = x.device, {}
+        self.device, self.dtype, self.derived = x.device, x.dtype, {}
+        #: floats (1-D grid) in a dtype ``_scalar`` caches: the steps may use cached 0-d tensors
+        self.fast = not self.per_sample and x.dtype in _SCALAR_DTYPES
 
     @classmethod
     def of(cls, process, ts: torch.Tensor, x: torch.Tensor) -> "GridCoefs":
@@ -176,11 +194,56 @@ class GridCoefs:
         """(alpha, sigma, lambda/2) at grid time i."""
         return self.a[i], self.sg[i], self.lam[i]
 
+    def scalars(self, key, values: Callable[[], list]) -> list:
+        """``memo`` of per-step float coefficients as cached 0-d tensors in x's dtype (``_scalar``): ``v * s`` equals
+        ``c * v`` bit for bit without wrapping the float at every step.  ``values()`` -> list of floats."""
+        dt = self.dtype  # zeros uncached: the lru key does not tell 0.0 from -0.0
+        return self.memo(("scalars", key), lambda: [_scalar(c, dt) if c != 0.0 else torch.tensor(c, dtype=dt)
+                                                    for c in values()])
+
     def sde(self) -> tuple[list, list]:
         """(f, g^2) at every grid time (``process.sde_coefs``), floats or float64 ``[B]`` tensors."""
         if self.per_sample:
             return tuple(list(v.to(self.device).unbind(0)) for v in self.process.sde_coefs(self.ts64))
         return tuple(list(v) for v in zip(*self.process.sde_coefs_at(self.ts64), strict=True))
+
+
+def data_from_eps(g: GridCoefs) -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]:
+    """x0(x, eps, i) = x (1/alpha_i) + (-sigma_i/alpha_i) eps, the model currency's conversion at grid time i with
+    precomputed coefficients (a 1-D grid, ``g.fast``); equal to ``x0_from_eps`` up to float rounding."""
+    inv_a = g.scalars("1/alpha", lambda: [1.0 / a for a in g.a])
+    c_eps = g.memo("-sigma/alpha", lambda: [-s / a for a, s in zip(g.a, g.sg, strict=True)])
+
+    def x0(x: torch.Tensor, eps: torch.Tensor, i: int) -> torch.Tensor:
+        return (x * inv_a[i]).add_(eps, alpha=c_eps[i])
+
+    return x0
+
+
+def data_prediction(m: CountingModel, g: GridCoefs) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """x0_hat(x, i): the data prediction at grid time i (one evaluation).  For an ``eps_native`` model on a 1-D grid
+    the conversion x0 = (x - sigma_i eps)/alpha_i runs as x (1/alpha_i) + (-sigma_i/alpha_i) eps with precomputed
+    coefficients (two kernels, no per-step coefficient lookup; equal to ``m.x0`` up to float rounding); otherwise
+    ``m.x0(x, t_i)``."""
+    t = g.t
+    if not (g.fast and eps_native(m)):
+        return lambda x, i: m.x0(x, t[i])
+    inv_a = g.scalars("1/alpha", lambda: [1.0 / a for a in g.a])
+    c_eps = g.memo("-sigma/alpha", lambda: [-s / a for a, s in zip(g.a, g.sg, strict=True)])
+    eps = m.eps
+
+    def x0(x: torch.Tensor, i: int) -> torch.Tensor:
+        return (x * inv_a[i]).add_(eps(x, t[i]), alpha=c_eps[i])
+
+    return x0
+
+
+def data_prediction_at(m: DiffusionModel, x: torch.Tensor, t: torch.Tensor, a: Coef, sg: Coef) -> torch.Tensor:
+    """x0_hat(x, t) for the step functions called per time, given (alpha, sigma) at t from ``point_coefs``: what
+    ``data_prediction`` computes on a grid (bit for bit for float coefficients), else ``m.x0(x, t)``."""
+    if isinstance(a, float) and x.dtype in _SCALAR_DTYPES and eps_native(m):
+        return (x * _scalar(1.0 / a, x.dtype)).add_(m.eps(x, t), alpha=-sg / a)
+    return m.x0(x, t)
 
 
 def point_coefs(process, t: torch.Tensor) -> tuple[Coef, Coef, Coef]:

@@ -30,6 +30,8 @@ from .base import (
     GridCoefs,
     as_coef_tensor,
     combine,
+    data_prediction,
+    data_prediction_at,
     fexp,
     fexpm1,
     fsqrt,
@@ -251,10 +253,11 @@ def pp_coefs(c_t: tuple, c_s: tuple, lams: tuple, order: int, sde: bool = False)
 
 
 def dpm_solver_pp_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, k: tuple, x0s: tuple,
-                       generator: torch.Generator | None = None):
-    """One evaluation x0_hat = model.x0(x, t) and the update with ``pp_coefs`` k; ``x0s``: the data predictions of
-    earlier steps, newest first.  Returns (x_s, x0_hat, mean, std); mean/std None for the ODE."""
-    (c, std), x0 = k, model.x0(x, t)
+                       generator: torch.Generator | None = None, c_t: tuple | None = None):
+    """One evaluation x0_hat = model.x0(x, t) (``data_prediction_at`` given c_t = (alpha, sigma, ...) at t) and the
+    update with ``pp_coefs`` k; ``x0s``: the data predictions of earlier steps, newest first.  Returns (x_s, x0_hat,
+    mean, std); mean/std None for the ODE."""
+    (c, std), x0 = k, model.x0(x, t) if c_t is None else data_prediction_at(model, x, t, c_t[0], c_t[1])
     terms = [(c[0], x), (c[1], x0)]
     for j in range(len(c) - 2):
         terms.append((c[j + 2], x0s[j]))
@@ -273,7 +276,7 @@ def dpm_solver_pp_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, 
     c_t, c_s = point_coefs(p, t), point_coefs(p, s)
     order = 1 if reaches_zero(s) else min(order, len(history) + 1)
     k = pp_coefs(c_t, c_s, tuple(lam for _, lam in history), order, sde)
-    x_s, x0, mean, std = dpm_solver_pp_core(model, x, t, k, tuple(x0 for x0, _ in history[::-1]), generator)
+    x_s, x0, mean, std = dpm_solver_pp_core(model, x, t, k, tuple(x0 for x0, _ in history[::-1]), generator, c_t)
     new_history = (tuple(history) + ((x0, c_t[2]),))[-2:]
     return x_s, x0, mean, None if std is None else as_coef_tensor(std, x), new_history
 
@@ -285,6 +288,29 @@ def _step_order(i: int, n: int, order: int, lower_order_final: bool) -> int:
     return min(order, i + 1)
 
 
+def _pp_fast_step(m, g: GridCoefs, ks: list, key: tuple, generator: torch.Generator | None):
+    """``dpm_solver_pp_core`` on a 1-D grid: x_s (ODE) or its mean (SDE) = c_x x + c_0 x0_hat + sum_j c_j x0_j as
+    one product and in-place adds (what ``combine`` does), c_x a cached 0-d tensor, x0_hat from
+    ``data_prediction``."""
+    c_x = g.scalars(key, lambda: [k[0][0] for k in ks])
+    rest, std = g.memo(("fast",) + key, lambda: ([k[0][1:] for k in ks], [k[1] for k in ks]))
+    x0_of = data_prediction(m, g)
+
+    def step(i, x, x0s):
+        x0, c = x0_of(x, i), rest[i]
+        x_s = (x * c_x[i]).add_(x0, alpha=c[0])
+        if len(c) > 1:
+            x_s.add_(x0s[0], alpha=c[1])
+            if len(c) > 2:
+                x_s.add_(x0s[1], alpha=c[2])
+        if std[i] is None:
+            return x_s, x0, None, None, (x0,) + x0s[:1], None
+        x_s, mean, sd = gaussian_step(x_s, std[i], True, generator)
+        return x_s, x0, mean, sd, (x0,) + x0s[:1], None
+
+    return step
+
+
 def sample_dpm_solver_pp(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                          callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False,
                          order: int = 2, sde: bool = False, lower_order_final: bool = True):
@@ -293,13 +319,17 @@ def sample_dpm_solver_pp(model: DiffusionModel, x_T: torch.Tensor, ts, *, genera
         raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3 (1 or 2 with sde=True), got {order}")
     m, ts = prepare(model, x_T, ts)
     n, g = ts.shape[0] - 1, GridCoefs.of(m.process, ts, x_T)
-    ks = g.memo(("dpm_solver_pp", order, sde, lower_order_final), lambda: [
+    key = ("dpm_solver_pp", order, sde, lower_order_final)
+    ks = g.memo(key, lambda: [
         pp_coefs(g.c(i), g.c(i + 1), tuple(g.lam[max(i - 2, 0):i]),
                  1 if g.zero[i + 1] else _step_order(i, n, order, lower_order_final), sde) for i in range(n)])
 
     def step(i, x, x0s):  # history: the data predictions of the last <= 2 steps, newest first
         x_s, x0, mean, std = dpm_solver_pp_core(m, x, g.t[i], ks[i], x0s, generator)
         return x_s, x0, mean, std, (x0,) + x0s[:1], None
+
+    if g.fast:  # the same update with cached coefficients and the model currency's x0 folded in
+        step = _pp_fast_step(m, g, ks, key, generator)
 
     return run_loop(m, x_T, ts, step, state=(), times=g.t, callback=callback, return_trajectory=return_trajectory,
                     progress=progress)

@@ -31,7 +31,7 @@ import torch
 
 from .._utils import bcast
 from ..core.denoisers import DiffusionModel
-from .base import Callback, GridCoefs, combine, fsqrt, gaussian_step, register
+from .base import Callback, GridCoefs, combine, data_from_eps, eps_native, fsqrt, gaussian_step, register
 from .loop import prepare, run_loop
 
 VARIANCES = ("small", "large")
@@ -79,11 +79,30 @@ def ddpm_grid_step(m: DiffusionModel, g: GridCoefs, variance: str, noisy: list[b
     """DDPM's step over the grid ``g`` in ``loop.run_loop``'s format (also pc's predictor); ``noisy[i]``: whether
     step i draws its noise.  mean = c_x x + c_0 x0_hat (posterior mean), std from ``variance``."""
     c_x, c_0, std = g.memo(("ddpm", variance), lambda: _grid_posterior(g, variance))
+    if g.fast and eps_native(m):
+        return _ddpm_eps_step(m, g, variance, (c_x, c_0, std), noisy, generator)
 
     def step(i, x, state):
         x0_hat = m.x0(x, g.t[i])
         x_s, mean, sd = gaussian_step(combine(x, [(c_x[i], x), (c_0[i], x0_hat)]), std[i], noisy[i], generator)
         return x_s, x0_hat, mean, sd, state, None
+
+    return step
+
+
+def _ddpm_eps_step(m: DiffusionModel, g: GridCoefs, variance: str, k: tuple, noisy: list[bool], generator):
+    """``ddpm_grid_step`` for an ``eps_native`` model on a 1-D grid: x0_hat = (x - sigma eps)/alpha folded into the
+    mean's coefficients, mean = (c_x + c_0/alpha) x - (c_0 sigma/alpha) eps (two kernels); x0_hat computed only
+    when a callback asks."""
+    c_x, c_0, std = k
+    cx = g.scalars(("ddpm_eps", variance), lambda: [c_x[i] + c_0[i] / g.a[i] for i in range(len(c_x))])
+    ce = g.memo(("ddpm_eps", variance), lambda: [-c_0[i] * g.sg[i] / g.a[i] for i in range(len(c_x))])
+    x0_hat = data_from_eps(g)
+
+    def step(i, x, state):
+        eps = m.eps(x, g.t[i])
+        x_s, mean, sd = gaussian_step((x * cx[i]).add_(eps, alpha=ce[i]), std[i], noisy[i], generator)
+        return x_s, lambda: x0_hat(x, eps, i), mean, sd, state, None
 
     return step
 
@@ -127,6 +146,17 @@ def em_grid_step(m: DiffusionModel, g: GridCoefs, noisy: list[bool], generator):
     """Euler-Maruyama's step over the grid ``g`` in ``loop.run_loop``'s format (also pc's predictor), h = t - s:
     mean = (1 - f h) x + g^2 h score, std = sqrt(g^2 h), x0_hat = (x + sigma^2 score)/alpha (lazy)."""
     k = g.memo("euler_maruyama", lambda: _em_coefs(g))
+    if g.fast and eps_native(m, score=True):  # score = -eps/sigma folded into the coefficients (two kernels)
+        c0 = g.scalars("euler_maruyama", lambda: [c[0] for c in k])
+        ce = g.memo("euler_maruyama_eps", lambda: [-c[1] / s for c, s in zip(k, g.sg, strict=False)])
+        x0_hat = data_from_eps(g)
+
+        def eps_step(i, x, state):
+            eps = m.eps(x, g.t[i])
+            x_s, mean, std = gaussian_step((x * c0[i]).add_(eps, alpha=ce[i]), k[i][2], noisy[i], generator)
+            return x_s, lambda: x0_hat(x, eps, i), mean, std, state, None
+
+        return eps_step
 
     def step(i, x, state):
         c = k[i]

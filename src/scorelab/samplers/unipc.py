@@ -49,7 +49,7 @@ from typing import NamedTuple
 import torch
 
 from ..core.denoisers import DiffusionModel
-from .base import Callback, GridCoefs, combine, register
+from .base import _SCALAR_DTYPES, Callback, GridCoefs, _scalar, combine, data_prediction, data_prediction_at, register
 from .loop import prepare, run_loop
 from .ode import reaches_zero
 
@@ -126,7 +126,13 @@ def uni_coefs(c_t: tuple, c_s: tuple, lams: tuple, k: int, variant: str = "bh1",
 
 
 def _apply(x: torch.Tensor, coefs: tuple, m0: torch.Tensor, points) -> torch.Tensor:
+    """x_s = c_x x + c_0 m0 + sum_j nw_j m_j (``combine``; float coefficients: one product and in-place adds)."""
     c_x, c_0, nw = coefs
+    if isinstance(c_x, float) and isinstance(c_0, float) and c_x != 0.0 and x.dtype in _SCALAR_DTYPES:
+        out = (x * _scalar(c_x, x.dtype)).add_(m0, alpha=c_0)  # what ``combine`` does, without building its list
+        for nw_k, m_k in zip(nw, points, strict=True):
+            out.add_(m_k, alpha=nw_k)
+        return out
     return combine(x, [(c_x, x), (c_0, m0)] + [(nw_k, m_k) for nw_k, m_k in zip(nw, points, strict=True)])
 
 
@@ -149,11 +155,11 @@ def unipc_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch
     1 into s = 0).  ``c_t``, ``c_s``, ``s_zero``: (alpha, sigma, lam) at t and s and whether s = 0, when
     precomputed (the sampler passes its grid's: the values ``_coefs64`` gives).  One evaluation.
     Returns (x_s, x0_hat, new_state)."""
-    x0 = model.x0(x, t)
     if state.last is not None:
         c_t = state.last[3]
     elif c_t is None:
         c_t = _coefs64(model, t)
+    x0 = data_prediction_at(model, x, t, c_t[0], c_t[1])
     c_s = _coefs64(model, s) if c_s is None else c_s
     if use_corrector and state.last is not None:
         x_prev, c_prev, k_prev = state.last[:3]
@@ -194,8 +200,14 @@ def sample_unipc(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: tor
     pred, corr = g.memo(("unipc", order, variant, lower_order_final, use_corrector),
                         lambda: _grid_unipc(g, order, variant, lower_order_final, use_corrector))
 
+    x0_of = data_prediction(m, g)
+    if g.fast:
+        step = _fast_step(g, pred, corr, x0_of, (order, variant, lower_order_final, use_corrector))
+        return run_loop(m, x_T, ts, step, state=((), None), times=g.t, callback=callback,
+                        return_trajectory=return_trajectory, progress=progress)
+
     def step(i, x, state):  # state: (data predictions of the last <= 3 grid times, oldest first; x_{i-1})
-        x0 = m.x0(x, g.t[i])
+        x0 = x0_of(x, i)
         hist, x_prev = state
         if corr[i] is not None:  # UniC of the previous step with x0 as its new point (Alg. 3)
             k_prev, coefs = corr[i]
@@ -206,6 +218,35 @@ def sample_unipc(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: tor
 
     return run_loop(m, x_T, ts, step, state=((), None), times=g.t, callback=callback,
                     return_trajectory=return_trajectory, progress=progress)
+
+
+def _fast_step(g: GridCoefs, pred: list, corr: list, x0_of, key: tuple):
+    """``sample_unipc``'s step on a 1-D grid: the same products and in-place adds as ``_apply`` (bit for bit), with
+    c_x as cached 0-d tensors and the points taken from the history by position (no per-step lists)."""
+    cx_p = g.scalars(("unipc_p",) + key, lambda: [c[1][0] for c in pred])
+    cx_c = g.scalars(("unipc_c",) + key, lambda: [1.0 if c is None else c[1][0] for c in corr])
+    # per step: (c_0, ((history position, coefficient), ...)) of UniP, and of UniC (its last coefficient on x0)
+    pf, cf = g.memo(("unipc_fast",) + key, lambda: (
+        [(c[1][1], tuple((-1 - j, w) for j, w in enumerate(c[1][2]))) for c in pred],
+        [None if c is None else (c[1][1], tuple((-2 - j, w) for j, w in enumerate(c[1][2][:-1])), c[1][2][-1])
+         for c in corr]))
+
+    def step(i, x, state):  # state: (data predictions of the last <= 3 grid times, oldest first; x_{i-1})
+        x0 = x0_of(x, i)
+        hist, x_prev = state
+        c = cf[i]
+        if c is not None:  # UniC: x_prev, hist[-1], hist[-2], ..., then x0 (Alg. 3)
+            x = (x_prev * cx_c[i]).add_(hist[-1], alpha=c[0])
+            for j, w in c[1]:
+                x.add_(hist[j], alpha=w)
+            x.add_(x0, alpha=c[2])
+        c0, nw = pf[i]  # UniP: x, x0, then hist[-1], hist[-2] (Alg. 2)
+        x_s = (x * cx_p[i]).add_(x0, alpha=c0)
+        for j, w in nw:
+            x_s.add_(hist[j], alpha=w)
+        return x_s, x0, None, None, (hist[-2:] + (x0,), x), None
+
+    return step
 
 
 def _grid_unipc(g: GridCoefs, order: int, variant: str, lower_order_final: bool, use_corrector: bool) -> tuple:
