@@ -76,10 +76,12 @@ Coef = Union[float, torch.Tensor]
 
 
 def fexp(v: Coef) -> Coef:
+    """exp of a coefficient: ``math.exp`` for a float (1-D grid), ``torch.exp`` for a ``[B]`` tensor."""
     return math.exp(v) if isinstance(v, float) else torch.exp(v)
 
 
 def fexpm1(v: Coef) -> Coef:
+    """expm1 of a coefficient: ``math.expm1`` for a float, ``torch.expm1`` for a ``[B]`` tensor."""
     return math.expm1(v) if isinstance(v, float) else torch.expm1(v)
 
 
@@ -131,7 +133,7 @@ def eps_native(model: DiffusionModel, score: bool = False) -> bool:
     eps-parameterised ``NetworkModel`` / ``FunctionModel``): then a sampler may fold the conversion into its own
     precomputed coefficients (``data_prediction``) instead of calling ``model.x0``.  ``score``: its score is also
     the currency's -eps/sigma (``DiffusionModel.score`` not overridden)."""
-    inner = model.__dict__.get("_inner", model) if isinstance(model, CountingModel) else model
+    inner = model.model if isinstance(model, CountingModel) else model
     if score and type(inner).score is not DiffusionModel.score:
         return False
     x0 = type(inner).x0
@@ -290,6 +292,7 @@ class Trajectory:
 
     @property
     def x0(self) -> torch.Tensor:
+        """The final state x_{t_n}, ``[B, ...]``."""
         return self.xs[-1]
 
 
@@ -301,6 +304,8 @@ class TrajectoryRecorder:
         self.xs, self.means, self.stds, self.lps = [x_T], [], [], []
 
     def add(self, x_next: torch.Tensor, mean: torch.Tensor | None = None, std=None) -> None:
+        """Record the next state ``[B, ...]`` and its step's Gaussian transition (mean ``[B, ...]``, std scalar or
+        ``[B]``), or None, None for a deterministic step (log-prob NaN)."""
         if not self.enabled:
             return
         if isinstance(std, float):  # a precomputed coefficient: recorded as a tensor in x's dtype
@@ -316,6 +321,7 @@ class TrajectoryRecorder:
             self.lps.append(transition_log_prob(x_next, mean, std).detach())
 
     def finish(self, x: torch.Tensor, nfe: int):
+        """x itself when not recording, else the ``Trajectory`` with the measured ``nfe``."""
         if not self.enabled:
             return x
         lps = torch.stack(self.lps) if self.lps else None
