@@ -2,7 +2,7 @@
 Figs. 3.1-3.3): J_CE (Kim et al. 2023) vs J_MSE vs J_MSE + gamma J_CE on two 2-D Gaussian mixtures.
 
 P (target): four equal modes.  P~ (the "pretrained model"): the same means, wrong weights (one mode nearly missing,
-3%) and wider components.  Both have exact diffused scores (``scorelab.analytic``), so the optimal correction
+3%) and wider components.  Both have exact diffused scores (``scorelab.core.analytic``), so the optimal correction
 grad log r* = grad log p_t - grad log p~_t is known.  The pretrained model is the exact P~ model; its "generated
 samples" are drawn with Heun (50 NFE) and cached.  Each discriminator (``nets.VectorHead``) is trained on n data and
 n generated points; refined samples come from Euler-Maruyama (200 steps, SubVP) on s~ + grad l_phi.

@@ -21,7 +21,7 @@ configurations      scorelab: every fixed-step sampler x grid {uniform_t, unifor
                     {ending at t_min = 1/N, plus a last step to t = 0}; diffusers: each scheduler with its documented
                     settings (timestep_spacing linspace/trailing, Karras sigmas, Lu lambdas, solver orders);
                     scorelab also runs DPM-Solver++ 2M/3M and UniPC (bh1, bh2) on grids fitted by
-                    ``scorelab.grid_opt.optimize_grid`` to the model's own dopri5 ODE solution (model only, x_T of
+                    ``samplers.grid_opt.optimize_grid`` to the model's own dopri5 ODE solution (model only, x_T of
                     seed 1000, never a dev or held-out seed)
 dev stage           every configuration on ``n_dev`` samples of the dev seed 0; per (method, NFE) the configuration
                     of least selection metric (``--metric``) is kept, and per (library, NFE) the method of least
@@ -34,11 +34,11 @@ held-out stage      the contenders on seeds ``--first-seed`` .. + S - 1 at ``n``
 metrics             both always reported; ``--metric`` picks the one that selects and judges.  ``sw2``: sliced W2 on
                     ``n_proj`` fixed directions (POT's, seed 0) against a reference of ``ref_factor * n`` target
                     draws, exact for unequal sizes by block means of the sorted reference (checked against
-                    ``scorelab.metrics.sliced_w2``); it has a two-sample floor that hides differences below it.
-                    ``mmd``: unbiased MMD^2 to the exact target (``scorelab.metrics.mmd2_to_mixture``, the mixture's
+                    ``evaluation.metrics.sliced_w2``); it has a two-sample floor that hides differences below it.
+                    ``mmd``: unbiased MMD^2 to the exact target (``evaluation.metrics.mmd2_to_mixture``, the mixture's
                     characteristic function in closed form; Gaussian kernels of 4 bandwidths c sqrt(tr Cov), c = 1/16
                     .. 1/2, 1024 fixed frequencies each, mean of the 4): 0 in expectation for an exact sample at any
-                    n, so no floor.  Plus mode-weight TV and outlier fraction (``scorelab.metrics.mode_stats``)
+                    n, so no floor.  Plus mode-weight TV and outlier fraction (``evaluation.metrics.mode_stats``)
 overhead            batch 1, a model returning eps = 0, ``--overhead-steps`` evaluations, all implementations timed in
                     interleaved rounds (median and min): us per step of scorelab sampler functions vs. diffusers
                     ``scheduler.step`` loops; one-time grid work (``set_timesteps``; scorelab's grid and first-call
@@ -46,7 +46,7 @@ overhead            batch 1, a model returning eps = 0, ``--overhead-steps`` eva
 ==================  ===========================================================================================
 
 Each stage writes ``<name>.partial.json`` as it goes (removed when the run completes).
-The exact model here (``ExactMixture``) evaluates the formulas of ``scorelab.analytic`` in each component's
+The exact model here (``ExactMixture``) evaluates the formulas of ``scorelab.core.analytic`` in each component's
 eigenbasis (one matmul instead of batched triangular solves, ~10x faster at d = 16); it is checked against
 ``GaussianMixture.as_model`` to 1e-10 before any run.
 """
@@ -198,7 +198,7 @@ def check_sw2(gm: GaussianMixture) -> float:
         x = gm.sample(600, torch.Generator().manual_seed(5)).numpy()
         diff = max(diff, abs(q.sw2(x) - metrics.sliced_w2(x, ref, n_projections=200, seed=0)))
     if diff > 1e-9:
-        raise RuntimeError(f"block-mean sliced W2 differs from scorelab.metrics.sliced_w2 by {diff:.3g}")
+        raise RuntimeError(f"block-mean sliced W2 differs from evaluation.metrics.sliced_w2 by {diff:.3g}")
     return diff
 
 
@@ -233,7 +233,7 @@ VARIANTS = {
 }
 RHO_SAMPLERS = ("ddim", "dpm_solver_2", "dpm_solver_3", "dpm_solver_pp_2m", "dpm_solver_pp_3m", "unipc", "unipc_bh2")
 RHOS = (3.0, 5.0)
-# deterministic samplers also run on a grid fitted to the model's own ODE solution (``scorelab.grid_opt``, sliced-W2
+# deterministic samplers also run on a grid fitted to the model's own ODE solution (``samplers.grid_opt``, sliced-W2
 # objective; model only, no data): (sampler, label suffix, options); from each grid of FIT["inits"] (--fit-inits), x_T
 # of seed FIT_SEED, teacher FIT["reference"] (--fit-reference: dopri5 at rtol 1e-7 or UniPC-3 on 1000 log-SNR steps)
 OPT_SAMPLERS = [("dpm_solver_pp_2m", "", {}), ("dpm_solver_pp_3m", "", {}), ("unipc", "", {}),
@@ -246,7 +246,7 @@ def add_fit_args(ap) -> None:
     ap.add_argument("--fit-inits", nargs="+", default=list(FIT["inits"]), choices=sorted(GRIDS),
                     help="initial grids of the fitted configurations (one fitted configuration per init)")
     ap.add_argument("--fit-reference", default=FIT["reference"], choices=["dopri5", "unipc"],
-                    help="teacher of the grid fits (scorelab.grid_opt.ode_reference)")
+                    help="teacher of the grid fits (samplers.grid_opt.ode_reference)")
 
 
 def set_fit(args) -> None:
@@ -285,7 +285,7 @@ def scorelab_configs(quick: bool) -> list[dict]:
 
 
 def fitted_grid(cfg: dict, model: DiffusionModel, ts: torch.Tensor, nfe: int, opts: dict) -> torch.Tensor:
-    """The grid of ``cfg`` refitted by ``scorelab.grid_opt.optimize_grid`` (same steps, endpoints and sampler
+    """The grid of ``cfg`` refitted by ``samplers.grid_opt.optimize_grid`` (same steps, endpoints and sampler
     options), once per (method, label, NFE); its report goes to ``FITTED``."""
     from scorelab.samplers.grid_opt import GridFit, optimize_grid
 
@@ -626,7 +626,7 @@ def markdown_fitted(refine) -> list[str]:
     keys = [(r["method"], r["label"], r["nfe"]) for r in refine if (r["method"], r["label"], r["nfe"]) in FITTED]
     if not keys:
         return []
-    lines = ["", f"Fitted grids (``scorelab.grid_opt.optimize_grid``, init {' / '.join(FIT['inits'])}, {FIT_N} x_T of "
+    lines = ["", f"Fitted grids (``samplers.grid_opt.optimize_grid``, init {' / '.join(FIT['inits'])}, {FIT_N} x_T of "
              f"seed {FIT_SEED}, Powell, {FIT_BUDGET} objective evaluations; model only, no data): squared sliced W2 "
              f"between the sampler's and the {FIT['reference']} ODE solution's outputs from the same {FIT_N} fresh "
              "x_T, before -> after; "

@@ -35,7 +35,7 @@ table of ``samplers.py`` measures -- with common random numbers in place of an i
 exactly 0 for S = Phi, so no two-sample floor, and it is not inflated by trajectories that swap between modes as
 long as the mode weights stay right (the pathwise RMS counts each swap at the full distance between modes, which
 dominates it in d = 16).  The coupled mode-weight TV (modes of S(x_T) vs. of Phi(x_T)) is reported with it.  It is
-also ``scorelab.grid_opt``'s objective (on other x_T: seed 1000, 512 draws).
+also ``scorelab.samplers.grid_opt``'s objective (on other x_T: seed 1000, 512 draws).
 
 What is compared: every deterministic configuration of ``benchmarks/samplers.py`` (scorelab's ODE samplers on every
 grid, Karras rho and option variant, and on grids fitted by ``grid_opt`` from each grid of ``--fit-inits`` with the

@@ -1,4 +1,4 @@
-"""Fitted time grids (``scorelab.grid_opt``): the parameterisation, the pathwise-error objective and its bound, the
+"""Fitted time grids (``samplers.grid_opt``): the parameterisation, the pathwise-error objective and its bound, the
 fit itself on an exact mixture oracle, saving / loading, and the CLI's ``--fit-grid`` / ``--grid-file``."""
 import json
 import math

@@ -50,7 +50,7 @@ def _mixture_loader(build: Callable[..., GaussianMixture] | None) -> Loader:
     def loader(n=None, seed=0, mixture: GaussianMixture | None = None, **params):
         mix = build(**params) if build is not None else mixture
         if not isinstance(mix, GaussianMixture):
-            raise ValueError("the 'mixture' data set needs mixture=<scorelab.analytic.GaussianMixture>")
+            raise ValueError("the 'mixture' data set needs mixture=<scorelab.core.analytic.GaussianMixture>")
         x, k = mix.sample(DEFAULT_TOY_N if n is None else n, generator=toy2d.as_generator(seed), dtype=torch.float32,
                           return_labels=True)
         return x, k
@@ -69,7 +69,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "checkerboard": DatasetInfo(_toy(checkerboard), "2-D uniform on 8 black cells of a 4x4 board in [-4, 4]^2", (2,)),
     "rings": DatasetInfo(_toy(rings), "2-D four concentric noisy circles, radii 0.75..3", (2,)),
     "pinwheel": DatasetInfo(_toy(pinwheel), "2-D pinwheel with 5 spiral arms", (2,)),
-    "mixture": DatasetInfo(_mixture_loader(None), "any scorelab.analytic.GaussianMixture (pass mixture=...); "
+    "mixture": DatasetInfo(_mixture_loader(None), "any scorelab.core.analytic.GaussianMixture (pass mixture=...); "
                            "labels = component", ()),
     "digits": DatasetInfo(lambda n=None, seed=0: load_digits(n, seed),
                           "scikit-learn digits: 1797 grey 8x8 images in [-1, 1] with labels 0-9", (1, 8, 8)),

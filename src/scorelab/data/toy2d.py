@@ -13,7 +13,7 @@ Every set is a function ``fn(n, seed=0, **params) -> float32 tensor [n, 2]``; ``
 The swiss roll follows the SFT-PG protocol (Fan & Lee, ICML 2023, Table 1; sources/000):
 ``sklearn.datasets.make_swiss_roll(n, noise=0.05)``, keep columns 0 and 2, divide by 20.  Two moons:
 ``make_moons(n, noise=0.05) / 2``.  Checkerboard, rings and pinwheel follow the FFJORD toy sets (Grathwohl et al.,
-2019).  The Gaussian sets are ``scorelab.analytic.GaussianMixture`` objects (``*_mixture`` builders), so their
+2019).  The Gaussian sets are ``scorelab.core.analytic.GaussianMixture`` objects (``*_mixture`` builders), so their
 exact diffused scores and ``metrics.mode_stats`` apply to them.
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ def twenty_five_gaussians_mixture(spacing: float = 1.0, std: float = 0.05) -> Ga
 def gaussian_mixture(n: int, seed: int | torch.Generator = 0, mixture: GaussianMixture | None = None) -> torch.Tensor:
     """``n`` samples of any ``GaussianMixture`` (``mixture.sample``) as float32 ``[n, *event_shape]``."""
     if not isinstance(mixture, GaussianMixture):
-        raise ValueError(f"mixture must be a scorelab.analytic.GaussianMixture, got {type(mixture).__name__}")
+        raise ValueError(f"mixture must be a scorelab.core.analytic.GaussianMixture, got {type(mixture).__name__}")
     return mixture.sample(_check_n(n), generator=as_generator(seed), dtype=torch.float32)
 
 

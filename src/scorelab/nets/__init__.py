@@ -2,7 +2,7 @@
 
 Every net follows ``net(x, t_in, **cond) -> tensor shaped like x`` (heads return logits ``[B]`` or ``[B, C]``), has
 ``config()`` returning JSON-serialisable constructor arguments plus ``name``, and is rebuilt by
-``build_net(config)``; checkpoints store that config (``scorelab.checkpoints``).  ``register_net`` adds a class.
+``build_net(config)``; checkpoints store that config (``scorelab.io.checkpoints``).  ``register_net`` adds a class.
 """
 from __future__ import annotations
 
