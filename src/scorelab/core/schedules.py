@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .processes import ForwardProcess, li_betas
+from .processes import Discrete, ForwardProcess, li_betas
 
 _F64 = torch.float64
 
@@ -167,3 +167,12 @@ def dpm_solver_orders(nfe: int, order: int) -> list[int]:
     raise ValueError(f"DPM-Solver order must be 1, 2 or 3, got {order}")
 
 
+def check_steps(process: Discrete, steps, what: str = "this method") -> torch.Tensor:
+    """A step subsequence tau_1 < ... < tau_K of a ``Discrete`` chain as a long tensor ``[K]`` (None: all steps
+    1..N), or ``ValueError`` saying that ``what`` needs a Discrete process / strictly increasing steps in 1..N."""
+    if not isinstance(process, Discrete):
+        raise ValueError(f"{what} needs a Discrete process, got {type(process).__name__}")
+    steps = torch.arange(1, process.N + 1) if steps is None else torch.as_tensor(steps).long().flatten()
+    if steps.numel() < 1 or steps[0] < 1 or steps[-1] > process.N or torch.any(steps[1:] <= steps[:-1]):
+        raise ValueError(f"steps must be strictly increasing integers in 1..{process.N}")
+    return steps

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from .._utils import as_tensor, bcast
 from ..core.denoisers import CountingModel, DiffusionModel
 from ..core.processes import Discrete, ForwardProcess
+from ..core.schedules import check_steps
 
 PROBES = ("rademacher", "gaussian")
 
@@ -257,19 +258,10 @@ def posterior_coefs(abar_s: torch.Tensor, abar_t: torch.Tensor) -> tuple[torch.T
     return c0, ct, (1 - abar_s) / (1 - abar_t) * beta, beta
 
 
-def _check_steps(process: Discrete, steps) -> torch.Tensor:
-    if not isinstance(process, Discrete):
-        raise ValueError(f"the discrete ELBO needs a Discrete process, got {type(process).__name__}")
-    steps = torch.arange(1, process.N + 1) if steps is None else torch.as_tensor(steps).long().flatten()
-    if steps.numel() < 1 or steps[0] < 1 or steps[-1] > process.N or torch.any(steps[1:] <= steps[:-1]):
-        raise ValueError(f"steps must be strictly increasing integers in 1..{process.N}")
-    return steps
-
-
 def reverse_variances(process: Discrete, steps, variances="beta_tilde") -> torch.Tensor:
     """Per-step reverse variances ``[K]`` (entry k: p(x_{tau_{k-1}} | x_{tau_k}), tau_0 = 0): ``"beta"``,
     ``"beta_tilde"`` (first entry replaced by the second, Ho et al.'s clipping) or a given ``[K]`` tensor."""
-    steps = _check_steps(process, steps)
+    steps = check_steps(process, steps, "the DDPM reverse variances")
     ab = process.alpha_bar
     prev = torch.cat([torch.zeros(1, dtype=torch.long), steps[:-1]])
     _, _, bt, b = posterior_coefs(ab[prev], ab[steps])
@@ -326,7 +318,7 @@ def discrete_elbo(model: DiffusionModel, x0: torch.Tensor, *, variances="beta_ti
     variances: see ``reverse_variances``.  decoder: ``"gaussian"`` (continuous data) or ``"discretized"`` (8-bit
     data on the grid 2u/255 - 1).  n_mc: draws of x_t per step (``n_mc >= 2`` gives a standard error)."""
     p = model.process
-    steps = _check_steps(p, steps)
+    steps = check_steps(p, steps, "the discrete ELBO")
     var = reverse_variances(p, steps, variances)
     if decoder not in ("gaussian", "discretized"):
         raise ValueError(f"decoder must be 'gaussian' or 'discretized', got {decoder!r}")

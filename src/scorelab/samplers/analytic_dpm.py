@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..core.denoisers import DiffusionModel
 from ..core.processes import Discrete, ForwardProcess
+from ..core.schedules import check_steps
 from .base import GridCoefs, check_grid, combine, data_from_eps, fsqrt, gaussian_step, register
 from .loop import prepare, run_loop
 
@@ -159,22 +160,13 @@ def analytic_variances(process: Discrete, gamma, steps=None, *, clip: bool = Tru
     """Optimal DDPM (eta = 1) variances ``[K]`` aligned with increasing ``steps`` tau_1..tau_K (default 1..N) of a
     ``Discrete`` chain (entry k: the jump tau_k -> tau_{k-1}, tau_0 = 0), from ``gamma [K]`` = Gamma at tau_k.
     This is the ``variances=`` argument of ``likelihood.discrete_elbo``."""
-    steps = _steps(process, steps)
+    steps = check_steps(process, steps, "Analytic-DPM")
     prev = torch.cat([torch.zeros(1, dtype=torch.long), steps[:-1]])
     g = torch.as_tensor(gamma, dtype=torch.float64).flatten()
     if g.shape != steps.shape:
         raise ValueError(f"gamma must have one value per step ({steps.numel()}), got {tuple(g.shape)}")
     return optimal_variance(process, prev.double() / process.N, steps.double() / process.N, g, clip=clip,
                             data_range=data_range).sigma_sq
-
-
-def _steps(process, steps) -> torch.Tensor:
-    if not isinstance(process, Discrete):
-        raise ValueError(f"needs a Discrete process, got {type(process).__name__}")
-    steps = torch.arange(1, process.N + 1) if steps is None else torch.as_tensor(steps).long().flatten()
-    if steps.numel() < 1 or steps[0] < 1 or steps[-1] > process.N or torch.any(steps[1:] <= steps[:-1]):
-        raise ValueError(f"steps must be strictly increasing integers in 1..{process.N}")
-    return steps
 
 
 # -- optimal subsequence (Sec. 4) ---------------------------------------------------------------------------------
