@@ -40,7 +40,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..evaluation.reports import sample_oracle_metrics
     from ..guidance import guidance_from_spec
-    from ..samplers import Trajectory
     from ..samplers.budget import run_sampler
 
     if args.fit_grid and args.grid_file:
@@ -53,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
                           options=parse_options(args.opt), shape=loaded.event_shape, dtype=loaded.dtype,
                           fit_grid=args.fit_grid, grid_file=args.grid_file, fit_out=os.path.join(out, "grid.json"),
                           fit_kw={"reference": args.fit_reference})
-    x = x.x0 if isinstance(x, Trajectory) else x
     os.makedirs(out, exist_ok=True)
     np.save(os.path.join(out, "samples.npy"), x.float().cpu().numpy())
     _plot(x, loaded, f"{args.sampler} (NFE {info['nfe_planned']})", os.path.join(out, "samples.png"), args.n)
