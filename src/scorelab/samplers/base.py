@@ -230,14 +230,8 @@ def data_prediction(m: CountingModel, g: GridCoefs) -> Callable[[torch.Tensor, i
     t = g.t
     if not (g.fast and eps_native(m)):
         return lambda x, i: m.x0(x, t[i])
-    inv_a = g.scalars("1/alpha", lambda: [1.0 / a for a in g.a])
-    c_eps = g.memo("-sigma/alpha", lambda: [-s / a for a, s in zip(g.a, g.sg, strict=True)])
-    eps = m.eps
-
-    def x0(x: torch.Tensor, i: int) -> torch.Tensor:
-        return (x * inv_a[i]).add_(eps(x, t[i]), alpha=c_eps[i])
-
-    return x0
+    from_eps, eps = data_from_eps(g), m.eps
+    return lambda x, i: from_eps(x, eps(x, t[i]), i)
 
 
 def data_prediction_at(m: DiffusionModel, x: torch.Tensor, t: torch.Tensor, a: Coef, sg: Coef) -> torch.Tensor:
