@@ -51,3 +51,68 @@ def check_positive(name: str, value: float) -> float:
     if not (value > 0):
         raise ValueError(f"{name} must be > 0, got {value}")
     return value
+
+
+class _LogProgress:
+    """A tqdm stand-in for non-terminal output: one log line every ``every`` seconds, none of tqdm's ``\\r`` lines.
+
+    Supports the part of tqdm's interface scorelab uses: iteration, ``update``, ``set_postfix``, ``close``.
+    """
+
+    def __init__(self, iterable=None, *, total=None, desc: str = "", initial: int = 0, every: float = 30.0):
+        import time
+
+        self._time = time.monotonic
+        self.iterable, self.total, self.desc, self.n = iterable, total, desc, initial
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            self.total = len(iterable)
+        self.every, self.postfix = every, ""
+        self._start = self._last = self._time()
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+
+    def update(self, k: int = 1) -> None:
+        """Advance by ``k``; log a line when ``every`` seconds have passed since the last one."""
+        self.n += k
+        now = self._time()
+        if now - self._last >= self.every:
+            self._last = now
+            self._log(now)
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        """Remember ``key=value`` pairs to append to the next log line (tqdm's signature)."""
+        items = dict(ordered_dict or {}, **kwargs)
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
+
+    def _log(self, now: float) -> None:
+        import sys
+
+        total = f"/{self.total}" if self.total is not None else ""
+        extra = f" {self.postfix}" if self.postfix else ""
+        print(f"[{self.desc or 'progress'}] {self.n}{total} ({now - self._start:.0f} s){extra}", file=sys.stderr,
+              flush=True)
+
+    def close(self) -> None:
+        """Nothing to tear down (kept for tqdm compatibility)."""
+
+
+def progress(iterable=None, *, total=None, desc: str = "", disable: bool = False, initial: int = 0,
+             leave: bool = True, every: float = 30.0):
+    """A progress bar: tqdm on a terminal, else one log line on stderr every ``every`` seconds.
+
+    ``disable=True`` silences both. CI, ``nohup`` and log files get no ``\\r``-flooded lines (issue #21).
+    """
+    import sys
+
+    if not disable and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, initial=initial, leave=leave)
+    if disable:
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, initial=initial, disable=True)
+    return _LogProgress(iterable, total=total, desc=desc, initial=initial, every=every)

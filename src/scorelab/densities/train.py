@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
+from .._utils import progress as tqdm
 from .controlled import LOSSES, DiffusionSampler
 from .dis import DIS
 from .estimators import ess, log_Z_is

@@ -50,9 +50,9 @@ from dataclasses import dataclass
 
 import torch
 from torchdiffeq import odeint
-from tqdm.auto import tqdm
 
 from .._utils import as_tensor, bcast
+from .._utils import progress as tqdm
 from ..core.denoisers import CountingModel, DiffusionModel
 from ..core.processes import Discrete, ForwardProcess
 from ..core.schedules import check_steps

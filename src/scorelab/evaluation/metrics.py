@@ -33,8 +33,8 @@ import ot
 import scipy.linalg
 import scipy.stats
 import torch
-from tqdm.auto import tqdm
 
+from .._utils import progress as tqdm
 from ..core.analytic import GaussianMixture
 
 

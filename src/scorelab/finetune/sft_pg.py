@@ -43,8 +43,8 @@ from typing import Any, Callable
 import safetensors.torch
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from .._utils import progress as tqdm
 from ..core.denoisers import DiffusionModel
 from ..core.processes import Discrete, ForwardProcess
 from ..evaluation.metrics import sliced_w2

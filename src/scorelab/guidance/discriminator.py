@@ -33,9 +33,9 @@ from typing import Any, Callable
 
 import safetensors.torch
 import torch
-from tqdm.auto import tqdm
 
 from .._utils import TimeLike, as_tensor, bcast
+from .._utils import progress as tqdm
 from ..core.analytic import GaussianMixture, MixtureModel
 from ..core.denoisers import DiffusionModel
 from ..core.processes import ForwardProcess

@@ -35,8 +35,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
+from .._utils import progress as tqdm
 from ..core.denoisers import DiffusionModel
 from ..core.processes import Discrete, ForwardProcess
 from ..core.schedules import check_steps

@@ -23,8 +23,8 @@ import os
 import time
 
 import torch
-from tqdm.auto import tqdm
 
+from .._utils import progress as tqdm
 from ..core.denoisers import CountingModel, DiffusionModel
 from ..core.processes import ForwardProcess
 from ..core.schedules import dpm_solver_orders, make_grid

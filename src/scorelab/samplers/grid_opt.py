@@ -161,8 +161,8 @@ def optimize_grid(model: DiffusionModel, sampler: str, n_steps: int, *, init: st
     (``ode_reference``: dopri5 at ``rtol``, or UniPC-3 on ``ref_steps`` log-SNR steps).  Returns a ``GridFit``
     (``ts`` starts at t_max and ends at t_min, or 0 with ``final_zero``)."""
     from scipy.optimize import minimize
-    from tqdm.auto import tqdm
 
+    from .._utils import progress as tqdm
     from ..core.denoisers import CountingModel
     from . import SAMPLERS
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
+from .._utils import progress as tqdm
 from ..core.denoisers import CountingModel, DiffusionModel
 from .base import Callback, TrajectoryRecorder, check_grid, counted
 

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
 
+from .._utils import progress as tqdm
 from ..core.denoisers import DiffusionModel
 from ..core.processes import Discrete
 from ..io import checkpoints as ckpts
