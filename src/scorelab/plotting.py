@@ -28,8 +28,11 @@ def _save(fig, path: str) -> str:
 
 
 def scatter_panels(panels: Mapping[str, torch.Tensor], path: str, *, reference: torch.Tensor | None = None,
-                   lim: float | None = None, max_points: int = 5000, ncols: int = 4, title: str | None = None) -> str:
-    """One scatter panel per entry (first two coordinates), optional grey reference cloud behind each."""
+                   lim: float | None = None, max_points: int = 5000, ncols: int = 4, title: str | None = None,
+                   axes_labels: bool = False, reference_label: str = "reference") -> str:
+    """One scatter panel per entry (first two coordinates), optional grey reference cloud behind each;
+    ``axes_labels`` keeps the ticks, names the axes x1, x2 and adds a legend (samples vs ``reference_label``).
+    Rows with a NaN/inf entry are left out of the picture."""
     n = len(panels)
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
@@ -38,18 +41,26 @@ def scatter_panels(panels: Mapping[str, torch.Tensor], path: str, *, reference: 
     ref = _np(reference)[:max_points] if reference is not None else None
     if lim is None:  # frame the reference when there is one, so a diverged panel cannot shrink the others
         clouds = [ref[:, :2]] if ref is not None else [_np(v)[:max_points, :2] for v in panels.values()]
-        lim = float(np.quantile(np.abs(np.concatenate(clouds)), 0.995)) * 1.3
+        finite = np.concatenate(clouds)
+        finite = finite[np.isfinite(finite).all(axis=1)]
+        lim = float(np.quantile(np.abs(finite), 0.995)) * 1.3 if finite.size else 1.0
     for ax, (name, x) in zip(axes.flat, panels.items(), strict=False):
         if ref is not None:
-            ax.scatter(ref[:, 0], ref[:, 1], s=1, c="0.8", rasterized=True)
+            ax.scatter(ref[:, 0], ref[:, 1], s=1, c="0.8", rasterized=True, label=reference_label)
         xs = _np(x)[:max_points]
-        ax.scatter(xs[:, 0], xs[:, 1], s=1, c="tab:blue", rasterized=True)
+        xs = xs[np.isfinite(xs[:, :2]).all(axis=1)]
+        ax.scatter(xs[:, 0], xs[:, 1], s=1, c="tab:blue", rasterized=True, label="samples")
         ax.set_title(name, fontsize=9)
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        if axes_labels:
+            ax.set_xlabel("x1")
+            ax.set_ylabel("x2")
+            ax.legend(loc="upper right", fontsize=7, markerscale=6)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     if title:
@@ -57,17 +68,28 @@ def scatter_panels(panels: Mapping[str, torch.Tensor], path: str, *, reference: 
     return _save(fig, path)
 
 
-def image_grid(x: torch.Tensor, path: str, nrow: int = 8, title: str | None = None) -> str:
-    """Grid of images ``[B, C, H, W]`` in [-1, 1]."""
+def grid_shape(b: int, nrow: int | None = None) -> tuple[int, int]:
+    """(rows, columns) of a grid of ``b`` images: ``nrow`` rows when given, else the most nearly square layout
+    (ceil(sqrt(b)) columns), so 16 images make 4 x 4 and 10 make 3 x 4."""
+    if nrow is None:
+        ncol = max(1, math.ceil(math.sqrt(b)))
+        return max(1, math.ceil(b / ncol)), ncol
+    return nrow, max(1, math.ceil(b / nrow))
+
+
+def image_grid(x: torch.Tensor, path: str, nrow: int | None = None, title: str | None = None) -> str:
+    """Grid of images ``[B, C, H, W]`` in [-1, 1], filled row by row (``grid_shape``: nearly square unless ``nrow``
+    is given); the figure has the canvas' aspect ratio."""
     x = _np(x)
     b, c, h, w = x.shape
-    ncol = math.ceil(b / nrow)
+    nrow, ncol = grid_shape(b, nrow)
     canvas = np.ones((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c))
     for k in range(b):
-        i, j = k % nrow, k // nrow
+        i, j = k // ncol, k % ncol
         canvas[1 + i * (h + 1): 1 + i * (h + 1) + h, 1 + j * (w + 1): 1 + j * (w + 1) + w] = x[k].transpose(1, 2, 0)
-    canvas = np.clip((canvas + 1) / 2, 0, 1)
-    fig, ax = plt.subplots(figsize=(0.4 * ncol + 1, 0.4 * nrow + 1))
+    canvas = np.clip(np.nan_to_num((canvas + 1) / 2), 0, 1)
+    scale = 6.0 / max(canvas.shape[:2])
+    fig, ax = plt.subplots(figsize=(canvas.shape[1] * scale + 0.2, canvas.shape[0] * scale + (0.5 if title else 0.2)))
     ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray" if c == 1 else None, interpolation="nearest")
     ax.axis("off")
     if title:

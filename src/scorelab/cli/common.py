@@ -13,6 +13,9 @@ import os
 import textwrap
 from typing import Any, Sequence
 
+import torch
+
+from .._utils import check_field_types, load_yaml, suggest
 from ..io.loading import LoadedModel, load_any_model
 
 
@@ -21,11 +24,12 @@ class CLIError(ValueError):
 
 
 def parse_value(text: str) -> Any:
-    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, 'a,b' stays a string; YAML scalars."""
+    """'3' -> 3, '0.5' -> 0.5, '1e-4' -> 0.0001, 'true' -> True, 'a,b' stays a string; YAML scalars read by
+    ``_utils.load_yaml`` (the configs' reader)."""
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -34,7 +38,7 @@ def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
     """``["k=v", ...]`` -> ``{k: parse_value(v)}``."""
     out: dict[str, Any] = {}
     for p in pairs or []:
-        if "=" not in p:
+        if "=" not in p or not p.split("=", 1)[0].strip():
             raise CLIError(f"option {p!r} must look like key=value")
         k, v = p.split("=", 1)
         out[k.strip()] = parse_value(v)
@@ -57,12 +61,51 @@ def config_from_options(cls, options: dict[str, Any], **fixed: Any):
     allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise CLIError(f"unknown option(s) {unknown} for {cls.__name__}; allowed: {sorted(allowed)}")
+        raise CLIError(f"unknown --set key {unknown[0]!r}{suggest(unknown[0], allowed)} ({cls.__name__} keys: "
+                       f"{sorted(allowed)})")
     vals = {k: (tuple(v) if isinstance(v, list) else v) for k, v in {**options, **fixed}.items()}
+    vals = check_field_types(cls, vals, "--set ")
     try:
         return cls(**vals)
     except TypeError as e:
         raise CLIError(f"bad option for {cls.__name__}: {e}") from None
+
+
+#: ``--dtype`` names
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def check_device(name: str, what: str = "--device"):
+    """``torch.device(name)`` if this torch can use it, else ``CLIError`` naming ``what`` (``_utils.check_device``)."""
+    from .._utils import check_device as _check
+
+    return _check(name, what)
+
+
+def check_out(out: str, flag: str = "--out") -> str:
+    """``out`` if it is a new or empty folder, else ``CLIError``: an existing file, or a folder holding files
+    (earlier runs are never overwritten)."""
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise CLIError(f"{flag} {out!r} is an existing file; expected a new or empty folder")
+        if os.listdir(out):
+            raise CLIError(f"{flag} {out!r} already holds files (earlier runs are never overwritten); choose a new "
+                           "or empty folder")
+    return out
+
+
+def write_run_provenance(args: argparse.Namespace, folder, t0: float, loaded: LoadedModel | None = None,
+                         **fields: Any) -> None:
+    """``io.provenance.write_provenance`` into ``folder`` with the command line of ``args`` (set by ``main``), the
+    checkpoint of ``loaded`` (path + sha256; None for oracles), the seed and the wall time since ``t0``."""
+    import time
+
+    from ..io.provenance import write_provenance
+
+    checkpoint = loaded.source if loaded is not None and loaded.oracle is None else None
+    fields.setdefault("seed", getattr(args, "seed", None))
+    write_provenance(folder, argv=getattr(args, "argv", None), checkpoint=checkpoint,
+                     model=None if loaded is None else loaded.source, wall_s=time.perf_counter() - t0, **fields)
 
 
 def write_json(path: str, obj: dict) -> None:

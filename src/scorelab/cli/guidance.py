@@ -68,8 +68,8 @@ def add_parser(sub) -> None:
     gp.add_argument("--data", default="digits", help="real data: data set name or path")
     gp.add_argument("--objective", choices=["ce", "mse", "mse+ce"], default="mse+ce")
     gp.add_argument("--gamma", type=float, default=1.0, help="weight of J_CE in J_MSE + gamma J_CE")
-    gp.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="the keys listed below, e.g. n_generated=4000 "
-                    "train.steps=500")
+    gp.add_argument("--set", action="extend", nargs="*", metavar="KEY=VALUE",
+                    help="the keys listed below, e.g. n_generated=4000 train.steps=500")
     gp.add_argument("--out")
     gp.add_argument("--quiet", action="store_true")
 

@@ -2,13 +2,16 @@
 
 Each verb module (``info``, ``train``, ``sample``, ``evaluate``, ``likelihood``, ``density``, ``finetune``,
 ``guidance``, ``reject``, ``demo_cmd``) has ``add_parser(sub)`` and ``run(args)`` and only maps arguments onto
-library calls.  Bad input (unknown names, wrong shapes, missing files, invalid numbers) exits with status 2 and a
-one-line message.
+library calls.  Bad input (unknown names, wrong shapes, missing files, invalid numbers, unwritable paths, a training
+run that diverged) exits with status 2 and a one-line message on stderr, argparse's own errors included; ``--debug``
+(anywhere on the command line) shows the traceback instead.  Warnings are printed as one ``scorelab: warning:`` line.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
+import warnings
 from typing import Sequence
 
 from . import demo_cmd, density, evaluate, finetune, guidance, info, likelihood, reject, sample, train
@@ -29,33 +32,61 @@ examples:
   scorelab density --target gmm9 --method dis --loss lv --steps 100
 """
 
-#: errors that are the user's: one line on stderr, exit status 2
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, NotADirectoryError, IsADirectoryError)
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's: one line on stderr, exit status 2.  ``OSError`` covers missing, unwritable and
+    existing paths (``FileExistsError``, ``PermissionError``, ...); ``NonFiniteLossError`` a diverged run (its
+    message names the step, the last good checkpoint and what to change)."""
+    from ..training.loop import NonFiniteLossError
+
+    return (ValueError, KeyError, OSError, NonFiniteLossError)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        """Print ``PROG: error: MESSAGE (see PROG --help)`` and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``scorelab`` parser with every verb's sub-command."""
-    p = argparse.ArgumentParser(prog="scorelab", description="Score-based diffusion models: train, sample, measure, "
-                                "refine, and sample unnormalized densities.", epilog=EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = OneLineParser(prog="scorelab", description="Score-based diffusion models: train, sample, measure, "
+                      "refine, and sample unnormalized densities.", epilog=EXAMPLES,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors (accepted "
+                   "anywhere on the command line)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     for verb in VERBS:
         verb.add_parser(sub)
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"scorelab: warning: {str(message).strip().splitlines()[0] if str(message).strip() else category.__name__}",
+          file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``scorelab`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.fn(args) or 0)
-    except USER_ERRORS as e:  # CLIError is a ValueError
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"scorelab: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("scorelab: interrupted", file=sys.stderr)
-        return 130
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    args.argv, args.debug = ["scorelab", *argv], debug
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _one_line_warning
+        try:
+            return int(args.fn(args) or 0)
+        except _user_errors() as e:  # CLIError is a ValueError
+            if debug:
+                traceback.print_exc()
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"scorelab: error: {msg}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("scorelab: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -5,7 +5,19 @@ import argparse
 import json
 import os
 
-from .common import CLIError, add_model_args, add_verb, loaded_model, parse_options, positive_int, write_json
+from .common import (
+    DTYPES,
+    CLIError,
+    add_model_args,
+    add_verb,
+    check_device,
+    check_out,
+    loaded_model,
+    parse_options,
+    positive_int,
+    write_json,
+    write_run_provenance,
+)
 
 EXAMPLES = """\
 examples:
@@ -27,48 +39,86 @@ def add_parser(sub) -> None:
     sp.add_argument("--fit-reference", choices=["dopri5", "unipc"], default="dopri5",
                     help="--fit-grid's teacher: adaptive dopri5 (rtol 1e-7) or UniPC-3 on 1000 log-SNR steps")
     sp.add_argument("--n", type=positive_int, default=5000, help="number of samples")
-    sp.add_argument("--opt", nargs="*", metavar="KEY=VALUE", help="sampler options, e.g. eta=1.0")
+    sp.add_argument("--opt", action="extend", nargs="*", metavar="KEY=VALUE", help="sampler options, e.g. eta=1.0")
     sp.add_argument("--guidance", help="discriminator:PATH (discriminator guidance) or cfg:LABEL (classifier-free)")
     sp.add_argument("--scale", type=float, default=1.0, help="guidance scale w")
     sp.add_argument("--window", help="guidance time window t_lo,t_hi (default: all times)")
-    sp.add_argument("--out")
+    sp.add_argument("--out", help="output folder (new or empty; default runs/sample_SAMPLER_nfeN, numbered if taken)")
+    sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    sp.add_argument("--batch-size", type=positive_int, default=None,
+                    help="samples per batch (default: about 2^20 numbers per batch; 341 for 3x32x32 images)")
+    sp.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                    help="sampling precision (default float64 for exact oracles, float32 for networks)")
+    sp.add_argument("--reference", help="data set or file drawn behind a 2-D scatter (default: the oracle's law)")
+    sp.add_argument("--allow-nonfinite", action="store_true",
+                    help="write samples even when some rows are NaN/inf (otherwise: exit 2, nothing written)")
 
 
 def run(args: argparse.Namespace) -> int:
     """``scorelab sample`` on the parsed ``args`` -> exit status (bad input raises ValueError)."""
-    import numpy as np
+    import time
 
     from ..evaluation.reports import sample_oracle_metrics
     from ..guidance import guidance_from_spec
-    from ..samplers.budget import run_sampler
+    from ..io.checkpoints import staged_folder, unused_dir
+    from ..samplers.budget import default_batch_size, run_sampler
 
     if args.fit_grid and args.grid_file:
         raise CLIError("--fit-grid fits a new grid and --grid-file loads a saved one: give one of them")
+    t0, device = time.perf_counter(), check_device(args.device, "--device")
+    out = check_out(args.out) if args.out else str(unused_dir(os.path.join("runs", f"sample_{args.sampler}_nfe"
+                                                                                   f"{args.nfe}")))
     loaded = loaded_model(args)
-    model = guidance_from_spec(loaded.model, args.guidance, args.scale, args.window) if args.guidance \
-        else loaded.model
-    out = args.out or os.path.join("runs", f"sample_{args.sampler}_nfe{args.nfe}")
-    x, info = run_sampler(model, args.sampler, args.nfe, args.n, grid=args.grid, seed=args.seed,
-                          options=parse_options(args.opt), shape=loaded.event_shape, dtype=loaded.dtype,
-                          fit_grid=args.fit_grid, grid_file=args.grid_file, fit_out=os.path.join(out, "grid.json"),
-                          fit_kw={"reference": args.fit_reference})
-    os.makedirs(out, exist_ok=True)
-    np.save(os.path.join(out, "samples.npy"), x.float().cpu().numpy())
-    _plot(x, loaded, f"{args.sampler} (NFE {info['nfe_planned']})", os.path.join(out, "samples.png"), args.n)
-    if loaded.oracle is not None:
-        info.update(sample_oracle_metrics(x, loaded.oracle, seed=args.seed + 1))
-    write_json(os.path.join(out, "sample.json"), info)
+    dtype = DTYPES[args.dtype] if args.dtype else loaded.dtype
+    model = loaded.model.to(device=device, dtype=dtype)
+    model = guidance_from_spec(model, args.guidance, args.scale, args.window) if args.guidance else model
+    batch = args.batch_size or default_batch_size(loaded.event_shape)
+    with staged_folder(out) as stage:
+        x, info = run_sampler(model, args.sampler, args.nfe, args.n, grid=args.grid, seed=args.seed,
+                              options=parse_options(args.opt), shape=loaded.event_shape, dtype=dtype, device=device,
+                              batch_size=batch, fit_grid=args.fit_grid, grid_file=args.grid_file,
+                              fit_out=str(stage / "grid.json"), fit_kw={"reference": args.fit_reference})
+        check_finite(x, info["nonfinite_rows"], args.allow_nonfinite)
+        files = write_samples(stage, x, loaded, f"{args.sampler} (NFE {info['nfe_planned']})", args.reference)
+        if loaded.oracle is not None and not info["nonfinite_rows"]:
+            info.update(sample_oracle_metrics(x.cpu(), loaded.oracle, seed=args.seed + 1))
+        write_json(str(stage / "sample.json"), info)
+        write_run_provenance(args, stage, t0, loaded=loaded, sampler=args.sampler, grid=info["grid"],
+                             nfe_measured=info["nfe_measured_per_batch"], device=str(device))
     print(json.dumps(info, indent=2, default=float))
-    print(f"wrote {out}/samples.npy, samples.png, sample.json")
+    print(f"wrote {out}/{', '.join(files + ['sample.json', 'provenance.json'])}")
     return 0
 
 
-def _plot(x, loaded, title: str, path: str, n: int) -> None:
-    """Scatter of vectors (with the oracle's exact samples behind them) or a grid of the first 64 images."""
-    from .. import plotting
+def check_finite(x, bad: int, allow: bool) -> None:
+    """Refuse samples with NaN/inf rows (``bad`` of them) unless ``allow`` (``--allow-nonfinite``)."""
+    if bad and not allow:
+        raise CLIError(f"{bad} of {x.shape[0]} samples have NaN/inf entries (a diverged model or sampler); nothing "
+                       "was written; pass --allow-nonfinite to keep them")
 
+
+def write_samples(folder, x, loaded, title: str, reference: str | None = None) -> list[str]:
+    """``samples.npy`` (float32, model space) and a picture: a scatter of 2-D data with the reference behind it
+    (``--reference``, else the exact oracle's law), or for images ``samples.npz`` (uint8 [N, H, W, C], ``arr_0``)
+    and a near-square grid of the first 64.  Returns the file names written."""
+    import numpy as np
+    import torch
+
+    from .. import plotting
+    from ..io.loading import load_samples
+
+    x = x.detach().float().cpu()
+    np.save(os.path.join(folder, "samples.npy"), x.numpy())
+    files = ["samples.npy"]
     if len(loaded.event_shape) == 1:
-        ref = loaded.oracle.sample(n) if loaded.oracle is not None else None
-        plotting.scatter_panels({title: x}, path, reference=ref)
+        ref = load_samples(reference, loaded.event_shape) if reference else (
+            loaded.oracle.sample(min(len(x), 5000)) if loaded.oracle is not None else None)
+        plotting.scatter_panels({title: x}, os.path.join(folder, "samples.png"), reference=ref, axes_labels=True,
+                                reference_label=reference or ("exact law" if ref is not None else "reference"))
+        files.append("samples.png")
     elif len(loaded.event_shape) == 3:
-        plotting.image_grid(x[:64].clamp(-1, 1), path)
+        u8 = ((x.nan_to_num().clamp(-1, 1) + 1) * 127.5).round().to(dtype=torch.uint8)
+        np.savez_compressed(os.path.join(folder, "samples.npz"), arr_0=u8.permute(0, 2, 3, 1).numpy())
+        plotting.image_grid(x[:64].nan_to_num().clamp(-1, 1), os.path.join(folder, "samples.png"), title=title)
+        files += ["samples.npz", "samples.png"]
+    return files

@@ -17,6 +17,7 @@ fsync, ``os.replace``, fsync of the folder), so a JSON sidecar exists only next 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -263,6 +264,28 @@ def unused_dir(base: str | os.PathLike) -> Path:
     raise ValueError(f"no free folder name next to {base}: clean up old runs")
 
 
+@contextlib.contextmanager
+def staged_folder(out: str | os.PathLike):
+    """Write a command's output files into a hidden staging folder next to ``out`` and move them into ``out`` only
+    when the block succeeds (``os.replace`` per file, ``out`` created then); on an error the staging folder is
+    removed and ``out`` is left as it was, so no half-written output folder stays behind.  Yields the staging
+    folder (a ``Path``)."""
+    import shutil
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output folder {str(out)!r} exists and is a file; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:
+        yield stage
+        out.mkdir(exist_ok=True)
+        for f in sorted(stage.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def list_checkpoints(run_dir: str | os.PathLike, prefix: str = "ckpt_") -> list[Path]:
     """Complete checkpoints (JSON sidecars with their tensor file) in ``run_dir``, oldest step first."""
     found = []
@@ -326,4 +349,5 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device: str | t
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_meta", "restore", "load_model", "latest_checkpoint",
            "list_checkpoints", "delete_checkpoint", "checkpoint_paths", "atomic_write_bytes", "Checkpoint", "jsonable",
-           "rng_state", "set_rng_state", "flatten_optimizer", "unflatten_optimizer", "model_meta"]
+           "rng_state", "set_rng_state", "flatten_optimizer", "unflatten_optimizer", "model_meta", "staged_folder",
+           "unused_dir"]

@@ -132,21 +132,38 @@ def load_any_model(*, checkpoint: str | os.PathLike | None = None, oracle: str |
     return with_clipped_x0(loaded, *clip_x0) if clip_x0 else loaded
 
 
-def load_samples(path: str) -> torch.Tensor:
+def load_samples(path: str, event_shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """Samples ``[N, ...]`` float32 from a ``.npy`` file, a data file/folder, or a registered data set name (its
-    default size, seed 12345)."""
+    default size, seed 12345).  With ``event_shape`` the trailing shape must equal it (never reshaped); empty files
+    and NaN/inf entries are errors too (``ValueError`` naming the file)."""
     import numpy as np
 
     from ..data import load_dataset
 
-    if os.path.exists(path):
-        if path.endswith(".npy"):
-            return torch.from_numpy(np.load(path, allow_pickle=False)).float()
-        x, _ = load_dataset(path)
-        return x.float()
-    x, _ = load_dataset(path, seed=12345)  # the data set's default size (10,000 for toy sets, all digits)
-    return x.float()
+    if os.path.exists(path) and path.endswith(".npy"):
+        try:
+            x = torch.from_numpy(np.load(path, allow_pickle=False)).float()
+        except (ValueError, OSError, EOFError, TypeError) as e:
+            raise ValueError(f"cannot read samples {path!r} as a numeric .npy array: {e}") from None
+    else:
+        x, _ = load_dataset(path) if os.path.exists(path) else load_dataset(path, seed=12345)
+        x = x.float()
+    return check_samples(x, path, event_shape)
+
+
+def check_samples(x: torch.Tensor, name: str, event_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """``x`` ``[N, *event_shape]`` if it has N >= 1 finite examples of that shape, else ``ValueError`` naming
+    ``name``, the shape found and the shape expected."""
+    if x.ndim < 2 or x.shape[0] < 1:
+        raise ValueError(f"samples {name!r} have shape {tuple(x.shape)}; expected [N, ...] with N >= 1 examples")
+    if event_shape is not None and tuple(x.shape[1:]) != tuple(event_shape):
+        raise ValueError(f"samples {name!r} have examples of shape {tuple(x.shape[1:])} (array {tuple(x.shape)}); "
+                         f"the model's examples have shape {tuple(event_shape)}")
+    bad = int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).sum())
+    if bad:
+        raise ValueError(f"samples {name!r}: {bad} of {x.shape[0]} examples have NaN/inf entries")
+    return x
 
 
 __all__ = ["LoadedModel", "oracle_mixture", "make_process", "event_shape_from_meta", "load_checkpoint_model",
-           "load_oracle", "with_clipped_x0", "load_any_model", "load_samples"]
+           "load_oracle", "with_clipped_x0", "load_any_model", "load_samples", "check_samples"]

@@ -25,7 +25,7 @@ from typing import Callable, Union
 
 import torch
 
-from .._utils import bcast
+from .._utils import bcast, fits_type, suggest, type_name
 from ..core.denoisers import CountingModel, DiffusionModel, FunctionModel, NetworkModel
 
 Callback = Callable[[dict], None]
@@ -374,10 +374,30 @@ class SamplerInfo:
 
     def check_options(self, opts: dict) -> dict:
         """``opts`` if every key is one of ``options``, else ``ValueError`` naming the unknown ones."""
-        unknown = set(opts) - set(self.options)
+        unknown = sorted(set(opts) - set(self.options))
         if unknown:
-            raise ValueError(f"sampler {self.name!r} has no option(s) {sorted(unknown)}; expected some of "
-                             f"{list(self.options)}")
+            raise ValueError(f"sampler {self.name!r} has no option(s) {unknown}; expected some of "
+                             f"{list(self.options)}{suggest(unknown[0], self.options)}")
+        return self._check_option_types(opts)
+
+    def _check_option_types(self, opts: dict) -> dict:
+        """``opts`` with each value checked against the sampler function's annotation of that keyword (or the
+        type of its default): ``ValueError`` naming the option, the value and the expected type."""
+        import inspect
+        import typing
+
+        try:
+            hints = typing.get_type_hints(self.fn)
+        except (NameError, TypeError):
+            hints = {}
+        params = inspect.signature(self.fn).parameters
+        for k, v in opts.items():
+            default = params[k].default if k in params else None
+            hint = hints.get(k, type(default) if isinstance(default, (bool, int, float, str)) else typing.Any)
+            ok, opts[k] = fits_type(v, hint)
+            if not ok:
+                raise ValueError(f"sampler {self.name!r} option {k}={v!r}: expected {type_name(hint)} (its options: "
+                                 f"{list(self.options)})")
         return opts
 
     def order_with(self, **opts) -> float:

@@ -25,6 +25,7 @@ import time
 import torch
 
 from .._utils import progress as tqdm
+from .._utils import available_memory_bytes, suggest
 from ..core.denoisers import CountingModel, DiffusionModel
 from ..core.processes import ForwardProcess
 from ..core.schedules import dpm_solver_orders, make_grid
@@ -36,7 +37,7 @@ from .grid_opt import load_grid, optimize_grid
 def sampler_info(name: str) -> SamplerInfo:
     """``SAMPLERS[name]``, or ``ValueError`` naming the registered samplers."""
     if not isinstance(name, str) or name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
+        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}{suggest(name, SAMPLERS)}")
     return SAMPLERS[name]
 
 
@@ -109,6 +110,46 @@ def grid_from_file(path: str, info: SamplerInfo, nfe: int, options: dict | None 
     return ts, planned
 
 
+# -- memory ------------------------------------------------------------------------------------------------------
+#: bytes of per-grid-step tables (the float64 grid, ``GridCoefs`` and the loop's lists) budgeted per step
+GRID_BYTES_PER_STEP = 256
+#: working copies of one batch a sampler holds at once (x, x0_hat, mean, noise, multistep history)
+WORKING_COPIES = 8
+
+
+def default_batch_size(shape: tuple[int, ...]) -> int:
+    """Samples per batch when none is given: about 2^20 numbers per batch (2-D data: one batch of up to 524,288;
+    3x32x32 images: 341), so network activations of image models stay small."""
+    d = 1
+    for k in shape:
+        d *= int(k)
+    return max(1, (1 << 20) // d)
+
+
+def sample_memory_bytes(n: int, shape: tuple[int, ...], batch_size: int, nfe: int,
+                        dtype: torch.dtype = torch.float32) -> int:
+    """Bytes ``sample`` holds at once: all prior draws and all samples (2 n d), ``WORKING_COPIES`` batches and the
+    grid tables (at most ``nfe`` steps).  Network activations come on top (they scale with ``batch_size``)."""
+    d = 1
+    for k in shape:
+        d *= int(k)
+    item = torch.empty((), dtype=dtype).element_size()
+    return (2 * n + WORKING_COPIES * min(batch_size, n)) * d * item + (int(nfe) + 1) * GRID_BYTES_PER_STEP
+
+
+def check_memory(n: int, shape: tuple[int, ...], batch_size: int, nfe: int, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu", available: int | None = None) -> int:
+    """``sample_memory_bytes`` if it fits in the free memory of ``device`` (``available`` bytes when given), else
+    ``ValueError`` naming n, the shape, the NFE and both sizes, before anything is allocated."""
+    need = sample_memory_bytes(n, shape, batch_size, nfe, dtype)
+    free = available if available is not None else available_memory_bytes(device)
+    if free is not None and need > free:
+        raise ValueError(f"sampling n={n} samples of shape {tuple(shape)} with nfe={nfe} (batch size "
+                         f"{min(batch_size, n)}, {dtype}) needs about {need / 2**30:.3g} GiB, more than the "
+                         f"{free / 2**30:.3g} GiB free on {device}; lower --n, --nfe or --batch-size")
+    return need
+
+
 # -- sampling ----------------------------------------------------------------------------------------------------
 def _check_sample_args(model, n, shape, batch_size) -> tuple[int, tuple[int, ...], int]:
     if not isinstance(model, DiffusionModel):
@@ -166,10 +207,12 @@ def sample(model: DiffusionModel, sampler: str, nfe: int, n: int, *, shape: tupl
 
     ``info``: sampler, nfe_requested, nfe_planned, nfe_measured_per_batch (an int when every batch measured the
     same), grid (its name or "explicit"), steps, n, batch_size, n_batches, seed, wall_s, options (as run,
-    including budget-chosen ones such as DPM-Solver's ``orders``).  Raises ``ValueError`` on bad input: unknown
+    including budget-chosen ones such as DPM-Solver's ``orders``), nonfinite_rows (samples with a NaN/inf
+    entry: a diverged model or sampler; callers decide whether to keep them).  Raises ``ValueError`` on bad input: unknown
     sampler or option, budget too small for the sampler, n < 1, bad shape or batch size, bad grid."""
     n, shape, b = _check_sample_args(model, n, shape, batch_size)
     info = sampler_info(sampler)
+    check_memory(n, shape, b, _check_nfe(nfe), dtype, device)
     ts, planned, opts = plan(model, sampler, nfe, grid=grid, options=options, final_zero=final_zero,
                              grid_kw=grid_kw)
     g = generator if generator is not None else torch.Generator(device=device).manual_seed(int(seed))
@@ -182,12 +225,13 @@ def sample(model: DiffusionModel, sampler: str, nfe: int, n: int, *, shape: tupl
             out.append(info.fn(counter, x_T[i:i + b], t_grid, generator=g, **opts))
             measured.append(counter.nfe)
     x = torch.cat(out) if len(out) > 1 else out[0]
+    bad = int((~torch.isfinite(x.reshape(n, -1))).any(dim=1).sum())
     return x, {"sampler": sampler, "nfe_requested": int(nfe), "nfe_planned": planned,
                "nfe_measured_per_batch": measured[0] if len(set(measured)) == 1 else measured,
                "grid": grid if isinstance(grid, str) else (info.default_grid if grid is None else "explicit"),
                "steps": len(ts) - 1, "n": n, "batch_size": b, "n_batches": len(out),
                "seed": None if generator is not None else int(seed), "wall_s": time.perf_counter() - t0,
-               "options": opts}
+               "options": opts, "nonfinite_rows": bad}
 
 
 def run_sampler(model, sampler: str, nfe: int, n: int, *, grid: str | None = None, seed: int = 0,
@@ -199,6 +243,8 @@ def run_sampler(model, sampler: str, nfe: int, n: int, *, grid: str | None = Non
     ``n_samples``, ``max_objective``); ``grid_file`` uses a grid saved by an earlier fit instead of a named grid.
     Returns (samples, info dict with ``grid_fit``: the fit's report or None)."""
     info, dtype = sampler_info(sampler), dtype or torch.float32
+    n, shape, b = _check_sample_args(model, n, shape, batch_size)
+    check_memory(n, shape, b, _check_nfe(nfe), dtype, device)
     ts, fit_report, opts = grid, None, dict(options or {})
     if grid_file:
         ts, _ = grid_from_file(grid_file, info, _check_nfe(nfe), opts)
@@ -229,5 +275,5 @@ def fit_sampler_grid(model, sampler, ts, init, options, shape, dtype, seed, fit_
     return fit.ts, {k: v for k, v in fit.to_json().items() if k not in ("history", "ts")}
 
 
-__all__ = ["sample", "plan", "run_sampler", "grid_for_nfe", "grid_from_file", "planned_nfe_for_grid",
+__all__ = ["sample", "plan", "check_memory", "sample_memory_bytes", "default_batch_size", "run_sampler", "grid_for_nfe", "grid_from_file", "planned_nfe_for_grid",
            "fit_sampler_grid", "sampler_info"]

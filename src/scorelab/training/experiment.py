@@ -3,7 +3,8 @@
 A config has five sections (every key optional except where noted)::
 
     run_dir: runs/swissroll_vp
-    data:    {name: swiss_roll, n: 100000, seed: 0, params: {}}     # a data-set name or a file/folder path
+    data:    {name: swiss_roll, n: null, seed: 0, params: {}}       # a data-set name or a file/folder path; n: null =
+                                                                     # all of a file's data (a toy set's default size)
     process: {name: vp}                                              # processes.process_from_config, or
                                                                      # {name: discrete, schedule: linear, n: 1000}
     model:   {net: {name: mlp, width: 256, depth: 3}, parameterization: eps}   # net dims are filled from the data
@@ -11,7 +12,9 @@ A config has five sections (every key optional except where noted)::
     objective: {name: dsm}       # or {name: hodsm, order: 2|3, trace: true, lambda2: 1, lambda3: 1} (Lu et al. 2022a)
     train:   {steps: 5000, batch_size: 512, lr: 1e-3}                # training.TrainConfig
 
-Unknown sections or keys are errors (``ValueError`` naming the key and the allowed ones).
+Unknown sections or keys are errors (``ValueError`` naming the key, the nearest allowed ones and all allowed ones);
+values are checked against the dataclass annotations (``_utils.check_field_types``: the error names ``section.key``);
+YAML is read with ``_utils.load_yaml`` (``1e-4`` is a float).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from typing import Any
 import torch
 import yaml
 
+from .._utils import check_field_types, load_yaml, suggest
 from .loop import TrainConfig
 from .losses import LossConfig
 
@@ -35,9 +39,9 @@ SECTIONS = ("run_dir", "data", "process", "model", "loss", "objective", "train")
 @dataclass(frozen=True)
 class DataConfig:
     """The ``data`` section: a built-in data set name or a path (image folder, .npy, .npz, .csv), ``n`` points
-    (None: all), the sampling ``seed`` and extra ``params`` for the loader."""
+    (None: all of a file's data, a built-in set's default size), the sampling ``seed`` and extra ``params`` for the loader."""
     name: str = "swiss_roll"
-    n: int | None = 100_000
+    n: int | None = None
     seed: int = 0
     params: dict = field(default_factory=dict)
 
@@ -111,19 +115,24 @@ def _build(cls, values: Any, section: str):
     allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - allowed)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in section {section!r}; allowed: {sorted(allowed)}")
+        raise ValueError(f"unknown key {section}.{unknown[0]}{suggest(unknown[0], allowed)} (allowed in section "
+                         f"{section!r}: {sorted(allowed)})")
     vals = {k: (tuple(v) if isinstance(v, list) and k == "betas" else v) for k, v in values.items()}
+    vals = check_field_types(cls, vals, f"{section}.")
     try:
         return cls(**vals)
     except TypeError as e:
         raise ValueError(f"bad value in section {section!r}: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"config section {section!r}: {e}") from None
 
 
 def _apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
     for key, value in overrides.items():
         parts = key.split(".")
         if parts[0] not in SECTIONS:
-            raise ValueError(f"override {key!r}: unknown section {parts[0]!r}; expected one of {SECTIONS}")
+            raise ValueError(f"override {key!r}: unknown section {parts[0]!r}{suggest(parts[0], SECTIONS)} "
+                             f"(expected one of {SECTIONS})")
         node = raw
         for p in parts[:-1]:
             node = node.setdefault(p, {})
@@ -139,7 +148,8 @@ def experiment_from_dict(raw: dict, overrides: dict[str, Any] | None = None) -> 
     raw = _apply_overrides(json.loads(json.dumps(raw or {})), overrides or {})
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
-        raise ValueError(f"unknown config section(s) {unknown}; expected {list(SECTIONS)}")
+        raise ValueError(f"unknown config section {unknown[0]!r}{suggest(unknown[0], SECTIONS)} (expected one of "
+                         f"{list(SECTIONS)})")
     process = raw.get("process") or {"name": "vp"}
     if not isinstance(process, dict) or "name" not in process:
         raise ValueError("config section 'process' must be a mapping with a 'name'")
@@ -157,7 +167,7 @@ def load_experiment(path: str | os.PathLike, overrides: dict[str, Any] | None = 
         raise FileNotFoundError(f"config file {path} does not exist")
     with open(path) as f:
         try:
-            raw = yaml.safe_load(f) or {}
+            raw = load_yaml(f) or {}
         except yaml.YAMLError as e:
             raise ValueError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
