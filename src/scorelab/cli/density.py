@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
     sp.add_argument("--dim", type=positive_int, default=None, help="dimension of a user target")
     sp.add_argument("--lr", type=float, default=5e-3)
     sp.add_argument("--time-limit", type=float, default=None, help="cap on training wall time (s)")
-    sp.add_argument("--opt", action="extend", nargs="*", metavar="KEY=VALUE", help="sampler options, e.g. sigma=3 (PIS/DDS)")
+    sp.add_argument("--opt", action="extend", nargs="*", metavar="KEY=VALUE",
+                    help="sampler options, e.g. sigma=3 (PIS/DDS)")
     sp.add_argument("--hidden", type=positive_int, default=64, help="control network width")
     sp.add_argument("--layers", type=positive_int, default=2, help="control network depth")
     sp.add_argument("--mc-pretrain", type=int, default=0, metavar="ROUNDS",

@@ -26,7 +26,8 @@ def add_parser(sub) -> None:
     fp.set_defaults(fn=run)
     fp.add_argument("--checkpoint", required=True, help="pretrained model (checkpoint or run folder)")
     fp.add_argument("--out", help="run folder (default runs/sft_pg)")
-    fp.add_argument("--set", action="extend", nargs="*", metavar="KEY=VALUE", help="SFTPGConfig fields, e.g. lam=1 epochs=100")
+    fp.add_argument("--set", action="extend", nargs="*", metavar="KEY=VALUE",
+                    help="SFTPGConfig fields, e.g. lam=1 epochs=100")
     fp.add_argument("--resume", action="store_true")
     fp.add_argument("--quiet", action="store_true")
 

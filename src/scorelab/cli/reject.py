@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
     sp.add_argument("--method", choices=["exact", "drs", "budget"], default=None)
     sp.add_argument("--K", type=float, default=None, help="budget: on average K proposals per accepted sample")
     sp.add_argument("--n", type=positive_int, default=None)
-    sp.add_argument("--set", action="extend", nargs="*", metavar="KEY=VALUE", help="RejectConfig fields (sampler=..., nfe=...)")
+    sp.add_argument("--set", action="extend", nargs="*", metavar="KEY=VALUE",
+                    help="RejectConfig fields (sampler=..., nfe=...)")
     sp.add_argument("--out")
 
 

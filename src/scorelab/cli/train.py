@@ -21,7 +21,8 @@ def add_parser(sub) -> None:
     sp.add_argument("--config", required=True)
     sp.add_argument("--out", help="run directory (default: run_dir from the config)")
     sp.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    sp.add_argument("--set", action="extend", nargs="*", metavar="SECTION.KEY=VALUE", help="override config entries (listed below)")
+    sp.add_argument("--set", action="extend", nargs="*", metavar="SECTION.KEY=VALUE",
+                    help="override config entries (listed below)")
     sp.add_argument("--quiet", action="store_true")
 
 

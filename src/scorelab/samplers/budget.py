@@ -24,8 +24,8 @@ import time
 
 import torch
 
-from .._utils import progress as tqdm
 from .._utils import available_memory_bytes, suggest
+from .._utils import progress as tqdm
 from ..core.denoisers import CountingModel, DiffusionModel
 from ..core.processes import ForwardProcess
 from ..core.schedules import dpm_solver_orders, make_grid
@@ -208,8 +208,9 @@ def sample(model: DiffusionModel, sampler: str, nfe: int, n: int, *, shape: tupl
     ``info``: sampler, nfe_requested, nfe_planned, nfe_measured_per_batch (an int when every batch measured the
     same), grid (its name or "explicit"), steps, n, batch_size, n_batches, seed, wall_s, options (as run,
     including budget-chosen ones such as DPM-Solver's ``orders``), nonfinite_rows (samples with a NaN/inf
-    entry: a diverged model or sampler; callers decide whether to keep them).  Raises ``ValueError`` on bad input: unknown
-    sampler or option, budget too small for the sampler, n < 1, bad shape or batch size, bad grid."""
+    entry: a diverged model or sampler; callers decide whether to keep them).  Raises ``ValueError`` on bad
+    input: unknown sampler or option, budget too small for the sampler, n < 1, bad shape or batch size, bad grid, a
+    run that would not fit in memory (``check_memory``, before anything is allocated)."""
     n, shape, b = _check_sample_args(model, n, shape, batch_size)
     info = sampler_info(sampler)
     check_memory(n, shape, b, _check_nfe(nfe), dtype, device)
@@ -275,5 +276,5 @@ def fit_sampler_grid(model, sampler, ts, init, options, shape, dtype, seed, fit_
     return fit.ts, {k: v for k, v in fit.to_json().items() if k not in ("history", "ts")}
 
 
-__all__ = ["sample", "plan", "check_memory", "sample_memory_bytes", "default_batch_size", "run_sampler", "grid_for_nfe", "grid_from_file", "planned_nfe_for_grid",
-           "fit_sampler_grid", "sampler_info"]
+__all__ = ["sample", "plan", "check_memory", "sample_memory_bytes", "default_batch_size", "run_sampler",
+           "grid_for_nfe", "grid_from_file", "planned_nfe_for_grid", "fit_sampler_grid", "sampler_info"]

@@ -39,7 +39,8 @@ SECTIONS = ("run_dir", "data", "process", "model", "loss", "objective", "train")
 @dataclass(frozen=True)
 class DataConfig:
     """The ``data`` section: a built-in data set name or a path (image folder, .npy, .npz, .csv), ``n`` points
-    (None: all of a file's data, a built-in set's default size), the sampling ``seed`` and extra ``params`` for the loader."""
+    (None: all of a file's data, a built-in set's default size), the sampling ``seed`` and extra ``params`` for
+    the loader."""
     name: str = "swiss_roll"
     n: int | None = None
     seed: int = 0
