@@ -102,10 +102,11 @@ def write_run_provenance(args: argparse.Namespace, folder, t0: float, loaded: Lo
 
     from ..io.provenance import write_provenance
 
-    checkpoint = loaded.source if loaded is not None and loaded.oracle is None else None
+    if loaded is not None:
+        fields.setdefault("checkpoint", loaded.source if loaded.oracle is None else None)
+        fields.setdefault("model", loaded.source)
     fields.setdefault("seed", getattr(args, "seed", None))
-    write_provenance(folder, argv=getattr(args, "argv", None), checkpoint=checkpoint,
-                     model=None if loaded is None else loaded.source, wall_s=time.perf_counter() - t0, **fields)
+    write_provenance(folder, argv=getattr(args, "argv", None), wall_s=time.perf_counter() - t0, **fields)
 
 
 def write_json(path: str, obj: dict) -> None:

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from ..training.experiment import ExperimentConfig
-from .common import add_verb, parse_options, print_json, set_keys_help
+from .common import add_verb, parse_options, print_json, set_keys_help, write_run_provenance
 
 EXAMPLES = """\
 example:
@@ -20,7 +21,10 @@ def add_parser(sub) -> None:
                   EXAMPLES + set_keys_help(ExperimentConfig, "--set keys (defaults where the config gives none):"))
     sp.add_argument("--config", required=True)
     sp.add_argument("--out", help="run directory (default: run_dir from the config)")
-    sp.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    sp.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint that "
+                    "verifies (its sha256); the folder must exist")
+    sp.add_argument("--overwrite", action="store_true", help="the run folder holds an earlier run: move it aside to "
+                    "OUT.old (never deleted) and start a new one")
     sp.add_argument("--set", action="extend", nargs="*", metavar="SECTION.KEY=VALUE",
                     help="override config entries (listed below)")
     sp.add_argument("--quiet", action="store_true")
@@ -31,7 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from ..training.experiment import launch_training, load_experiment
 
     exp = load_experiment(args.config, overrides=parse_options(args.set))
-    result = launch_training(exp, args.out or exp.run_dir, resume=args.resume, progress=not args.quiet)
+    t0 = time.perf_counter()
+    out = args.out or exp.run_dir
+    result = launch_training(exp, out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
     if result is not None:  # rank 0 (or no torchrun) reports
+        write_run_provenance(args, out, t0, seed=exp.train.seed, device=exp.train.device,
+                             checkpoint=result["checkpoint"], data=exp.data.name, steps=result["step"])
         print_json(result, drop=("model",))
     return 0

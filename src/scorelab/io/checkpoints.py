@@ -208,9 +208,19 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     json_path = checkpoint_paths(path)[1]
     if not json_path.is_file():
         raise ValueError(f"no checkpoint sidecar {json_path}")
-    meta = json.loads(json_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{json_path} is not a scorelab checkpoint (format {meta.get('format')!r})")
+    return _parse_meta(json_path)
+
+
+def _parse_meta(json_path: Path) -> dict[str, Any]:
+    """The checked sidecar of ``json_path``: ``ValueError`` naming the file when it is not JSON (truncated, edited)
+    or not a scorelab checkpoint."""
+    try:
+        meta = json.loads(json_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"checkpoint sidecar {json_path} is not valid JSON (truncated or edited?): {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{json_path} is not a scorelab checkpoint (format {fmt!r})")
     return meta
 
 
@@ -220,14 +230,16 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     if not json_path.is_file() or not st_path.is_file():
         raise ValueError(f"no complete checkpoint at {json_path.with_suffix('')} (need {st_path.name} and "
                          f"{json_path.name})")
-    meta = json.loads(json_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{json_path} is not a scorelab checkpoint (format {meta.get('format')!r})")
+    meta = _parse_meta(json_path)
     blob = st_path.read_bytes()
     if verify and hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
         raise ValueError(f"{st_path} does not match the sha256 recorded in {json_path.name} (corrupt or replaced)")
     ckpt = Checkpoint(meta)
-    for key, v in safetensors.torch.load(blob).items():
+    try:
+        tensors = safetensors.torch.load(blob)
+    except Exception as e:  # safetensors' own error type for a malformed file
+        raise ValueError(f"{st_path} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
+    for key, v in tensors.items():
         group, name = key.split(".", 1)
         getattr(ckpt, group)[name if group != "optim" else key] = v.to(device)
     return ckpt
@@ -336,14 +348,23 @@ def load_model(path: str | os.PathLike, *, weights: str = "ema", device: str | t
     for key in ("net_config", "process_config"):
         if key not in ckpt.meta:
             raise ValueError(f"checkpoint {path} has no {key}; it cannot be rebuilt without the original code")
-    net = build_net(ckpt.meta["net_config"])
-    model = NetworkModel(net, process_from_config(ckpt.meta["process_config"]),
-                         ckpt.meta.get("parameterization", "eps"), ckpt.meta.get("time_input"),
-                         ckpt.meta.get("sigma_data", 0.5))
+    try:
+        net = build_net(ckpt.meta["net_config"])
+        model = NetworkModel(net, process_from_config(ckpt.meta["process_config"]),
+                             ckpt.meta.get("parameterization", "eps"), ckpt.meta.get("time_input"),
+                             ckpt.meta.get("sigma_data", 0.5))
+    except (TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"checkpoint {path}: its JSON sidecar does not describe a model this scorelab builds "
+                         f"({type(e).__name__}: {e})") from None
     state = ckpt.ema if weights == "ema" and ckpt.ema else ckpt.model
     if weights == "ema" and not ckpt.ema:
         warnings.warn(f"checkpoint {path} has no EMA weights; loading the raw model weights", stacklevel=2)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {path}: the weights do not fit the model its JSON sidecar describes (edited "
+                         f"net_config?): {str(e).splitlines()[1 if len(str(e).splitlines()) > 1 else 0].strip()}"
+                         ) from None
     return model.to(device).eval()
 
 

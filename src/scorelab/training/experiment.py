@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from typing import Any
 import torch
 import yaml
 
-from .._utils import check_field_types, load_yaml, suggest
+from .._utils import check_device, check_field_types, load_yaml, suggest
+from ..io.loading import check_samples
 from .loop import TrainConfig
 from .losses import LossConfig
 
@@ -201,21 +203,51 @@ def build_model(exp: ExperimentConfig, event_shape: tuple[int, ...]):
                         exp.model.sigma_data)
 
 
+def prepare_run_dir(run_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Make ``run_dir`` ready for a run without losing an earlier one.  New or empty: created.  Holding files:
+    ``resume`` continues it, ``overwrite`` moves it aside to ``<run_dir>.old`` (``-2``, ``-3``, ... if taken; never
+    deleted), otherwise ``ValueError``.  ``resume`` on a folder that does not exist is a ``ValueError`` too (a typo
+    would silently start from scratch).  Returns the folder."""
+    from ..io.checkpoints import unused_dir
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run folder {str(run_dir)!r} is an existing file; expected a folder")
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in the folder and --overwrite moves it aside: give one of them")
+    if resume and not run_dir.is_dir():
+        raise ValueError(f"--resume: run folder {str(run_dir)!r} does not exist (nothing to resume; drop --resume to "
+                         "start a new run)")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not resume:
+        if not overwrite:
+            raise ValueError(f"run folder {str(run_dir)!r} already holds a run; pass --resume to continue it or "
+                             "--overwrite to move it aside (nothing is deleted), or choose another --out")
+        aside = unused_dir(run_dir.with_name(run_dir.name + ".old"))
+        run_dir.rename(aside)
+        warnings.warn(f"moved the earlier run {run_dir} aside to {aside}", stacklevel=2)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
 def run_training(exp: ExperimentConfig, run_dir: str | os.PathLike | None = None, resume: bool = False,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Load data, build the model, train; the run folder gets config.yaml, log.csv and checkpoints (under
-    ``torch.distributed`` every rank trains on its shards of each global batch and rank 0 writes)."""
+    ``torch.distributed`` every rank trains on its shards of each global batch and rank 0 writes).  The folder is
+    prepared by ``prepare_run_dir`` (``resume`` / ``overwrite``; an earlier run is never overwritten) after the data
+    and model are checked, so bad input leaves no folder behind."""
     from ..data import load_dataset
     from .loop import dist_info, train
 
     run_dir = Path(run_dir or exp.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_device(exp.train.device, "train.device")
     x, labels = load_dataset(exp.data.name, n=exp.data.n, seed=exp.data.seed, **exp.data.params)
+    check_samples(x.float(), f"data.name={exp.data.name}")
     with torch.random.fork_rng(devices=[]):  # weight init from train.seed: runs repeat, ranks start equal
         torch.manual_seed(exp.train.seed)
         model = build_model(exp, tuple(x.shape[1:]))
     rank = dist_info()[0]
     if rank == 0:
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
         with open(run_dir / "config.yaml", "w") as f:
             yaml.safe_dump(exp.to_dict(), f, sort_keys=False)
     use_labels = labels if exp.model.net.get("num_classes", 0) else None
@@ -230,15 +262,15 @@ def run_training(exp: ExperimentConfig, run_dir: str | os.PathLike | None = None
 
 
 def launch_training(exp: ExperimentConfig, run_dir: str | os.PathLike | None = None, resume: bool = False,
-                    progress: bool = True) -> dict[str, Any] | None:
+                    progress: bool = True, overwrite: bool = False) -> dict[str, Any] | None:
     """``run_training`` as launched: under ``torchrun`` (``WORLD_SIZE`` > 1) every rank joins the process group,
     trains data-parallel and leaves it; the result is returned on rank 0 and ``None`` on the other ranks."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return run_training(exp, run_dir, resume=resume, progress=progress)
+        return run_training(exp, run_dir, resume=resume, progress=progress, overwrite=overwrite)
     from .loop import init_distributed, shutdown_distributed
 
     rank, _ = init_distributed()
-    result = run_training(exp, run_dir, resume=resume, progress=progress)
+    result = run_training(exp, run_dir, resume=resume, progress=progress, overwrite=overwrite)
     shutdown_distributed()  # on an error torchrun stops the other ranks
     return result if rank == 0 else None
 

@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .._utils import check_device
 from .._utils import progress as tqdm
 from ..core.denoisers import DiffusionModel
 from ..core.processes import Discrete
@@ -371,6 +372,7 @@ def _setup(model: nn.Module, data: torch.Tensor, labels, config: TrainConfig, lo
     if shards % world or config.batch_size % shards:
         raise ValueError(f"data_shards ({shards}) must be a multiple of the world size ({world}) and divide "
                          f"batch_size ({config.batch_size})")
+    check_device(config.device, "train.device")
     device = resolve_device(config.device)
     model.to(device).train()
     if world > 1:
@@ -389,11 +391,32 @@ def _setup(model: nn.Module, data: torch.Tensor, labels, config: TrainConfig, lo
                                                                           config.seed))
 
 
+def newest_verified_checkpoint(run_dir: Path, device: str | torch.device = "cpu"):
+    """``(Checkpoint, json path)`` of the newest checkpoint in ``run_dir`` whose tensors match their sha256 (a
+    truncated or replaced newer one is skipped with a warning naming it), ``(None, None)`` when there is none;
+    ``ValueError`` when checkpoints exist but none verifies."""
+    found = ckpts.list_checkpoints(run_dir)
+    skipped = []
+    for path in reversed(found):
+        try:
+            ckpt = ckpts.load_checkpoint(path, device=device)
+        except (ValueError, OSError):  # sha256 mismatch, truncated safetensors, unreadable file
+            skipped.append(path.stem)
+            continue
+        if skipped:
+            warnings.warn(f"resume: skipped {', '.join(skipped)} (sha256 mismatch or unreadable: truncated or "
+                          f"replaced); resuming from {path.stem} (step {ckpt.step})", stacklevel=3)
+        return ckpt, path
+    if found:
+        raise ValueError(f"resume: none of the {len(found)} checkpoint(s) in {run_dir} verifies against its sha256 "
+                         f"({', '.join(skipped)}); start a new run with --overwrite")
+    return None, None
+
+
 def _resume(run: _Run, run_dir: Path) -> tuple[int, Path | None]:
-    latest = ckpts.latest_checkpoint(run_dir)
-    if latest is None:
+    ckpt, latest = newest_verified_checkpoint(run_dir, run.device)
+    if ckpt is None:
         return 0, None
-    ckpt = ckpts.load_checkpoint(latest, device=run.device)
     saved = ckpt.meta.get("train_config") or {}
     for key in ("seed", "batch_size", "optimizer"):
         if key in saved and saved[key] != getattr(run.config, key):
@@ -401,7 +424,11 @@ def _resume(run: _Run, run_dir: Path) -> tuple[int, Path | None]:
                           "the run will not match an uninterrupted one", stacklevel=3)
     if ckpt.meta.get("extra", {}).get("data_shards", run.shards) != run.shards:
         warnings.warn("resuming with a different number of data shards: loss noise will differ", stacklevel=3)
-    return ckpts.restore(ckpt, run.model, run.ema, run.optimizer), latest
+    try:
+        return ckpts.restore(ckpt, run.model, run.ema, run.optimizer), latest
+    except RuntimeError as e:  # load_state_dict: the run's model differs from the checkpoint's
+        raise ValueError(f"resume: checkpoint {latest} does not fit this config's model "
+                         f"({str(e).splitlines()[0]}); resume with the run's own config") from None
 
 
 def _save(run: _Run, run_dir: Path, step: int) -> Path:
@@ -410,9 +437,19 @@ def _save(run: _Run, run_dir: Path, step: int) -> Path:
              "loss_config": loss_cfg.to_dict() if hasattr(loss_cfg, "to_dict") else None}
     path = ckpts.save_checkpoint(run_dir / f"ckpt_{step:08d}", run.model, ema_model=run.ema, optimizer=run.optimizer,
                                  step=step, train_config=run.config.to_dict(), extra=extra)
-    for old in ckpts.list_checkpoints(run_dir)[:-run.config.keep_checkpoints]:
-        ckpts.delete_checkpoint(old)
+    rotate_checkpoints(run_dir, run.config.keep_checkpoints, keep=path)
     return path
+
+
+def rotate_checkpoints(run_dir: Path, n_keep: int, keep: Path | None = None) -> list[Path]:
+    """Delete all but the ``n_keep`` checkpoints with the largest step numbers, never the newest one nor ``keep``
+    (the one just written); returns the deleted JSON paths."""
+    found = ckpts.list_checkpoints(run_dir)  # ordered by the step stored in each sidecar
+    keep_json = ckpts.checkpoint_paths(keep)[1] if keep is not None else None
+    doomed = [p for p in found[:-max(1, n_keep)] if p != keep_json]
+    for old in doomed:
+        ckpts.delete_checkpoint(old)
+    return doomed
 
 
 def train(model: nn.Module, data: torch.Tensor, config: TrainConfig | None = None,
@@ -422,7 +459,8 @@ def train(model: nn.Module, data: torch.Tensor, config: TrainConfig | None = Non
 
     Args:
         config: ``TrainConfig``.  run_dir: folder for ``log.csv`` and checkpoints (rank 0 writes).
-        resume: continue from the latest checkpoint in ``run_dir`` (starts fresh when there is none); this also
+        resume: continue from the newest checkpoint in ``run_dir`` that verifies (``newest_verified_checkpoint``;
+            starts fresh when there is none); this also
             restores torch's global RNG state saved with it (only dropout layers draw from it).
         loss_fn: per-example loss ``loss_fn(model, x0, *, generator, **cond) -> [B]`` (default DSM).
         labels: integer class labels ``[N]`` passed as ``y`` (with ``cond_drop_prob`` null-label dropout).
@@ -445,8 +483,9 @@ def train(model: nn.Module, data: torch.Tensor, config: TrainConfig | None = Non
             loss, grad_norm = _train_step(run, step)
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 raise NonFiniteLossError(
-                    f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at update {step + 1}: training stopped "
-                    f"before applying it; last good checkpoint: {last_ckpt or 'none'}")
+                    f"training diverged: non-finite loss ({loss}) or gradient norm ({grad_norm}) at update {step + 1}"
+                    f", stopped before applying it; last good checkpoint: {last_ckpt or 'none'}; try a smaller "
+                    "train.lr, train.grad_clip=1.0 or more train.warmup_steps")
             history.append(loss)
             window.append(loss)
             bar.update(1)
@@ -468,4 +507,4 @@ def train(model: nn.Module, data: torch.Tensor, config: TrainConfig | None = Non
 
 __all__ = ["TrainConfig", "TrainResult", "train", "NonFiniteLossError", "lr_at", "ema_decay_at", "update_ema",
            "make_optimizer", "init_distributed", "shutdown_distributed", "dist_info", "BatchIndexer", "derived_seed",
-           "read_log", "RunLogger"]
+           "read_log", "RunLogger", "newest_verified_checkpoint", "rotate_checkpoints"]
