@@ -29,7 +29,7 @@ def test_oracle_exact_divergence_matches_closed_form(capsys):
     assert r["n"] == 64
     # log p_{t_min} vs the exact log p_0: the t_min = 1e-3 smoothing changes log p by << 1e-2 nats here
     assert abs(r["mean_log_likelihood"] - r["exact_mean_log_likelihood"]) < 5e-3
-    assert r["nats_per_dim"] == pytest.approx(-r["mean_log_likelihood"] / 2, rel=1e-12)
+    assert r["nll_nats_per_dim"] == pytest.approx(-r["mean_log_likelihood"] / 2, rel=1e-12)
     assert "bits_per_dim" not in r  # bits/dim of 8-bit data only makes sense for images
     # the evaluated points are the oracle's own draws with the given seed
     x = oracle_mixture("gmm:ring8").sample(64, torch.Generator().manual_seed(3)).double()

@@ -56,6 +56,43 @@ def positive_int(text: str) -> int:
     return v
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return v
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed, an integer in [0, 2^63)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= v < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2^63), got {v}")
+    return v
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (no nan/inf)."""
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return v
+
+
 def config_from_options(cls, options: dict[str, Any], **fixed: Any):
     """Build the frozen dataclass ``cls`` from ``--set key=value`` options (unknown keys are errors)."""
     allowed = {f.name for f in dataclasses.fields(cls)}
@@ -184,8 +221,8 @@ def add_model_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--model", help="exact oracle instead of a checkpoint: gmm:ring8|grid9|grid25|random-K-D-SEED")
     sp.add_argument("--process", default="vp", help="process for --model: vp|subvp|vp_cosine|ve|edm|"
                     "discrete:SCHEDULE:N")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--clip-x0", nargs=2, type=float, metavar=("LO", "HI"),
+    sp.add_argument("--seed", type=seed_int, default=0)
+    sp.add_argument("--clip-x0", nargs=2, type=finite_float, metavar=("LO", "HI"),
                     help="project the model's x0 into [LO, HI] (data range, e.g. -1 1 for images)")
 
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
-from .common import add_verb, parse_options, positive_int, print_json
+from .common import add_verb, parse_options, positive_float, positive_int, print_json, seed_int, write_run_provenance
 
 EXAMPLES = """\
 examples:
@@ -25,8 +26,8 @@ def add_parser(sub) -> None:
     sp.add_argument("--iterations", type=positive_int, default=2000)
     sp.add_argument("--batch", type=positive_int, default=512)
     sp.add_argument("--dim", type=positive_int, default=None, help="dimension of a user target")
-    sp.add_argument("--lr", type=float, default=5e-3)
-    sp.add_argument("--time-limit", type=float, default=None, help="cap on training wall time (s)")
+    sp.add_argument("--lr", type=positive_float, default=5e-3)
+    sp.add_argument("--time-limit", type=positive_float, default=None, help="cap on training wall time (s)")
     sp.add_argument("--opt", action="extend", nargs="*", metavar="KEY=VALUE",
                     help="sampler options, e.g. sigma=3 (PIS/DDS)")
     sp.add_argument("--hidden", type=positive_int, default=64, help="control network width")
@@ -34,7 +35,7 @@ def add_parser(sub) -> None:
     sp.add_argument("--mc-pretrain", type=int, default=0, metavar="ROUNDS",
                     help="DIS only: warm start by regressing the control onto Monte-Carlo estimates of the noised "
                          "target's score (pretrain_mc_score), this many rounds, before the loss")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=seed_int, default=0)
     sp.add_argument("--out")
 
 
@@ -49,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
                         layers=args.layers, mc_pretrain_rounds=args.mc_pretrain)
     name = args.target.replace(":", "_").replace("/", "_")
     out = args.out or os.path.join("runs", f"density_{name}_{args.method}_{args.loss}")
+    t0 = time.perf_counter()
     print_json(run_density(cfg, out))
-    print(f"wrote {out}/samples.safetensors, samples.png, report.json")
+    write_run_provenance(args, out, t0, seed=args.seed, target=args.target, method=args.method, loss=args.loss)
+    print(f"wrote {out}/samples.npy, samples.safetensors, samples.png, report.json, provenance.json")
     return 0

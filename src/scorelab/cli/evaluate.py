@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from .common import add_verb, print_json, write_json
 
@@ -28,11 +29,13 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.reports import oracle_report, reference_report
     from ..io.loading import load_samples, oracle_mixture
 
+    if args.out and os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out!r} is a folder; expected the path of the metrics JSON file to write")
     x = load_samples(args.samples)
     if args.reference.startswith("gmm:"):
-        res = oracle_report(x, oracle_mixture(args.reference), args.reference)
-    else:
-        res = reference_report(x, load_samples(args.reference))
+        res = oracle_report(x, oracle_mixture(args.reference), args.reference)  # checks the dimension
+    else:  # the reference's trailing shape must match the samples' (never reshaped)
+        res = reference_report(x, load_samples(args.reference, tuple(x.shape[1:])))
     print_json(res)
     if args.out:
         write_json(args.out, res)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 from ..finetune.sft_pg import SFTPGConfig
-from .common import config_from_options, parse_options, print_json, set_keys_help
+from ..training.experiment import check_run_dir
+from .common import config_from_options, parse_options, print_json, set_keys_help, write_run_provenance
 
 EXAMPLES = """\
 example:
@@ -40,7 +42,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"checkpoint {args.checkpoint!r} does not exist")
     cfg = config_from_options(SFTPGConfig, parse_options(args.set))
     out = args.out or os.path.join("runs", "sft_pg")
+    check_run_dir(out, resume=args.resume)
+    t0 = time.perf_counter()
     res = finetune_sft_pg(cfg, args.checkpoint, out, resume=args.resume, progress=not args.quiet)
+    write_run_provenance(args, out, t0, checkpoint=args.checkpoint, sampler=cfg.sampler, grid=cfg.grid, seed=cfg.seed,
+                         device=cfg.device)
     print_json(res, drop=("history",))
     print(f"wrote {out}")
     return 0

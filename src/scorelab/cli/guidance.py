@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..guidance.discriminator import DiscriminatorConfig
-from .common import config_from_options, parse_options, print_json, set_keys_help
+from .common import config_from_options, finite_float, parse_options, print_json, set_keys_help, write_run_provenance
 
 EXAMPLES = """\
 example:
@@ -67,7 +68,7 @@ def add_parser(sub) -> None:
     gp.add_argument("--checkpoint", required=True, help="pretrained model (checkpoint or run folder)")
     gp.add_argument("--data", default="digits", help="real data: data set name or path")
     gp.add_argument("--objective", choices=["ce", "mse", "mse+ce"], default="mse+ce")
-    gp.add_argument("--gamma", type=float, default=1.0, help="weight of J_CE in J_MSE + gamma J_CE")
+    gp.add_argument("--gamma", type=finite_float, default=1.0, help="weight of J_CE in J_MSE + gamma J_CE")
     gp.add_argument("--set", action="extend", nargs="*", metavar="KEY=VALUE",
                     help="the keys listed below, e.g. n_generated=4000 train.steps=500")
     gp.add_argument("--out")
@@ -87,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
     quiet = {"progress": False} if args.quiet else {}
     options = config_from_options(TrainDiscriminatorOptions, {"data": args.data, **top_opts}, train=tcfg, **quiet)
     out = args.out or os.path.join("runs", f"discriminator_{tcfg.objective.replace('+', '_')}")
+    t0 = time.perf_counter()
     print_json(train_discriminator_from_options(options, args.checkpoint, out), drop=("history",))
+    write_run_provenance(args, out, t0, checkpoint=args.checkpoint, sampler=options.sampler, grid=options.grid,
+                         seed=options.sample_seed, data=options.data)
     print(f"wrote {out}/discriminator.safetensors, discriminator.json, train_discriminator.json")
     return 0
 

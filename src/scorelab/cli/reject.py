@@ -3,9 +3,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 from ..guidance.rejection import RejectConfig
-from .common import add_verb, config_from_options, parse_options, positive_int, print_json, set_keys_help
+from .common import (
+    add_verb,
+    config_from_options,
+    parse_options,
+    positive_float,
+    positive_int,
+    print_json,
+    set_keys_help,
+    write_run_provenance,
+)
 
 EXAMPLES = """\
 example:
@@ -21,7 +31,7 @@ def add_parser(sub) -> None:
     sp.add_argument("--checkpoint", required=True)
     sp.add_argument("--discriminator", required=True)
     sp.add_argument("--method", choices=["exact", "drs", "budget"], default=None)
-    sp.add_argument("--K", type=float, default=None, help="budget: on average K proposals per accepted sample")
+    sp.add_argument("--K", type=positive_float, default=None, help="budget: on average K proposals per accepted sample")
     sp.add_argument("--n", type=positive_int, default=None)
     sp.add_argument("--set", action="extend", nargs="*", metavar="KEY=VALUE",
                     help="RejectConfig fields (sampler=..., nfe=...)")
@@ -38,5 +48,8 @@ def run(args: argparse.Namespace) -> int:
     opts = parse_options(args.set)
     opts.update({k: v for k, v in (("n", args.n), ("method", args.method), ("K", args.K)) if v is not None})
     cfg = config_from_options(RejectConfig, opts)
-    print_json(reject_to_folder(cfg, args.checkpoint, args.discriminator, args.out or os.path.join("runs", "reject")))
+    out, t0 = args.out or os.path.join("runs", "reject"), time.perf_counter()
+    print_json(reject_to_folder(cfg, args.checkpoint, args.discriminator, out))
+    write_run_provenance(args, out, t0, checkpoint=args.checkpoint, discriminator=args.discriminator,
+                         sampler=getattr(cfg, "sampler", None), seed=getattr(cfg, "seed", None))
     return 0

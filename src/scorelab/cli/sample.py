@@ -12,6 +12,7 @@ from .common import (
     add_verb,
     check_device,
     check_out,
+    finite_float,
     loaded_model,
     parse_options,
     positive_int,
@@ -41,7 +42,7 @@ def add_parser(sub) -> None:
     sp.add_argument("--n", type=positive_int, default=5000, help="number of samples")
     sp.add_argument("--opt", action="extend", nargs="*", metavar="KEY=VALUE", help="sampler options, e.g. eta=1.0")
     sp.add_argument("--guidance", help="discriminator:PATH (discriminator guidance) or cfg:LABEL (classifier-free)")
-    sp.add_argument("--scale", type=float, default=1.0, help="guidance scale w")
+    sp.add_argument("--scale", type=finite_float, default=1.0, help="guidance scale w")
     sp.add_argument("--window", help="guidance time window t_lo,t_hi (default: all times)")
     sp.add_argument("--out", help="output folder (new or empty; default runs/sample_SAMPLER_nfeN, numbered if taken)")
     sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")

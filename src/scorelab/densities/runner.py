@@ -1,5 +1,5 @@
 r"""One call for the CLI: ``run(DensityConfig(...), out_dir) -> dict`` trains a diffusion sampler on a target,
-evaluates it, and writes samples (safetensors), a PNG scatter plot and a JSON report into ``out_dir``.
+evaluates it, and writes samples (.npy and safetensors), a PNG scatter plot and a JSON report into ``out_dir``.
 
 Notation: ``method`` in {dis, pis, dds}; ``loss`` in {kl, lv}; ``steps`` K; ``iterations``, ``batch``, ``lr`` as
 in train.py; the report holds log Z-hat (importance sampling on path space), the ELBO bound, ESS and, where the
@@ -118,7 +118,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def run(config: DensityConfig, out_dir: str | os.PathLike | None = None) -> dict:
-    """Train, evaluate and (if ``out_dir``) write ``samples.safetensors``, ``samples.png``, ``report.json``."""
+    """Train, evaluate and (if ``out_dir``) write ``samples.npy`` (+ the same as ``samples.safetensors``),
+    ``samples.png``, ``report.json``."""
     target, sampler = build(config)
     gen = torch.Generator().manual_seed(config.seed)
     pre = pretrain_mc_score(sampler, target, rounds=config.mc_pretrain_rounds, n_mc=config.mc_samples,
@@ -138,10 +139,22 @@ def run(config: DensityConfig, out_dir: str | os.PathLike | None = None) -> dict
         out.mkdir(parents=True, exist_ok=True)
         from safetensors.torch import save
         _atomic_write(out / "samples.safetensors", save({"x": x.contiguous().float()}))
+        _atomic_write(out / "samples.npy", _npy_bytes(x))  # the same samples as every other command writes them
         _atomic_write(out / "report.json", json.dumps(report, indent=2, default=float).encode())
         plot_samples(x, target, out / "samples.png", title=f"{config.method}/{config.loss} on {target.name}")
-        report["files"] = [str(out / n) for n in ("samples.safetensors", "samples.png", "report.json")]
+        report["files"] = [str(out / n) for n in ("samples.npy", "samples.safetensors", "samples.png", "report.json")]
     return report
+
+
+def _npy_bytes(x: torch.Tensor) -> bytes:
+    """``x`` as the bytes of a float32 ``.npy`` file."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, x.detach().float().cpu().numpy())
+    return buf.getvalue()
 
 
 def plot_samples(x: torch.Tensor, target, path: str | os.PathLike, title: str = "", n: int = 2000) -> None:

@@ -73,16 +73,17 @@ def likelihood_report(model: DiffusionModel, x: torch.Tensor, *, divergence: str
                       atol: float = 1e-5, seed: int = 0, pixel_scale: float = 2 / 256, elbo: bool = False,
                       elbo_samples: int = 16, variances: str = "beta_tilde",
                       oracle: GaussianMixture | None = None) -> dict:
-    """Mean ODE log-likelihood of ``x [N, ...]`` with its standard error and nats/dim; on images ``[N, C, H, W]``
-    also bits/dim of 8-bit pixels (bin width ``pixel_scale``); with ``elbo`` the ELBOs (``elbos``); with the exact
-    ``oracle`` its mean log p(x)."""
+    """Mean ODE log-likelihood of ``x [N, ...]`` with its standard error and the negative log-likelihood per
+    dimension ``nll_nats_per_dim`` (nats, -mean log p / D); on images ``[N, C, H, W]`` also bits/dim of 8-bit
+    pixels (bin width ``pixel_scale``); with ``elbo`` the ELBOs (``elbos``); with the exact ``oracle`` its mean
+    log p(x)."""
     from .likelihood import bits_per_dim, ode_log_likelihood
 
     res = ode_log_likelihood(model, x, divergence=divergence, rtol=rtol, atol=atol,
                              generator=torch.Generator().manual_seed(seed))
     ll = res.log_likelihood
     out = {"mean_log_likelihood": float(ll.mean()), "std_error": float(ll.std() / len(ll) ** 0.5), "n": len(ll),
-           "nats_per_dim": float(-ll.mean() / x[0].numel())}
+           "nll_nats_per_dim": float(-ll.mean() / x[0].numel())}
     if x.ndim >= 3:  # images in [-1, 1] from 8-bit pixels: bits/dim of the 8-bit data (likelihood.bits_per_dim)
         out["bits_per_dim"] = float(bits_per_dim(ll, x[0].numel(), scale=pixel_scale).mean())
         out["note"] = "bits/dim assumes the samples were uniformly dequantized 8-bit pixels mapped to [-1, 1]"

@@ -85,7 +85,8 @@ class SFTPGConfig:
     (None: constant, the paper's protocol).  ``epoch_size``: critic steps per epoch
     (None: ceil(N_data / batch_size), the official loop).  ``eval_every``: epochs between sliced-W2 evaluations
     (100 projections, ``eval_samples`` samples against the training data, the paper's metric); 0 disables.
-    ``dataset``, ``data_n``, ``data_seed``, ``weights`` are used by ``finetune_sft_pg`` only."""
+    ``dataset``, ``data_n`` (None: all of a file's data, a toy set's default size), ``data_seed``, ``weights`` are
+    used by ``finetune_sft_pg`` only."""
 
     method: str = "sft_pg_b"
     sampler: str = "ddpm"
@@ -118,7 +119,7 @@ class SFTPGConfig:
     keep_checkpoints: int = 2
     device: str = "cpu"
     dataset: str = "swiss_roll"
-    data_n: int | None = 10_000
+    data_n: int | None = None
     data_seed: int = 0
     weights: str = "model"
     sampler_options: dict | None = None
@@ -182,14 +183,18 @@ class SFTPGConfig:
 def make_policy_grid(process: ForwardProcess, n_steps: int | None = None, grid: str = "native") -> torch.Tensor:
     """Grid t_0 > ... > t_T = 0 of the policy (float64 ``[T+1]``).
 
-    ``"native"``: a ``Discrete`` chain's own steps N/N, ..., 1/N, 0 (n_steps must be None or N).  Any other name is a
+    ``"native"``: a ``Discrete`` chain's own steps N/N, ..., 1/N, 0 (n_steps must be None or N); on a continuous
+    process, ``n_steps`` uniform times (so the default is valid for every process).  Any other name is a
     ``schedules`` grid with ``final_zero``; on a ``Discrete`` chain its times are rounded to whole steps i/N
     (FastDPM-style subsequences, so step-embedded nets see trained indices)."""
     from ..core.schedules import make_grid
 
+    if grid == "native" and not isinstance(process, Discrete):  # a continuous process has no chain of its own
+        if n_steps is None:
+            raise ValueError(f"a continuous process ({type(process).__name__}) has no native steps: give n_steps "
+                             "(e.g. --set n_steps=10)")
+        grid = "uniform_t"
     if grid == "native":
-        if not isinstance(process, Discrete):
-            raise ValueError("grid='native' needs a Discrete process; pass a schedules grid name instead")
         if n_steps not in (None, process.N):
             raise ValueError(f"grid='native' has N={process.N} steps, got n_steps={n_steps}")
         return torch.arange(process.N, -1, -1, dtype=torch.float64) / process.N

@@ -210,6 +210,18 @@ def prepare_run_dir(run_dir: str | os.PathLike, *, resume: bool = False, overwri
     would silently start from scratch).  Returns the folder."""
     from ..io.checkpoints import unused_dir
 
+    run_dir = check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not resume:  # overwrite (check_run_dir refused otherwise)
+        aside = unused_dir(run_dir.with_name(run_dir.name + ".old"))
+        run_dir.rename(aside)
+        warnings.warn(f"moved the earlier run {run_dir} aside to {aside}", stacklevel=2)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def check_run_dir(run_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """The checks of ``prepare_run_dir`` without touching the disk: ``ValueError`` for a file, ``resume`` of a
+    missing folder, or a folder holding files without ``resume`` / ``overwrite``."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"run folder {str(run_dir)!r} is an existing file; expected a folder")
@@ -218,14 +230,9 @@ def prepare_run_dir(run_dir: str | os.PathLike, *, resume: bool = False, overwri
     if resume and not run_dir.is_dir():
         raise ValueError(f"--resume: run folder {str(run_dir)!r} does not exist (nothing to resume; drop --resume to "
                          "start a new run)")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not resume:
-        if not overwrite:
-            raise ValueError(f"run folder {str(run_dir)!r} already holds a run; pass --resume to continue it or "
-                             "--overwrite to move it aside (nothing is deleted), or choose another --out")
-        aside = unused_dir(run_dir.with_name(run_dir.name + ".old"))
-        run_dir.rename(aside)
-        warnings.warn(f"moved the earlier run {run_dir} aside to {aside}", stacklevel=2)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not resume and not overwrite:
+        raise ValueError(f"run folder {str(run_dir)!r} already holds a run; pass --resume to continue it or "
+                         "--overwrite to move it aside (nothing is deleted), or choose another --out")
     return run_dir
 
 
