@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     """``scorelab finetune sft-pg`` on the parsed ``args`` -> exit status (bad input raises ValueError)."""
     from ..finetune.sft_pg import finetune_sft_pg
 
-    if not os.path.exists(args.checkpoint):
+    if not os.path.exists(args.checkpoint) and not os.path.exists(f"{args.checkpoint}.json"):
         raise ValueError(f"checkpoint {args.checkpoint!r} does not exist")
     cfg = config_from_options(SFTPGConfig, parse_options(args.set))
     out = args.out or os.path.join("runs", "sft_pg")

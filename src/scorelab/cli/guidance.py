@@ -77,7 +77,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``scorelab guidance train-discriminator`` on the parsed ``args`` -> exit status (bad input raises ValueError)."""
-    if not os.path.exists(args.checkpoint):
+    if not os.path.exists(args.checkpoint) and not os.path.exists(f"{args.checkpoint}.json"):
         raise ValueError(f"checkpoint {args.checkpoint!r} does not exist")
     opts = parse_options(args.set)
     train_opts = {k[len("train."):]: v for k, v in opts.items() if k.startswith("train.")}

@@ -287,15 +287,21 @@ def staged_folder(out: str | os.PathLike):
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output folder {str(out)!r} exists and is a file; choose another --out")
+    made = [p for p in reversed(out.absolute().parents) if not p.exists()]  # parents this call creates
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    ok = False
     try:
         yield stage
         out.mkdir(exist_ok=True)
         for f in sorted(stage.iterdir()):
             os.replace(f, out / f.name)
+        ok = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        for p in [] if ok else reversed(made):  # leave no empty parent folders behind either
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 def list_checkpoints(run_dir: str | os.PathLike, prefix: str = "ckpt_") -> list[Path]:
