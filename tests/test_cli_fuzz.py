@@ -127,7 +127,8 @@ def _configs(root: Path, files: dict[str, str]) -> dict[str, str]:
            "cfg_process": cfg(process={"name": "nope"}), "cfg_data_name": cfg(data={"name": "no_such_set"}),
            "cfg_optimizer": cfg(train={"optimizer": "sgd2"}), "cfg_order": cfg(objective={"name": "hodsm", "order": 5}),
            "cfg_nan_data": cfg(data={"name": files["nan"]}), "cfg_empty_data": cfg(data={"name": files["empty"]}),
-           "cfg_img_mlp": cfg(data={"name": files["img"]}), "cfg_diverge": cfg(train={"steps": 3, "lr": 1e9,
+           "cfg_img_mlp": cfg(data={"name": files["img"]}),
+           "cfg_n_big": cfg(data={"name": files["good2"], "n": 10**5}), "cfg_diverge": cfg(train={"steps": 3, "lr": 1e9,
                                                                                         "grad_clip": None}),
            "cfg_ok": cfg()}
     return {k: _yaml(root / f"{k}.yaml", v) for k, v in bad.items()}
@@ -253,7 +254,8 @@ CASES = [
     ("data/pickled-npy", EV + ["{obj}"], "cannot read"),
     ("data/likelihood-nan", LK + ["--samples", "{nan}"], "nan"),
     ("data/train-nan", T + ["{cfg_nan_data}"], "nan"),
-    ("data/train-empty", T + ["{cfg_empty_data}"], "empty"),
+    ("data/train-empty", T + ["{cfg_empty_data}"], "data.name"),
+    ("data/train-n-too-large", T + ["{cfg_n_big}"], "data.n=null uses all of it"),
     ("data/nan-model-samples", ["sample", "--checkpoint", "{nan_ckpt}", "--sampler", "ddim", "--nfe", "3", "--n", "8",
                                 "--out", "{new}"], "--allow-nonfinite"),
     # -- corrupt, truncated, edited checkpoints ------------------------------------------------------------------

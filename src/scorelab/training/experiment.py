@@ -203,6 +203,19 @@ def build_model(exp: ExperimentConfig, event_shape: tuple[int, ...]):
                         exp.model.sigma_data)
 
 
+def load_data(data: DataConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The ``data`` section's examples ``[N, ...]`` (and labels), checked finite and non-empty; a loader's error is
+    re-raised naming ``data.name`` and ``data.n`` (with the hint ``data.n=null`` = all of the data)."""
+    from ..data import load_dataset
+
+    try:
+        x, labels = load_dataset(data.name, n=data.n, seed=data.seed, **data.params)
+    except ValueError as e:
+        hint = "; data.n=null uses all of it" if data.n is not None else ""
+        raise ValueError(f"data.name={data.name!r}, data.n={data.n}: {e}{hint}") from None
+    return check_samples(x.float(), f"data.name={data.name}"), labels
+
+
 def prepare_run_dir(run_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Make ``run_dir`` ready for a run without losing an earlier one.  New or empty: created.  Holding files:
     ``resume`` continues it, ``overwrite`` moves it aside to ``<run_dir>.old`` (``-2``, ``-3``, ... if taken; never
@@ -242,13 +255,11 @@ def run_training(exp: ExperimentConfig, run_dir: str | os.PathLike | None = None
     ``torch.distributed`` every rank trains on its shards of each global batch and rank 0 writes).  The folder is
     prepared by ``prepare_run_dir`` (``resume`` / ``overwrite``; an earlier run is never overwritten) after the data
     and model are checked, so bad input leaves no folder behind."""
-    from ..data import load_dataset
     from .loop import dist_info, train
 
     run_dir = Path(run_dir or exp.run_dir)
     check_device(exp.train.device, "train.device")
-    x, labels = load_dataset(exp.data.name, n=exp.data.n, seed=exp.data.seed, **exp.data.params)
-    check_samples(x.float(), f"data.name={exp.data.name}")
+    x, labels = load_data(exp.data)
     with torch.random.fork_rng(devices=[]):  # weight init from train.seed: runs repeat, ranks start equal
         torch.manual_seed(exp.train.seed)
         model = build_model(exp, tuple(x.shape[1:]))
