@@ -298,6 +298,9 @@ CASES = [
     ("path/config-odd-name", T + ["{root}/n\u00f6 such dir/c f.yaml"], "does not exist"),
     ("path/evaluate-out-folder", EV + ["{good2}", "--out", "{empty_dir}"], "is a folder"),
     ("path/finetune-out-has-files", FT[:5] + ["{full_dir}", "--quiet"], "already holds"),
+    ("path/density-out-has-files", D[:-1] + ["{full_dir}"], "already holds files"),
+    ("path/reject-out-is-file", RJ[:-1] + ["{a_file}"], "existing file"),
+    ("name/oracle-on-cuda", O + ["--device", "cuda"], "cuda"),
 ]
 
 

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import time
 
-from .common import add_verb
+from .common import add_verb, write_run_provenance
 
 
 def add_parser(sub) -> None:
@@ -19,5 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.checkpoints import unused_dir
     from .demo import run_demo
 
-    run_demo(args.out or str(unused_dir("runs/demo")), quick=args.quick, full=args.full)
+    out, t0 = args.out or str(unused_dir("runs/demo")), time.perf_counter()
+    run_demo(out, quick=args.quick, full=args.full)
+    write_run_provenance(args, out, t0, seed=0, device="cpu")
     return 0

@@ -5,7 +5,16 @@ import argparse
 import os
 import time
 
-from .common import add_verb, parse_options, positive_float, positive_int, print_json, seed_int, write_run_provenance
+from .common import (
+    add_verb,
+    check_out,
+    parse_options,
+    positive_float,
+    positive_int,
+    print_json,
+    seed_int,
+    write_run_provenance,
+)
 
 EXAMPLES = """\
 examples:
@@ -43,13 +52,15 @@ def run(args: argparse.Namespace) -> int:
     """``scorelab density`` on the parsed ``args`` -> exit status (bad input raises ValueError)."""
     from ..densities import DensityConfig
     from ..densities import run as run_density
+    from ..io.checkpoints import unused_dir
 
     cfg = DensityConfig(target=args.target, method=args.method, loss=args.loss, steps=args.steps,
                         iterations=args.iterations, batch=args.batch, seed=args.seed, dim=args.dim, lr=args.lr,
                         time_limit=args.time_limit, method_kwargs=parse_options(args.opt), hidden=args.hidden,
                         layers=args.layers, mc_pretrain_rounds=args.mc_pretrain)
     name = args.target.replace(":", "_").replace("/", "_")
-    out = args.out or os.path.join("runs", f"density_{name}_{args.method}_{args.loss}")
+    out = check_out(args.out) if args.out else str(unused_dir(os.path.join("runs", f"density_{name}_{args.method}_"
+                                                                                    f"{args.loss}")))
     t0 = time.perf_counter()
     print_json(run_density(cfg, out))
     write_run_provenance(args, out, t0, seed=args.seed, target=args.target, method=args.method, loss=args.loss)

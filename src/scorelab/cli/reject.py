@@ -8,6 +8,7 @@ import time
 from ..guidance.rejection import RejectConfig
 from .common import (
     add_verb,
+    check_out,
     config_from_options,
     parse_options,
     positive_float,
@@ -41,6 +42,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     """``scorelab reject`` on the parsed ``args`` -> exit status (bad input raises ValueError)."""
     from ..guidance.rejection import reject_to_folder
+    from ..io.checkpoints import unused_dir
 
     for path in (args.checkpoint, args.discriminator):
         if not os.path.exists(path) and not os.path.exists(path + ".json"):
@@ -48,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     opts = parse_options(args.set)
     opts.update({k: v for k, v in (("n", args.n), ("method", args.method), ("K", args.K)) if v is not None})
     cfg = config_from_options(RejectConfig, opts)
-    out, t0 = args.out or os.path.join("runs", "reject"), time.perf_counter()
+    out = check_out(args.out) if args.out else str(unused_dir(os.path.join("runs", "reject")))
+    t0 = time.perf_counter()
     print_json(reject_to_folder(cfg, args.checkpoint, args.discriminator, out))
     write_run_provenance(args, out, t0, checkpoint=args.checkpoint, discriminator=args.discriminator,
                          sampler=getattr(cfg, "sampler", None), seed=getattr(cfg, "seed", None))

@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     out = check_out(args.out) if args.out else str(unused_dir(os.path.join("runs", f"sample_{args.sampler}_nfe"
                                                                                    f"{args.nfe}")))
     loaded = loaded_model(args)
+    if loaded.oracle is not None and device.type != "cpu":
+        raise CLIError(f"--device {args.device}: exact oracles (--model gmm:...) sample on the CPU; drop --device")
     dtype = DTYPES[args.dtype] if args.dtype else loaded.dtype
     model = loaded.model.to(device=device, dtype=dtype)
     model = guidance_from_spec(model, args.guidance, args.scale, args.window) if args.guidance else model
