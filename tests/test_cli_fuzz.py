@@ -244,6 +244,7 @@ CASES = [
     ("shape/1d-array", LK + ["--samples", "{x1d}"], "shape"),
     ("shape/3-columns", LK + ["--samples", "{x3}"], "shape"),
     ("shape/reference-width", ["evaluate", "--samples", "{good2}", "--reference", "{x3}"], "shape"),
+    ("shape/reference-for-scatter", O + ["--reference", "{x3}"], "shape"),
     ("shape/oracle-width", ["evaluate", "--samples", "{x3}", "--reference", "gmm:ring8"], "d=2"),
     ("shape/images-to-mlp", T + ["{cfg_img_mlp}"], "vector data"),
     # -- NaN / inf / empty / unreadable data ---------------------------------------------------------------------

@@ -81,6 +81,11 @@ def test_every_set_is_applied_and_own_data_is_all_used(capsys, tmp_path):
     assert json.loads(out)["step"] == 3
     prov = json.loads((tmp_path / "r" / "provenance.json").read_text())
     assert prov["argv"][:2] == ["scorelab", "train"] and prov["checkpoint"]["sha256"] and prov["steps"] == 3
+    from scorelab.cli.sample import reference_points  # the scatter's reference: the run's own data
+    from scorelab.io.loading import load_checkpoint_model
+
+    ref, label = reference_points(load_checkpoint_model(tmp_path / "r"), None, 10)
+    assert label.startswith("training data") and torch.equal(ref, torch.from_numpy(x))
 
 
 def test_existing_run_is_refused_then_moved_aside_with_overwrite(capsys, tmp_path):

@@ -367,9 +367,12 @@ def test_run_writes_samples_plot_and_report(tmp_path):
     r = run(cfg, tmp_path)
     for k in ("log_Z_hat", "elbo", "ess", "dlogZ_is", "sq_err", "w2"):
         assert k in r["metrics"] and math.isfinite(r["metrics"][k])
-    assert {p.split("/")[-1] for p in r["files"]} == {"samples.safetensors", "samples.png", "report.json"}
+    assert {p.split("/")[-1] for p in r["files"]} == {"samples.npy", "samples.safetensors", "samples.png",
+                                                       "report.json"}
     from safetensors.torch import load_file
     assert load_file(tmp_path / "samples.safetensors")["x"].shape == (256, 2)
+    npy = torch.from_numpy(np.load(tmp_path / "samples.npy"))
+    assert torch.equal(npy, load_file(tmp_path / "samples.safetensors")["x"])
     r = run(replace(cfg, eval_repeats=3))
     lz = torch.tensor(r["metrics"]["log_Z_hat_reps"], dtype=F64)
     assert len(lz) == 3 and abs(r["metrics"]["log_Z_hat_pooled"] - float(torch.logsumexp(lz, 0) - math.log(3))) < 1e-12

@@ -76,13 +76,14 @@ def run(args: argparse.Namespace) -> int:
     model = loaded.model.to(device=device, dtype=dtype)
     model = guidance_from_spec(model, args.guidance, args.scale, args.window) if args.guidance else model
     batch = args.batch_size or default_batch_size(loaded.event_shape)
+    ref = reference_points(loaded, args.reference, args.n) if len(loaded.event_shape) == 1 else (None, "")
     with staged_folder(out) as stage:
         x, info = run_sampler(model, args.sampler, args.nfe, args.n, grid=args.grid, seed=args.seed,
                               options=parse_options(args.opt), shape=loaded.event_shape, dtype=dtype, device=device,
                               batch_size=batch, fit_grid=args.fit_grid, grid_file=args.grid_file,
                               fit_out=str(stage / "grid.json"), fit_kw={"reference": args.fit_reference})
         check_finite(x, info["nonfinite_rows"], args.allow_nonfinite)
-        files = write_samples(stage, x, loaded, f"{args.sampler} (NFE {info['nfe_planned']})", args.reference)
+        files = write_samples(stage, x, loaded, f"{args.sampler} (NFE {info['nfe_planned']})", ref)
         if loaded.oracle is not None and not info["nonfinite_rows"]:
             info.update(sample_oracle_metrics(x.cpu(), loaded.oracle, seed=args.seed + 1))
         write_json(str(stage / "sample.json"), info)
@@ -100,24 +101,42 @@ def check_finite(x, bad: int, allow: bool) -> None:
                        "was written; pass --allow-nonfinite to keep them")
 
 
-def write_samples(folder, x, loaded, title: str, reference: str | None = None) -> list[str]:
+def reference_points(loaded, reference: str | None, n: int):
+    """(points drawn behind a 2-D scatter, their label): ``--reference``, else the oracle's exact law, else the
+    training data named in the run's ``config.yaml`` (skipped with a warning when it cannot be read)."""
+    import warnings
+
+    from ..io.loading import load_samples, training_data_name
+
+    if reference:
+        return load_samples(reference, loaded.event_shape), reference
+    if loaded.oracle is not None:
+        return loaded.oracle.sample(min(n, 5000)), "exact law"
+    name = training_data_name(loaded.source)
+    if name is None:
+        return None, "reference"
+    try:
+        return load_samples(name, loaded.event_shape), f"training data ({name})"
+    except (ValueError, OSError) as e:
+        warnings.warn(f"no reference in samples.png: the run's data {name!r} cannot be read ({e})", stacklevel=2)
+        return None, "reference"
+
+
+def write_samples(folder, x, loaded, title: str, ref=(None, "reference")) -> list[str]:
     """``samples.npy`` (float32, model space) and a picture: a scatter of 2-D data with the reference behind it
-    (``--reference``, else the exact oracle's law), or for images ``samples.npz`` (uint8 [N, H, W, C], ``arr_0``)
+    (``reference_points``), or for images ``samples.npz`` (uint8 [N, H, W, C], ``arr_0``)
     and a near-square grid of the first 64.  Returns the file names written."""
     import numpy as np
     import torch
 
     from .. import plotting
-    from ..io.loading import load_samples
 
     x = x.detach().float().cpu()
     np.save(os.path.join(folder, "samples.npy"), x.numpy())
     files = ["samples.npy"]
     if len(loaded.event_shape) == 1:
-        ref = load_samples(reference, loaded.event_shape) if reference else (
-            loaded.oracle.sample(min(len(x), 5000)) if loaded.oracle is not None else None)
-        plotting.scatter_panels({title: x}, os.path.join(folder, "samples.png"), reference=ref, axes_labels=True,
-                                reference_label=reference or ("exact law" if ref is not None else "reference"))
+        plotting.scatter_panels({title: x}, os.path.join(folder, "samples.png"), reference=ref[0], axes_labels=True,
+                                reference_label=ref[1])
         files.append("samples.png")
     elif len(loaded.event_shape) == 3:
         u8 = ((x.nan_to_num().clamp(-1, 1) + 1) * 127.5).round().to(dtype=torch.uint8)

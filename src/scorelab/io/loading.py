@@ -151,6 +151,23 @@ def load_samples(path: str, event_shape: tuple[int, ...] | None = None) -> torch
     return check_samples(x, path, event_shape)
 
 
+def training_data_name(source: str | os.PathLike) -> str | None:
+    """``data.name`` of the run a checkpoint belongs to (the ``config.yaml`` next to it, as ``scorelab train`` writes
+    it), or None when there is none."""
+    from .._utils import load_yaml
+
+    p = Path(source)
+    cfg = (p if p.is_dir() else p.parent) / "config.yaml"
+    if not cfg.is_file():
+        return None
+    try:
+        raw = load_yaml(cfg.read_text())
+    except Exception:  # an unreadable config is not this function's business: no reference
+        return None
+    data = raw.get("data") if isinstance(raw, dict) else None
+    return str(data["name"]) if isinstance(data, dict) and data.get("name") else None
+
+
 def check_samples(x: torch.Tensor, name: str, event_shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """``x`` ``[N, *event_shape]`` if it has N >= 1 finite examples of that shape, else ``ValueError`` naming
     ``name``, the shape found and the shape expected."""
@@ -166,4 +183,5 @@ def check_samples(x: torch.Tensor, name: str, event_shape: tuple[int, ...] | Non
 
 
 __all__ = ["LoadedModel", "oracle_mixture", "make_process", "event_shape_from_meta", "load_checkpoint_model",
-           "load_oracle", "with_clipped_x0", "load_any_model", "load_samples", "check_samples"]
+           "load_oracle", "with_clipped_x0", "load_any_model", "load_samples", "check_samples",
+           "training_data_name"]
