@@ -23,6 +23,7 @@ LAYERS = [
     {"guidance"},
     {"finetune"},
     {"cli"},
+    {"__main__"},
 ]
 
 
