@@ -18,7 +18,7 @@ LAYERS = [
     {"core"},
     {"nets", "data", "plotting"},
     {"samplers", "densities"},
-    {"evaluation", "io"},
+    {"evaluation", "io", "interop"},
     {"training"},
     {"guidance"},
     {"finetune"},

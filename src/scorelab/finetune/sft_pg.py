@@ -690,13 +690,14 @@ def sft_pg(model: DiffusionModel, data: torch.Tensor, config: SFTPGConfig | None
 
 def finetune_sft_pg(config: SFTPGConfig, checkpoint_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
                     progress: bool = True) -> dict:
-    """CLI entry (``scorelab finetune sft-pg``): load the pretrained model of ``checkpoint_dir`` (a checkpoint or a
-    run folder; ``config.weights``), load ``config.dataset`` (``data_n`` points, ``data_seed``), fine-tune into
-    ``out_dir`` and return a JSON-able dict (config, metric before/after for vector data, history, wall time,
-    checkpoint path)."""
+    """CLI entry (``scorelab finetune sft-pg``): load the pretrained model of ``checkpoint_dir`` (a checkpoint, a
+    run folder (``config.weights``) or a diffusers folder), load ``config.dataset`` (``data_n`` points,
+    ``data_seed``), fine-tune into ``out_dir`` and return a JSON-able dict (config, metric before/after for vector
+    data, history, wall time, checkpoint path)."""
     from ..data import load_dataset
+    from ..io.loading import load_checkpoint_model
 
-    model = ckpts.load_model(checkpoint_dir, weights=config.weights, device=config.device)
+    model = load_checkpoint_model(checkpoint_dir, weights=config.weights, device=config.device).model
     model.requires_grad_(True)
     data, _ = load_dataset(config.dataset, n=config.data_n, seed=config.data_seed)
     before = paper_metric(model, data, config, config.seed) if data.ndim == 2 else None
