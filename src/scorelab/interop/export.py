@@ -140,7 +140,7 @@ class ScorelabScheduler:
         self.grid = grid if grid is None or isinstance(grid, str) else check_grid(
             torch.as_tensor(grid, dtype=torch.float64), self.process)
         self.config = FrozenDict(num_train_timesteps=self.process.N, prediction_type=prediction_type,
-                                 trained_betas=self.process.betas.tolist(), sampler=sampler)
+                                 trained_betas=self.process.betas.tolist())
         self.ts, self.timesteps, self.num_inference_steps = None, None, None
         self._outputs: list[torch.Tensor] = []
         self._x_T: torch.Tensor | None = None
