@@ -238,6 +238,8 @@ def from_diffusers(source, scheduler=None, *, class_label: int | None = None, nu
 
 def event_shape_of(model: NetworkModel) -> tuple[int, int, int]:
     """(C, H, W) of one sample of an imported diffusers model (the UNet's ``in_channels`` and ``sample_size``)."""
+    if not (isinstance(model, NetworkModel) and isinstance(model.net, DiffusersUNet)):
+        raise ValueError("event_shape_of needs a model imported with from_diffusers (a DiffusersUNet network)")
     cfg = model.net.unet.config
     size = cfg.sample_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -263,7 +265,7 @@ def to_diffusers(model: NetworkModel, folder: str | os.PathLike, scheduler_class
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise ValueError(f"{folder} exists and is not empty; choose a new folder")
-    if not isinstance(getattr(model, "net", None), DiffusersUNet):
+    if not (isinstance(model, NetworkModel) and isinstance(model.net, DiffusersUNet)):
         raise ValueError("to_diffusers saves models imported with from_diffusers (a DiffusersUNet network)")
     sched = getattr(diffusers, scheduler_class).from_config(scheduler_config_of(model))
     diffusers.DDPMPipeline(unet=model.net.unet, scheduler=sched).save_pretrained(folder, safe_serialization=True)
