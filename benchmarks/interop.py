@@ -4,6 +4,7 @@ model's own ODE run *inside diffusers* through ``interop.ScorelabScheduler``) at
 
     python benchmarks/interop.py [--train-steps 1500] [--n-fid 1000] [--n-path 500] [--seeds 3]
                                  [--fit-evals 120] [--fit-samples 128] [--ref-steps 200] [--nfes 5 10 20]
+                                 [--fit-init uniform_log_snr|diffusers] [--name interop_digits]
 
 Protocol.
 - Model: ``UNet2DModel`` (8x8, 1 channel, channels 16/32, one ResNet block per level, 0.16M parameters) with a
@@ -19,7 +20,9 @@ Protocol.
   p = 2; and with Karras sigmas), DEIS-2.  scorelab: UniPC-3 (bh1) and DPM-Solver++(2M) on their default
   uniform-log-SNR grids (ending with a step into t = 0, as diffusers), and UniPC-3 on a grid fitted by
   ``samplers.grid_opt.optimize_grid`` (pathwise objective, Powell, ``--fit-evals`` objective evaluations on
-  ``--fit-samples`` x_T) run inside diffusers by ``ScorelabScheduler`` (checked equal to DDPMPipeline's output).
+  ``--fit-samples`` x_T; ``--fit-init diffusers`` starts it from diffusers' own linspace timesteps instead of the
+  uniform log-SNR grid down to t = 1/N) run inside diffusers by ``ScorelabScheduler`` (checked equal to
+  DDPMPipeline's output).
 - Metrics: FID-digits (``evaluation.metrics.fid_digits``: features of scorelab's digits CNN, not Inception) of
   ``--n-fid`` samples vs all 1797 digits; the pathwise error RMS_i ||x_0^i - Phi(x_T^i)|| / sqrt(D) on the first
   ``--n-path`` x_T, Phi = the model's own probability-flow ODE solved by UniPC-3 on ``--ref-steps`` log-SNR steps (its
@@ -100,7 +103,10 @@ def fit_grids(model, args) -> dict:
     fits = {}
     for nfe in args.nfes:
         c0 = time.process_time()
-        fit = optimize_grid(model, "unipc", nfe - 1, final_zero=True,  # nfe - 1 steps, then one into t = 0
+        init, grid_kw = "uniform_log_snr", None
+        if args.fit_init == "diffusers":  # diffusers' linspace timesteps: uniform in t down to k = round(999 / nfe)
+            init, grid_kw = "uniform_t", {"t_min": (round((model.process.N - 1) / nfe) + 1) / model.process.N}
+        fit = optimize_grid(model, "unipc", nfe - 1, init=init, grid_kw=grid_kw, final_zero=True,  # then t = 0
                             objective="pathwise", n_samples=args.fit_samples,
                             n_heldout=args.fit_samples, max_objective=args.fit_evals, sample_shape=(1, 8, 8),
                             reference="unipc", ref_steps=args.ref_steps, generator=torch.Generator().manual_seed(7))
@@ -204,6 +210,9 @@ def main() -> None:
     ap.add_argument("--fit-samples", type=int, default=128)
     ap.add_argument("--ref-steps", type=int, default=200)
     ap.add_argument("--nfes", type=int, nargs="+", default=[5, 10, 20])
+    ap.add_argument("--fit-init", choices=["uniform_log_snr", "diffusers"], default="uniform_log_snr",
+                    help="the fit's starting grid: uniform log-SNR down to t = 1/N, or diffusers' linspace timesteps")
+    ap.add_argument("--name", default=NAME, help="results file name")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from scorelab.interop import from_diffusers
@@ -233,7 +242,7 @@ def main() -> None:
           "Anchor: diffusers' own schedulers, run side by side on the same UNet and x_T."]
     fitted = {n: {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in f.items()} for n, f in
               fits.items()}
-    harness.write_results(NAME, {"config": vars(args), "train": train_info, "fits": fitted, "floors": floors,
+    harness.write_results(args.name, {"config": vars(args), "train": train_info, "fits": fitted, "floors": floors,
                                  "rows": rows, "summary": summary}, "\n".join(md))
 
 
