@@ -21,8 +21,10 @@ Protocol.
   uniform-log-SNR grids (ending with a step into t = 0, as diffusers), and UniPC-3 on a grid fitted by
   ``samplers.grid_opt.optimize_grid`` (pathwise objective, Powell, ``--fit-evals`` objective evaluations on
   ``--fit-samples`` x_T; ``--fit-init diffusers`` starts it from diffusers' own linspace timesteps instead of the
-  uniform log-SNR grid down to t = 1/N) run inside diffusers by ``ScorelabScheduler`` (checked equal to
-  DDPMPipeline's output).
+  uniform log-SNR grid down to t = 1/N; caveat: ``optimize_grid`` keeps the init's endpoints and solves its teacher
+  ODE only down to that t_min (= 0.2 at NFE 5), then jumps to t = 0 with the denoiser, so this variant is fitted to a
+  truncated reference, not to the model's full ODE solution) run inside diffusers by ``ScorelabScheduler`` (checked
+  equal to DDPMPipeline's output).
 - Metrics: FID-digits (``evaluation.metrics.fid_digits``: features of scorelab's digits CNN, not Inception) of
   ``--n-fid`` samples vs all 1797 digits; the pathwise error RMS_i ||x_0^i - Phi(x_T^i)|| / sqrt(D) on the first
   ``--n-path`` x_T, Phi = the model's own probability-flow ODE solved by UniPC-3 on ``--ref-steps`` log-SNR steps (its
