@@ -18,6 +18,7 @@ LAYERS = [
     {"core"},
     {"nets", "data", "plotting"},
     {"samplers", "densities"},
+    {"interop"},
     {"evaluation", "io"},
     {"training"},
     {"guidance"},

@@ -101,9 +101,9 @@ def train_discriminator_from_options(options: TrainDiscriminatorOptions, checkpo
     """Load the pretrained model and the data the options name, then ``train_discriminator_for_model``."""
     from ..data import load_dataset
     from ..guidance.discriminator import train_discriminator_for_model
-    from ..io.checkpoints import load_model
+    from ..io.loading import load_checkpoint_model
 
-    model = load_model(checkpoint, weights=options.weights)
+    model = load_checkpoint_model(checkpoint, weights=options.weights).model
     x_real, _ = load_dataset(options.data, n=options.data_n, seed=options.data_seed, **options.data_params)
     o = options
     return train_discriminator_for_model(

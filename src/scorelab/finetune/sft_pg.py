@@ -693,15 +693,27 @@ def sft_pg(model: DiffusionModel, data: torch.Tensor, config: SFTPGConfig | None
                        time.perf_counter() - t0)
 
 
+def _export_diffusers(model: DiffusionModel, out_dir: Path, checkpoint: Path | None) -> Path:
+    """``interop.to_diffusers`` of a fine-tuned imported diffusers model into ``out_dir/diffusers_<checkpoint>``
+    (kept when a resumed run that trained no further finds it already written)."""
+    from ..interop.diffusers import to_diffusers
+
+    folder = out_dir / f"diffusers_{Path(checkpoint).stem if checkpoint else 'final'}"
+    return folder if folder.exists() else to_diffusers(model, folder)
+
+
 def finetune_sft_pg(config: SFTPGConfig, checkpoint_dir: str | Path, out_dir: str | Path, *, resume: bool = False,
                     progress: bool = True) -> dict:
-    """CLI entry (``scorelab finetune sft-pg``): load the pretrained model of ``checkpoint_dir`` (a checkpoint or a
-    run folder; ``config.weights``), load ``config.dataset`` (``data_n`` points, ``data_seed``), fine-tune into
-    ``out_dir`` and return a JSON-able dict (config, metric before/after for vector data, history, wall time,
-    checkpoint path)."""
+    """CLI entry (``scorelab finetune sft-pg``): load the pretrained model of ``checkpoint_dir`` (a checkpoint, a
+    run folder (``config.weights``) or a diffusers folder), load ``config.dataset`` (``data_n`` points,
+    ``data_seed``), fine-tune into ``out_dir`` and return a JSON-able dict (config, metric before/after for vector
+    data, history, wall time, checkpoint path; ``diffusers_folder``: the fine-tuned UNet saved back as a diffusers
+    folder when the model came from one)."""
     from ..data import load_dataset
+    from ..io.loading import load_checkpoint_model
 
-    model = ckpts.load_model(checkpoint_dir, weights=config.weights, device=config.device)
+    loaded = load_checkpoint_model(checkpoint_dir, weights=config.weights, device=config.device)
+    model = loaded.model
     model.requires_grad_(True)
     data, _ = load_dataset(config.dataset, n=config.data_n, seed=config.data_seed)
     before = paper_metric(model, data, config, config.seed) if data.ndim == 2 else None
@@ -711,6 +723,8 @@ def finetune_sft_pg(config: SFTPGConfig, checkpoint_dir: str | Path, out_dir: st
     out = {"config": config.to_dict(), "checkpoint_dir": str(checkpoint_dir), "metric_before": before,
            "metric_after": after, "metric": name, "history": res.history, "wall_time_s": res.wall_time,
            "checkpoint": str(res.checkpoint)}
+    if loaded.source.startswith("diffusers:"):  # hand the fine-tuned UNet back as a diffusers folder too
+        out["diffusers_folder"] = str(_export_diffusers(res.ema_model, Path(out_dir), res.checkpoint))
     ckpts.atomic_write_bytes(Path(out_dir) / "sft_pg_result.json", json.dumps(ckpts.jsonable(out), indent=1).encode())
     return out
 

@@ -6,6 +6,7 @@ Notation
 ``LoadedModel``   (model, event_shape, oracle, source): the model (``DiffusionModel`` currency), the shape of one
                   sample ``(d,)`` or ``(C, H, W)``, the exact data law when the model is an oracle (else ``None``),
                   and where it came from (checkpoint path or ``gmm:...`` spec + process)
+``DIR``           a scorelab run folder / checkpoint, or a diffusers folder (``interop.diffusers``)
 ``gmm:NAME``      ``ring8`` | ``grid9`` | ``grid25`` | ``random-K-D-SEED``: ``core.analytic`` mixtures
 ``--process``     ``vp`` | ``subvp`` | ``vp_cosine`` | ``ve`` | ``edm`` | ``discrete:SCHEDULE:N``
 ================  ================================================================================================
@@ -91,11 +92,19 @@ def event_shape_from_meta(meta: dict[str, Any]) -> tuple[int, ...]:
 
 def load_checkpoint_model(path: str | os.PathLike, *, weights: str = "ema",
                           device: str | torch.device = "cpu") -> LoadedModel:
-    """A checkpoint (stem, ``.json``, ``.safetensors`` or run folder: its latest one) as a ``LoadedModel``."""
+    """A checkpoint (stem, ``.json``, ``.safetensors`` or run folder: its latest one) as a ``LoadedModel``; a
+    diffusers folder (``interop.diffusers.is_diffusers_folder``: told apart by its files) is imported with
+    ``interop.from_diffusers`` (its one set of weights: ``weights`` does not apply)."""
     from .checkpoints import latest_checkpoint, load_model, read_meta
 
     if not os.path.exists(path) and not os.path.exists(f"{path}.json"):
         raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    if Path(path).is_dir():
+        from ..interop.diffusers import event_shape_of, from_diffusers, is_diffusers_folder
+
+        if is_diffusers_folder(path):
+            model = from_diffusers(path, device=device)
+            return LoadedModel(model, event_shape_of(model), None, f"diffusers:{path}")
     stem = latest_checkpoint(path) if Path(path).is_dir() else path
     if stem is None:
         raise ValueError(f"no checkpoint in folder {path}")
