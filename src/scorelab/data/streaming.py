@@ -186,7 +186,7 @@ def load_photos32(n: int | None = None, seed: int | torch.Generator = 0, **param
     return subsample(decode(torch.from_numpy(x)), torch.from_numpy(y), n, seed)
 
 
-def _array_file(path: Path, key: str | None, label_key: str | None) -> ArrayDataset:
+def _array_file(path: Path, key: str | None = None, label_key: str | None = None) -> ArrayDataset:
     from .images import _labels_from_array, _npz_pick
 
     if path.suffix.lower() == ".npy":
