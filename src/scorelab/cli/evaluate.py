@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
                     "unbiased MMD^2 to its law, mode statistics, sliced W2 with its two-sample floor)")
     sp.add_argument("--out", help="write the metrics JSON here")
     sp.add_argument("--inception-weights", metavar="PATH",
-                    help="Inception FID/KID/precision-recall with the FID InceptionV3 weights in this .safetensors file "
+                    help="Inception FID/KID/precision-recall with the FID InceptionV3 weights in this .safetensors "
+                    "file "
                     "(pytorch-fid's weights, converted; the error message says how); --reference may then also be a "
                     "pytorch-fid mu/sigma .npz")
     sp.add_argument("--device", default="cpu", help="device for the Inception network (cpu, cuda, cuda:1, mps)")

@@ -399,6 +399,6 @@ def evaluate_inception(samples: str, reference: str, weights: str, device: str =
     return report_from_features(f1, f2)
 
 
-__all__ = ["FIDInceptionV3", "load_inception", "inception_features", "inception_report", "kid",
-           "mmd2_poly_unbiased", "fid_from_stats", "fid_inception_features", "as_images", "FID_WEIGHTS_HELP", "FID_WEIGHTS_URL", "FEATURE_DIM", "load_images", "load_stats", "save_stats",
-           "evaluate_inception", "report_from_features"]
+__all__ = ["FIDInceptionV3", "load_inception", "inception_features", "inception_report", "report_from_features",
+           "kid", "mmd2_poly_unbiased", "fid_from_stats", "fid_inception_features", "as_images", "load_images",
+           "load_stats", "save_stats", "evaluate_inception", "FID_WEIGHTS_HELP", "FID_WEIGHTS_URL", "FEATURE_DIM"]
