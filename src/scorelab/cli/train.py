@@ -23,13 +23,18 @@ def add_parser(sub) -> None:
     sp.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     sp.add_argument("--set", nargs="*", metavar="SECTION.KEY=VALUE", help="override config entries (listed below)")
     sp.add_argument("--quiet", action="store_true")
+    sp.add_argument("--device", help="training device (cpu, cuda, cuda:1, mps; under torchrun cuda = cuda:LOCAL_RANK); "
+                    "same as --set train.device=...")
 
 
 def run(args: argparse.Namespace) -> int:
     """``scorelab train`` on the parsed ``args`` -> exit status (bad input raises ValueError)."""
     from ..training.experiment import launch_training, load_experiment
 
-    exp = load_experiment(args.config, overrides=parse_options(args.set))
+    overrides = parse_options(args.set)
+    if args.device:
+        overrides["train.device"] = args.device
+    exp = load_experiment(args.config, overrides=overrides)
     result = launch_training(exp, args.out or exp.run_dir, resume=args.resume, progress=not args.quiet)
     if result is not None:  # rank 0 (or no torchrun) reports
         print_json(result, drop=("model",))

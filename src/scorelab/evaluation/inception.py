@@ -370,15 +370,15 @@ def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def save_stats(path: str | os.PathLike, features) -> Path:
-    """Write ``mu``, ``sigma`` of ``features [N, 2048]`` as a pytorch-fid statistics ``.npz`` (atomically)."""
-    import io
-
-    from ..io.checkpoints import atomic_write_bytes
-
+    """Write ``mu``, ``sigma`` of ``features [N, 2048]`` as a pytorch-fid statistics ``.npz`` (a temporary file,
+    then an atomic rename)."""
     mu, sigma = feature_stats(features)
-    buf = io.BytesIO()
-    np.savez(buf, mu=mu, sigma=sigma)
-    return atomic_write_bytes(Path(path), buf.getvalue())
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, mu=mu, sigma=sigma)
+    os.replace(tmp, path)
+    return path
 
 
 def evaluate_inception(samples: str, reference: str, weights: str, device: str = "cpu", batch_size: int = 200,
