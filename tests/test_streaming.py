@@ -80,3 +80,18 @@ def test_unet_presets_match_the_papers_sizes():
         build_net({"name": "unet", "preset": "cifar100"})
     a = UNet(in_channels=3, base_channels=8, image_size=8, skip_rescale=True, scale_shift=False)
     assert a.config()["skip_rescale"] is True and a(torch.randn(1, 3, 8, 8), torch.tensor([3.0])).shape == (1, 3, 8, 8)
+
+
+def test_experiment_streams_photos32_and_reports_the_parameter_count(tmp_path, capsys):
+    from scorelab.training.experiment import experiment_from_dict, run_training
+
+    exp = experiment_from_dict({
+        "data": {"name": "photos32", "n": 16, "stream": True},
+        "process": {"name": "discrete", "schedule": "linear", "n": 1000},
+        "model": {"net": {"name": "unet", "preset": "small32", "base_channels": 8, "num_res_blocks": 1,
+                          "time_scale": 1.0}},
+        "loss": {"proposal": "discrete", "reduction": "mean"},
+        "train": {"steps": 2, "batch_size": 4, "hflip": True, "log_every": 1}})
+    res = run_training(exp, tmp_path / "run", progress=True)
+    assert res["step"] == 2 and res["params"] == sum(p.numel() for p in res["model"].parameters())
+    assert f"{res['params']:,} trainable parameters" in capsys.readouterr().err

@@ -536,8 +536,9 @@ def train(model: nn.Module, data: torch.Tensor | Dataset, config: TrainConfig | 
     run = _setup(model, data, labels, config, loss_fn)
     start, last_ckpt = _resume(run, run_dir) if resume else (0, None)
     end = config.steps if until_step is None else min(int(until_step), config.steps)
+    on_gpu = isinstance(run.data, ArrayDataset) and isinstance(run.data.x, torch.Tensor) and run.data.x.is_cuda
     run.batches = iter(make_loader(run.data, ShardBatchSampler(run.indexer, run.my_shards, run.shards, start, end),
-                                   config.num_workers, pin_memory=run.device.type == "cuda"))
+                                   config.num_workers, pin_memory=run.device.type == "cuda" and not on_gpu))
     rank = dist_info()[0]
     logger = RunLogger(run_dir, start, enabled=rank == 0)
     history, window, t0 = [], [], time.perf_counter()
