@@ -68,9 +68,14 @@ def diffusers_net(w: int):
 
 
 def _peak_mb(device: torch.device) -> float:
+    """Peak memory: ``max_memory_allocated`` on a GPU; on a CPU the process' RSS high-water mark ``VmHWM`` (Linux;
+    not ``ru_maxrss``, which a child inherits from its parent across fork + exec)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _sync(device: torch.device) -> None:
@@ -135,7 +140,7 @@ class DiffusersLoop:
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
         self.ema.step(self.net.parameters())
-        return float(loss)
+        return float(loss.detach())
 
     def run(self, steps: int) -> None:
         """``steps`` optimizer steps."""
@@ -283,7 +288,8 @@ def markdown(args, tp: dict | None, q: dict | None, wall: float, cpu: float) -> 
     lines = [f"# 32x32 RGB training: scorelab vs diffusers ({args.device}, amp {args.amp})", ""]
     if tp:
         s, d = tp["median"]["scorelab"], tp["median"]["diffusers"]
-        mem = "peak RSS of the process" if args.device == "cpu" else "max_memory_allocated"
+        mem = "peak RSS (VmHWM) of a process running only that loop" if args.device == "cpu" else \
+            "max_memory_allocated"
         lines += [f"Equal network: width {args.width}, batch {args.batch}; both loops in one process, "
                   f"{args.repeats} rounds of {args.steps} steps each (order alternating) after {args.warmup} warm-up "
                   f"steps, {args.threads} thread(s).", "",

@@ -313,3 +313,12 @@ def test_scale_options_are_checked():
         TrainConfig(bf16=True, amp="fp16")
     with pytest.raises(ValueError, match="num_workers"):
         TrainConfig(num_workers=-1)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager_losses():
+    """compile=True (inductor on the CPU) trains the same model: losses equal eager ones to float tolerance."""
+    cfg = dict(steps=4, batch_size=32, lr=5e-3, seed=2)
+    eager = train(_small_model(), _data(), TrainConfig(**cfg), progress=False)
+    compiled = train(_small_model(), _data(), TrainConfig(**cfg, compile=True), progress=False)
+    assert compiled.history == pytest.approx(eager.history, rel=1e-4)
