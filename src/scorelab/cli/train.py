@@ -28,13 +28,18 @@ def add_parser(sub) -> None:
     sp.add_argument("--set", action="extend", nargs="*", metavar="SECTION.KEY=VALUE",
                     help="override config entries (listed below)")
     sp.add_argument("--quiet", action="store_true")
+    sp.add_argument("--device", help="training device (cpu, cuda, cuda:1, mps; under torchrun cuda = cuda:LOCAL_RANK); "
+                    "same as --set train.device=...")
 
 
 def run(args: argparse.Namespace) -> int:
     """``scorelab train`` on the parsed ``args`` -> exit status (bad input raises ValueError)."""
     from ..training.experiment import launch_training, load_experiment
 
-    exp = load_experiment(args.config, overrides=parse_options(args.set))
+    overrides = parse_options(args.set)
+    if args.device:
+        overrides["train.device"] = args.device
+    exp = load_experiment(args.config, overrides=overrides)
     t0 = time.perf_counter()
     out = args.out or exp.run_dir
     result = launch_training(exp, out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from ..core.analytic import GaussianMixture
-from . import images, toy2d
+from . import images, streaming, toy2d
 from .images import load_array, load_csv, load_digits, load_image_folder, load_path
 from .toy2d import checkerboard, eight_gaussians, pinwheel, rings, swiss_roll, twenty_five_gaussians, two_moons
 
@@ -73,6 +73,8 @@ DATASETS: dict[str, DatasetInfo] = {
                            "labels = component", ()),
     "digits": DatasetInfo(lambda n=None, seed=0: load_digits(n, seed),
                           "scikit-learn digits: 1797 grey 8x8 images in [-1, 1] with labels 0-9", (1, 8, 8)),
+    "photos32": DatasetInfo(streaming.load_photos32, "6716 RGB 32x32 patches of scikit-learn's two sample photos "
+                            "(no download) in [-1, 1]; labels = photo (0 china, 1 flower)", (3, 32, 32)),
 }
 
 
@@ -105,7 +107,7 @@ def load_dataset(name_or_path: str | Path, n: int | None = None, seed: int | tor
 
 
 __all__ = [
-    "DATASETS", "DEFAULT_TOY_N", "DatasetInfo", "describe_datasets", "load_dataset", "images", "toy2d",
+    "DATASETS", "DEFAULT_TOY_N", "DatasetInfo", "describe_datasets", "load_dataset", "images", "toy2d", "streaming",
     "load_digits", "load_image_folder", "load_array", "load_csv", "load_path", "swiss_roll", "two_moons",
     "eight_gaussians", "twenty_five_gaussians", "checkerboard", "rings", "pinwheel",
 ]

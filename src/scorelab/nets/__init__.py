@@ -12,7 +12,7 @@ from torch import nn
 
 from .heads import CriticMLP, ImageHead, VectorHead
 from .mlp import MLP, ConfigMixin, SinusoidalEmbedding, StepEmbedMLP
-from .unet import UNet
+from .unet import UNET_PRESETS, UNet, count_parameters, unet_preset
 
 NETS: dict[str, type[nn.Module]] = {}
 
@@ -33,11 +33,16 @@ for _cls in (MLP, StepEmbedMLP, UNet, VectorHead, ImageHead, CriticMLP):
 
 
 def build_net(config: dict[str, Any]) -> nn.Module:
-    """Build a net from ``net.config()`` (or a YAML/JSON mapping with ``name`` and constructor arguments)."""
+    """Build a net from ``net.config()`` (or a YAML/JSON mapping with ``name`` and constructor arguments; for the
+    UNet ``preset: <name>`` starts from ``UNET_PRESETS[name]``, other keys override it)."""
     cfg = dict(config)
     name = cfg.pop("name", None)
     if name not in NETS:
         raise ValueError(f"unknown net {name!r}; expected one of {sorted(NETS)}")
+    if "preset" in cfg:
+        if name != "unet":
+            raise ValueError(f"preset is a UNet option, not one of net {name!r}")
+        cfg = unet_preset(cfg.pop("preset"), **cfg)
     cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}
     try:
         return NETS[name](**cfg)
@@ -46,4 +51,4 @@ def build_net(config: dict[str, Any]) -> nn.Module:
 
 
 __all__ = ["MLP", "StepEmbedMLP", "UNet", "VectorHead", "ImageHead", "CriticMLP", "SinusoidalEmbedding",
-           "ConfigMixin", "NETS", "register_net", "build_net"]
+           "ConfigMixin", "NETS", "register_net", "build_net", "UNET_PRESETS", "unet_preset", "count_parameters"]

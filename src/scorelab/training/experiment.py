@@ -5,6 +5,7 @@ A config has five sections (every key optional except where noted)::
     run_dir: runs/swissroll_vp
     data:    {name: swiss_roll, n: null, seed: 0, params: {}}       # a data-set name or a file/folder path; n: null =
                                                                      # all of a file's data (a toy set's default size)
+                                                 # stream: true -> read through a DataLoader (data.streaming)
     process: {name: vp}                                              # processes.process_from_config, or
                                                                      # {name: discrete, schedule: linear, n: 1000}
     model:   {net: {name: mlp, width: 256, depth: 3}, parameterization: eps}   # net dims are filled from the data
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -42,11 +44,14 @@ SECTIONS = ("run_dir", "data", "process", "model", "loss", "objective", "train")
 class DataConfig:
     """The ``data`` section: a built-in data set name or a path (image folder, .npy, .npz, .csv), ``n`` points
     (None: all of a file's data, a built-in set's default size), the sampling ``seed`` and extra ``params`` for
-    the loader."""
+    the loader.  ``stream``: open it with ``data.streaming.open_dataset`` (image folders read lazily as RGB unless
+    ``params: {mode: L}``, ``.npy`` memory-mapped, uint8 kept as uint8) and feed training through a DataLoader
+    (``train.num_workers``)."""
     name: str = "swiss_roll"
     n: int | None = None
     seed: int = 0
     params: dict = field(default_factory=dict)
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -259,24 +264,38 @@ def run_training(exp: ExperimentConfig, run_dir: str | os.PathLike | None = None
 
     run_dir = Path(run_dir or exp.run_dir)
     check_device(exp.train.device, "train.device")
-    x, labels = load_data(exp.data)
+    use_labels = bool(exp.model.net.get("num_classes", 0))
+    if exp.data.stream:
+        from ..data.streaming import open_dataset
+
+        try:
+            data = open_dataset(exp.data.name, n=exp.data.n, seed=exp.data.seed, labels=use_labels, **exp.data.params)
+        except ValueError as e:
+            raise ValueError(f"data.name={exp.data.name!r} (data.stream=true): {e}") from None
+        x, labels, shape = data, None, data.example_shape
+    else:
+        x, labels = load_data(exp.data)
+        shape = tuple(x.shape[1:])
     with torch.random.fork_rng(devices=[]):  # weight init from train.seed: runs repeat, ranks start equal
         torch.manual_seed(exp.train.seed)
-        model = build_model(exp, tuple(x.shape[1:]))
+        model = build_model(exp, shape)
     rank = dist_info()[0]
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if rank == 0 and progress:
+        print(f"scorelab train: {n_params:,} trainable parameters", file=sys.stderr)
     if rank == 0:
         prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
         with open(run_dir / "config.yaml", "w") as f:
             yaml.safe_dump(exp.to_dict(), f, sort_keys=False)
-    use_labels = labels if exp.model.net.get("num_classes", 0) else None
     t0 = time.perf_counter()
-    res = train(model, x.float(), exp.train, run_dir=run_dir, resume=resume, loss_fn=exp.objective.loss_fn(exp.loss),
-                progress=progress, labels=use_labels)
+    res = train(model, x, exp.train, run_dir=run_dir, resume=resume, loss_fn=exp.objective.loss_fn(exp.loss),
+                progress=progress, labels=labels if use_labels else None)
     if rank == 0:
         _plot_log(run_dir)
     tail = res.history[-min(len(res.history), 100):] if res.history else []
     return {"model": res.ema_model, "run_dir": str(run_dir), "step": res.step, "wall_s": time.perf_counter() - t0,
-            "final_loss": sum(tail) / len(tail) if tail else None, "checkpoint": str(res.checkpoint)}
+            "final_loss": sum(tail) / len(tail) if tail else None, "checkpoint": str(res.checkpoint),
+            "params": n_params}
 
 
 def launch_training(exp: ExperimentConfig, run_dir: str | os.PathLike | None = None, resume: bool = False,

@@ -1,13 +1,19 @@
-r"""Training loop: optimizer, warmup + cosine learning rate, gradient clipping, EMA, bf16 autocast, logging,
-checkpoints with exact resume, and data-parallel training with ``torch.distributed``.
+r"""Training loop: optimizer, warmup + cosine learning rate, gradient clipping, EMA, mixed precision (bf16 autocast,
+or fp16 autocast with a dynamic ``GradScaler``), optional ``torch.compile``, gradient accumulation, streamed data
+(``torch.utils.data.DataLoader`` with workers and pinned memory), logging, checkpoints with exact resume, and
+data-parallel training with ``torch.nn.parallel.DistributedDataParallel`` (DDP).
 
 Randomness is a pure function of (seed, step): the global batch of step s is a slice of per-epoch permutations
 (``randperm`` seeded from (seed, epoch)), and shard k of that batch draws its loss noise from a generator seeded from
 (seed, s, k).  Hence resuming from a checkpoint reproduces the uninterrupted run, and a run does not depend on how
 many processes share it: the global batch is cut into ``data_shards`` equal shards (default: the world size),
-rank r of W processes handles shards r S/W .. (r+1) S/W - 1 (DistributedSampler-equivalent), gradients of the shard
-means / S are summed across ranks (all-reduce), and one process with the same ``data_shards`` accumulates the same
-sum.  Only rank 0 writes files.
+rank r of W processes handles shards r S/W .. (r+1) S/W - 1 (a DistributedSampler over the global batch: a batch
+sampler, ``ShardBatchSampler``, hands each rank's ``DataLoader`` exactly its shards), each rank backpropagates
+W x (shard mean / S) for its S/W micro-batches (gradient accumulation; DDP's ``no_sync`` on all but the last), DDP's
+bucketed all-reduce averages over the W ranks (overlapping communication with backward), so every rank holds the
+gradient of sum_k (shard mean_k / S), the same sum that one process with the same ``data_shards`` accumulates.
+``grad_accum`` = micro-batches per rank when ``data_shards`` is not set (S = W x grad_accum).  Random horizontal
+flips (``hflip``) draw their bits from a generator seeded from (seed, step, shard) too.  Only rank 0 writes files.
 
 Notation
 --------
@@ -32,6 +38,7 @@ import math
 import os
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -40,16 +47,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Dataset
 
 from .._utils import check_device
 from .._utils import progress as tqdm
 from ..core.denoisers import DiffusionModel
 from ..core.processes import Discrete
+from ..data.streaming import ArrayDataset, decode, make_loader, random_hflip
 from ..io import checkpoints as ckpts
 from .losses import DSMLoss, LossConfig
 
 OPTIMIZERS = ("adamw", "adam", "rmsprop")
 LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "time")
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -60,7 +70,11 @@ class NonFiniteLossError(RuntimeError):
 class TrainConfig:
     """Training options (the CLI maps YAML onto this).  ``grad_clip`` None or 0 disables clipping;
     ``ckpt_every`` 0 saves only at the end (and at ``until_step``); ``cond_drop_prob`` replaces labels by the null
-    label -1 with that probability (classifier-free guidance training); ``data_shards`` None = world size."""
+    label -1 with that probability (classifier-free guidance training); ``data_shards`` None = world size x
+    ``grad_accum``.  ``amp``: "none", "bf16" (autocast) or "fp16" (autocast + dynamic GradScaler; a step whose
+    scaled gradient overflows is skipped, as in torch.amp); ``bf16=True`` is the older spelling of ``amp="bf16"``.
+    ``compile``: run the loss through ``torch.compile``.  ``num_workers``: DataLoader worker processes.
+    ``hflip``: random horizontal flips of image batches."""
 
     steps: int = 1000
     batch_size: int = 128
@@ -82,6 +96,11 @@ class TrainConfig:
     data_shards: int | None = None
     cond_drop_prob: float = 0.0
     device: str = "cpu"
+    amp: str = "none"
+    compile: bool = False
+    grad_accum: int = 1
+    num_workers: int = 0
+    hflip: bool = False
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -102,6 +121,25 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be None or >= 0, got {self.grad_clip}")
         if self.data_shards is not None and (self.data_shards < 1 or self.batch_size % self.data_shards):
             raise ValueError(f"data_shards ({self.data_shards}) must divide batch_size ({self.batch_size})")
+        self._check_scale_options()
+
+    def _check_scale_options(self) -> None:
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {self.amp!r}")
+        if self.bf16 and self.amp == "fp16":
+            raise ValueError("bf16=True contradicts amp='fp16'; set only amp")
+        for name in ("grad_accum", "num_workers"):
+            v, low = getattr(self, name), 1 if name == "grad_accum" else 0
+            if isinstance(v, bool) or int(v) != v or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        if self.grad_accum > 1 and self.data_shards is not None:
+            raise ValueError(f"set either data_shards ({self.data_shards}, global micro-batches) or grad_accum "
+                             f"({self.grad_accum}, micro-batches per rank), not both")
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype (``torch.bfloat16`` / ``torch.float16``) or None for full precision."""
+        return torch.bfloat16 if self.bf16 else AMP_DTYPES[self.amp]
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a JSON-compatible dict (written next to every checkpoint)."""
@@ -119,6 +157,7 @@ class TrainResult:
     step: int = 0
     run_dir: Path | None = None
     checkpoint: Path | None = None
+    n_params: int = 0
 
 
 # -- schedules and EMA ---------------------------------------------------------------------------
@@ -190,6 +229,25 @@ class BatchIndexer:
         return torch.cat(parts)
 
 
+class ShardBatchSampler:
+    """Batch sampler of one rank: for steps ``start .. end - 1`` it yields, in order, the index lists of the shards
+    ``shards`` (a range of 0..n_shards-1) of the global batch ``indexer(step)``; a DataLoader over it streams this
+    rank's micro-batches."""
+
+    def __init__(self, indexer: BatchIndexer, shards: range, n_shards: int, start: int, end: int):
+        self.indexer, self.shards, self.n_shards, self.start, self.end = indexer, shards, n_shards, start, end
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start) * len(self.shards)
+
+    def __iter__(self):
+        ps = self.indexer.batch_size // self.n_shards
+        for step in range(self.start, self.end):
+            idx = self.indexer(step)
+            for k in self.shards:
+                yield idx[k * ps:(k + 1) * ps].tolist()
+
+
 # -- distributed helpers -----------------------------------------------------------------------
 def dist_info() -> tuple[int, int]:
     """(rank, world size); (0, 1) outside ``torch.distributed``."""
@@ -230,24 +288,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _all_reduce_grads(params: list[nn.Parameter], loss: torch.Tensor) -> torch.Tensor:
-    """Sum gradients (and the loss) over ranks in one flat all-reduce."""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params] + [loss.reshape(1).to(params[0].grad.dtype)])
-    dist.all_reduce(flat)
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset: offset + p.numel()].view_as(p.grad))
-        offset += p.numel()
-    return flat[-1]
+class LossModule(nn.Module):
+    """``forward(x0, generator, cond) = loss_fn(model, x0, generator=generator, **cond)`` (per-example ``[B]``): the
+    module that DDP and ``torch.compile`` wrap, so gradient hooks and graphs cover the whole loss."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, x0: torch.Tensor, generator: torch.Generator, cond: dict) -> torch.Tensor:
+        """Per-example losses ``[B]`` of ``x0 [B, ...]``."""
+        return self.loss_fn(self.model, x0, generator=generator, **cond)
 
 
-def _broadcast_params(module: nn.Module) -> None:
-    with torch.no_grad():
-        for t in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(t, src=0)
+def _wrap(model: nn.Module, loss_fn: Callable, device: torch.device, compile_: bool):
+    """(module to call, DDP module or None): DDP over the loss when world > 1 (it broadcasts rank 0's weights)."""
+    module, ddp = LossModule(model, loss_fn), None
+    if dist_info()[1] > 1:
+        ddp = module = nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    return (torch.compile(module) if compile_ else module), ddp
 
 
 # -- logging -----------------------------------------------------------------------------------
@@ -307,88 +367,122 @@ class _Run:
     optimizer: torch.optim.Optimizer
     params: list[nn.Parameter]
     loss_fn: Callable
-    data: torch.Tensor
-    labels: torch.Tensor | None
+    data: Dataset
     config: TrainConfig
     device: torch.device
     shards: int
     my_shards: range
     indexer: BatchIndexer
+    step_module: nn.Module
+    ddp: nn.Module | None
+    scaler: torch.amp.GradScaler
+    batches: Any = None
 
 
-def _shard_backward(run: _Run, idx: torch.Tensor, step: int, k: int) -> torch.Tensor:
-    """Loss of shard k of the global batch (mean over its examples / number of shards); backpropagates it."""
-    cfg, ps = run.config, run.config.batch_size // run.shards
-    sel = idx[k * ps:(k + 1) * ps]
-    x0 = run.data[sel].to(device=run.device, dtype=run.params[0].dtype)
+def _micro_batch(run: _Run, batch, step: int, k: int) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+    """(x0 on the device in [-1, 1] (flipped when ``hflip``), cond, labels) of shard k of step ``step``."""
+    x, y = batch
+    x0 = decode(x.to(run.device, non_blocking=True), run.params[0].dtype)
+    if run.config.hflip:
+        x0 = random_hflip(x0, make_generator(run.device, run.config.seed, 3, step, k))
+    return x0, {}, (None if y is None else y.to(run.device, non_blocking=True))
+
+
+def _shard_backward(run: _Run, batch, step: int, k: int) -> torch.Tensor:
+    """Loss of shard k of the global batch (mean over its examples / number of shards); backpropagates it (times
+    the world size, which DDP's average divides out)."""
+    cfg = run.config
+    x0, cond, y = _micro_batch(run, batch, step, k)
+    ps = x0.shape[0]
     gen = make_generator(run.device, cfg.seed, 1, step, k)
-    cond = {}
-    if run.labels is not None:
-        y = run.labels[sel].to(run.device)
+    if y is not None:
         if cfg.cond_drop_prob > 0:
             drop = torch.rand(ps, generator=gen, device=run.device) < cfg.cond_drop_prob
             y = torch.where(drop, torch.full_like(y, -1), y)
         cond["y"] = y
-    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        values = run.loss_fn(run.model, x0, generator=gen, **cond)
+    amp = cfg.amp_dtype
+    with torch.autocast(run.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        values = run.step_module(x0, gen, cond)
     if values.shape != (ps,):
         raise ValueError(f"loss_fn must return per-example values of shape [{ps}], got {tuple(values.shape)}")
     loss = values.float().mean() / run.shards
-    loss.backward()
+    world = dist_info()[1]
+    run.scaler.scale(loss * world if world > 1 else loss).backward()
     return loss.detach()
 
 
-def _train_step(run: _Run, step: int) -> tuple[float, float]:
-    """One optimizer update (0-based ``step``); returns (global batch loss, gradient norm before clipping)."""
-    run.optimizer.zero_grad(set_to_none=True)
-    idx = run.indexer(step)
+def _accumulate(run: _Run, step: int) -> torch.Tensor:
+    """Backpropagate this rank's micro-batches of step ``step`` (DDP all-reduces after the last one)."""
     loss = torch.zeros((), device=run.device)
-    for k in run.my_shards:
-        loss = loss + _shard_backward(run, idx, step, k)
+    last = len(run.my_shards) - 1
+    for j, k in enumerate(run.my_shards):
+        batch = next(run.batches)
+        with run.ddp.no_sync() if (run.ddp is not None and j < last) else nullcontext():
+            loss = loss + _shard_backward(run, batch, step, k)
+    return loss
+
+
+def _train_step(run: _Run, step: int) -> tuple[float, float]:
+    """One optimizer update (0-based ``step``); returns (global batch loss, gradient norm before clipping).
+    Under fp16 a step with an overflowing gradient (norm inf/NaN) is skipped by the GradScaler (no EMA update)."""
+    run.optimizer.zero_grad(set_to_none=True)
+    loss = _accumulate(run, step)
     for p in run.params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     if dist_info()[1] > 1:
-        loss = _all_reduce_grads(run.params, loss)
+        dist.all_reduce(loss)  # the loss for the log; gradients were averaged by DDP
+    run.scaler.unscale_(run.optimizer)
     clip = run.config.grad_clip or math.inf
     grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, clip))
     loss_v = float(loss)
-    if not (math.isfinite(loss_v) and math.isfinite(grad_norm)):
+    if not (math.isfinite(loss_v) and (math.isfinite(grad_norm) or run.scaler.is_enabled())):
         return loss_v, grad_norm  # the caller stops before the update
     for g in run.optimizer.param_groups:
         g["lr"] = lr_at(step, run.config)
-    run.optimizer.step()
-    update_ema(run.ema, run.model, ema_decay_at(step + 1, run.config))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    if math.isfinite(grad_norm):
+        update_ema(run.ema, run.model, ema_decay_at(step + 1, run.config))
     return loss_v, grad_norm
 
 
-def _setup(model: nn.Module, data: torch.Tensor, labels, config: TrainConfig, loss_fn) -> _Run:
-    rank, world = dist_info()
+def _as_dataset(data, labels) -> Dataset:
+    if isinstance(data, Dataset):
+        if labels is not None:
+            raise ValueError("labels= is for tensor data; a Dataset yields its own labels (open it with labels)")
+        return data
     if not isinstance(data, torch.Tensor) or data.ndim < 1 or data.shape[0] < 1:
-        raise ValueError("data must be a tensor of examples [N, ...] with N >= 1")
+        raise ValueError("data must be a tensor of examples [N, ...] with N >= 1 or a torch Dataset")
     if labels is not None and (labels.ndim != 1 or labels.shape[0] != data.shape[0] or labels.is_floating_point()):
         raise ValueError(f"labels must be an integer tensor [N] with N={data.shape[0]}")
-    shards = config.data_shards or world
+    return ArrayDataset(data, labels)
+
+
+def _setup(model: nn.Module, data, labels, config: TrainConfig, loss_fn) -> _Run:
+    rank, world = dist_info()
+    dataset = _as_dataset(data, labels)
+    shards = config.data_shards or world * config.grad_accum
     if shards % world or config.batch_size % shards:
         raise ValueError(f"data_shards ({shards}) must be a multiple of the world size ({world}) and divide "
                          f"batch_size ({config.batch_size})")
     check_device(config.device, "train.device")
     device = resolve_device(config.device)
     model.to(device).train()
-    if world > 1:
-        _broadcast_params(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
     if loss_fn is None:
         discrete = isinstance(model, DiffusionModel) and isinstance(model.process, Discrete)
         proposal = "discrete" if discrete else "uniform"
         loss_fn = DSMLoss(LossConfig(proposal=proposal))
+    step_module, ddp = _wrap(model, loss_fn, device, config.compile)  # DDP broadcasts rank 0's weights
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
     per_rank = shards // world
-    return _Run(model, ema, make_optimizer(params, config), params, loss_fn, data, labels, config, device, shards,
-                range(rank * per_rank, (rank + 1) * per_rank), BatchIndexer(data.shape[0], config.batch_size,
-                                                                          config.seed))
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp_dtype == torch.float16)
+    return _Run(model, ema, make_optimizer(params, config), params, loss_fn, dataset, config, device, shards,
+                range(rank * per_rank, (rank + 1) * per_rank), BatchIndexer(len(dataset), config.batch_size,
+                                                                          config.seed), step_module, ddp, scaler)
 
 
 def newest_verified_checkpoint(run_dir: Path, device: str | torch.device = "cpu"):
@@ -424,6 +518,8 @@ def _resume(run: _Run, run_dir: Path) -> tuple[int, Path | None]:
                           "the run will not match an uninterrupted one", stacklevel=3)
     if ckpt.meta.get("extra", {}).get("data_shards", run.shards) != run.shards:
         warnings.warn("resuming with a different number of data shards: loss noise will differ", stacklevel=3)
+    if run.scaler.is_enabled() and "grad_scaler" in ckpt.meta.get("extra", {}):
+        run.scaler.load_state_dict(ckpt.meta["extra"]["grad_scaler"])
     try:
         return ckpts.restore(ckpt, run.model, run.ema, run.optimizer), latest
     except RuntimeError as e:  # load_state_dict: the run's model differs from the checkpoint's
@@ -435,6 +531,8 @@ def _save(run: _Run, run_dir: Path, step: int) -> Path:
     loss_cfg = getattr(run.loss_fn, "config", None)
     extra = {"data_shards": run.shards, "world_size": dist_info()[1],
              "loss_config": loss_cfg.to_dict() if hasattr(loss_cfg, "to_dict") else None}
+    if run.scaler.is_enabled():
+        extra["grad_scaler"] = run.scaler.state_dict()
     path = ckpts.save_checkpoint(run_dir / f"ckpt_{step:08d}", run.model, ema_model=run.ema, optimizer=run.optimizer,
                                  step=step, train_config=run.config.to_dict(), extra=extra)
     rotate_checkpoints(run_dir, run.config.keep_checkpoints, keep=path)
@@ -452,10 +550,12 @@ def rotate_checkpoints(run_dir: Path, n_keep: int, keep: Path | None = None) -> 
     return doomed
 
 
-def train(model: nn.Module, data: torch.Tensor, config: TrainConfig | None = None,
+def train(model: nn.Module, data: torch.Tensor | Dataset, config: TrainConfig | None = None,
           run_dir: str | os.PathLike | None = None, resume: bool = False, loss_fn: Callable | None = None,
           progress: bool = True, labels: torch.Tensor | None = None, until_step: int | None = None) -> TrainResult:
-    """Train ``model`` (a ``NetworkModel`` or any module the loss accepts) on ``data`` ``[N, ...]``.
+    """Train ``model`` (a ``NetworkModel`` or any module the loss accepts) on ``data``: a tensor ``[N, ...]`` or a
+    streamed ``torch.utils.data.Dataset`` answering ``__getitems__(indices) -> (x, y or None)``
+    (``scorelab.data.streaming``; uint8 images are decoded to [-1, 1] on the device).
 
     Args:
         config: ``TrainConfig``.  run_dir: folder for ``log.csv`` and checkpoints (rank 0 writes).
@@ -474,6 +574,9 @@ def train(model: nn.Module, data: torch.Tensor, config: TrainConfig | None = Non
     run = _setup(model, data, labels, config, loss_fn)
     start, last_ckpt = _resume(run, run_dir) if resume else (0, None)
     end = config.steps if until_step is None else min(int(until_step), config.steps)
+    on_gpu = isinstance(run.data, ArrayDataset) and isinstance(run.data.x, torch.Tensor) and run.data.x.is_cuda
+    run.batches = iter(make_loader(run.data, ShardBatchSampler(run.indexer, run.my_shards, run.shards, start, end),
+                                   config.num_workers, pin_memory=run.device.type == "cuda" and not on_gpu))
     rank = dist_info()[0]
     logger = RunLogger(run_dir, start, enabled=rank == 0)
     history, window, t0 = [], [], time.perf_counter()
@@ -481,7 +584,7 @@ def train(model: nn.Module, data: torch.Tensor, config: TrainConfig | None = Non
     try:
         for step in range(start, end):
             loss, grad_norm = _train_step(run, step)
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            if not (math.isfinite(loss) and (math.isfinite(grad_norm) or run.scaler.is_enabled())):
                 raise NonFiniteLossError(
                     f"training diverged: non-finite loss ({loss}) or gradient norm ({grad_norm}) at update {step + 1}"
                     f", stopped before applying it; last good checkpoint: {last_ckpt or 'none'}; try a smaller "
@@ -502,9 +605,11 @@ def train(model: nn.Module, data: torch.Tensor, config: TrainConfig | None = Non
         logger.close()
     if dist_info()[1] > 1:
         dist.barrier()  # every rank returns after rank 0 has written the final checkpoint
-    return TrainResult(run.model, run.ema, history, max(start, end), run_dir, last_ckpt)
+    return TrainResult(run.model, run.ema, history, max(start, end), run_dir, last_ckpt,
+                       sum(p.numel() for p in run.params))
 
 
 __all__ = ["TrainConfig", "TrainResult", "train", "NonFiniteLossError", "lr_at", "ema_decay_at", "update_ema",
            "make_optimizer", "init_distributed", "shutdown_distributed", "dist_info", "BatchIndexer", "derived_seed",
-           "read_log", "RunLogger", "newest_verified_checkpoint", "rotate_checkpoints"]
+           "read_log", "RunLogger", "newest_verified_checkpoint", "rotate_checkpoints", "ShardBatchSampler",
+           "LossModule", "AMP_DTYPES"]
