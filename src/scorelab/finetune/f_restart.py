@@ -21,8 +21,9 @@ Notation
                        ``kl`` f = u log u (KL(p_psi||p*)), f' = 1 + log u; ``rkl`` f = -log u, f' = -1/u;
                        ``chi2`` f = (u - 1)^2, f' = 2 (u - 1); ``js`` f = u log u - (1 + u) log((1 + u)/2),
                        f' = log(2u / (1 + u))
-``c(s)``               per-state cost f'(u(s)) - beta w(t) (+ lambda NFE of the step leaving s, NFE shaping)
-``F_l``                sum_{i >= l} gamma^i (c(s_i) - b) (eq. 4.8; b: visitation mean of c, see ``returns_to_go``)
+``c(s)``               per-state cost f'(u(s)) - beta w(t)
+``F_l``                sum_{i >= l} gamma^i (c(s_i) - b) (eq. 4.8; b: visitation mean of c, see ``returns_to_go``),
+                       plus lambda sum_{i >= l} gamma^i NFE_i with ``nfe_target`` (uncentred: a per-episode term)
 ``r_psi``              pi_psi(a_l | s_l) / pi_psi'(a_l | s_l);  ``eps``: PPO clip
 ``w(t)``               time weighting (sec. 4.3.3): ``linear`` w = 1 - t / t_max (more weight on small t)
 =====================  ==============================================================================================
@@ -38,8 +39,9 @@ Episodes (``episode``): ``"finish"`` ends at t = 0, and the Noise action is mask
 few steps (L) or evaluations (``nfe_budget``) to finish with ODE steps, so every episode returns a sample within its
 budget; ``"fixed"`` is the thesis' Alg. 7: exactly L steps, Noise is the only action at t = 0, the sample is the
 last state.  Ablations from the thesis' future work: ``noise_t_max`` (Noise only into times <= noise_t_max),
-``markov`` (the policy also sees l / L and the remaining budget), ``nfe_target`` (a Lagrange multiplier on the
-per-step NFE, updated by dual ascent, keeps the expected NFE at the target).
+``markov`` (the policy also sees l / L and the remaining budget), ``nfe_target`` (a Lagrange multiplier lambda on the
+episode's NFE, lambda <- lambda + nfe_lr (E[NFE] - target) / base NFE after each iteration, keeps the expected NFE at
+the target; its term is added to F without centring, since E[NFE] is a per-episode quantity, not a visitation one).
 """
 from __future__ import annotations
 
@@ -460,17 +462,13 @@ def train_disc(disc: nn.Module, opt: torch.optim.Optimizer, ep: Episode, env: Re
 
 
 @torch.no_grad()
-def state_costs(disc: nn.Module, ep: Episode, env: RestartEnv, config: FRestartConfig,
-                lam: float = 0.0) -> torch.Tensor:
-    """c(s_l) ``[S, B]`` (0 where not alive): f'(u) with log u = -l_phi(x, t) (Alg. 7, line 18), minus beta w(t),
-    plus lam times the evaluations of the step leaving s_l (NFE shaping)."""
+def state_costs(disc: nn.Module, ep: Episode, env: RestartEnv, config: FRestartConfig) -> torch.Tensor:
+    """c(s_l) ``[S, B]`` (0 where not alive): f'(u) with log u = -l_phi(x, t) (Alg. 7, line 18), minus beta w(t)."""
     x, t = visited(ep, env)
     c_live = f_prime(config.f, -disc(x, t)) - config.time_weight_scale * time_weight(config.time_weight,
                                                                                      t / env.process.t_max)
     c = torch.zeros(ep.alive.shape, dtype=c_live.dtype, device=c_live.device)
     c[ep.alive] = c_live
-    if lam:
-        c[:-1] += lam * ep.step_nfe.to(c.dtype)
     return c
 
 
@@ -507,6 +505,9 @@ def build_state(model: DiffusionModel, shape: tuple[int, ...], config: FRestartC
 def policy_phase(st: FRestartState, ep: Episode, c: torch.Tensor, config: FRestartConfig) -> float:
     """Alg. 7, lines 21-23: ``policy_updates`` Adam steps on the clipped surrogate; returns the last loss."""
     F_rtg = returns_to_go(c, ep.alive, config.gamma, config.center)
+    if st.lam:  # NFE shaping: lambda times the episode's remaining evaluations (uncentred)
+        nfe = torch.cat([ep.step_nfe.to(c.dtype), torch.zeros_like(c[:1])])
+        F_rtg = F_rtg + st.lam * returns_to_go(nfe, ep.alive, config.gamma, "none")
     mask = ep.free
     if config.baseline:
         F_rtg = level_baseline(F_rtg, ep.ks[:-1], mask, st.env.T)
@@ -525,12 +526,12 @@ def iteration(st: FRestartState, data: torch.Tensor, config: FRestartConfig) -> 
     ep = rollout(st.env, st.policy, config.batch_size, st.rng, greedy=config.greedy_rollouts,
                  shape=tuple(data.shape[1:]), dtype=data.dtype)
     d_loss = train_disc(st.disc, st.opt_d, ep, st.env, data, config, st.rng)
-    c = state_costs(st.disc, ep, st.env, config, st.lam)
+    c = state_costs(st.disc, ep, st.env, config)
     st.policy.train()
     p_loss = policy_phase(st, ep, c, config)
     nfe = float(ep.nfe.to(torch.float64).mean())
     if config.nfe_target is not None:  # dual ascent on E[NFE] = target
-        st.lam = max(0.0, st.lam + config.nfe_lr * (nfe - config.nfe_target) / st.env.base_nfe)
+        st.lam = st.lam + config.nfe_lr * (nfe - config.nfe_target) / st.env.base_nfe
     free = int(ep.free.sum())
     return {"iteration": st.iteration + 1, "disc_loss": d_loss, "policy_loss": p_loss, "nfe": nfe,
             "cost": float((c * ep.alive).sum() / ep.alive.sum()), "lam": st.lam,
