@@ -25,7 +25,8 @@ Notation
 ``F_l``                sum_{i >= l} gamma^i (c(s_i) - b) (eq. 4.8; b: visitation mean of c, see ``returns_to_go``),
                        plus lambda sum_{i >= l} gamma^i NFE_i with ``nfe_target`` (uncentred: a per-episode term)
 ``r_psi``              pi_psi(a_l | s_l) / pi_psi'(a_l | s_l);  ``eps``: PPO clip
-``w(t)``               time weighting (sec. 4.3.3): ``linear`` w = 1 - t / t_max (more weight on small t)
+``w(t)``               time weighting (sec. 4.3.3): ``linear`` w = 1 - t / t_max (more weight on small t); the
+                       thesis adds it "to the density ratio" without a formula: our reading is the term -beta w(t)
 =====================  ==============================================================================================
 
 Gradient (eq. 4.7 with the state-visitation density of eq. 4.4 normalised by Z = E|tau|): for states s visited by
