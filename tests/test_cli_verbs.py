@@ -19,6 +19,7 @@ from scorelab.cli.main import build_parser, main
 from scorelab.core.analytic import GaussianMixture
 from scorelab.core.denoisers import ClippedModel, NetworkModel
 from scorelab.core.processes import VP
+from scorelab.finetune.f_restart import FRestartConfig
 from scorelab.finetune.sft_pg import SFTPGConfig
 from scorelab.guidance.rejection import RejectConfig
 from scorelab.io.checkpoints import save_checkpoint
@@ -30,6 +31,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: verbs that take --set, and the dataclass whose fields are their keys
 SET_CONFIGS = {("train",): ExperimentConfig, ("finetune", "sft-pg"): SFTPGConfig,
+               ("finetune", "f-restart"): FRestartConfig,
                ("guidance", "train-discriminator"): TrainDiscriminatorOptions, ("reject",): RejectConfig}
 
 
