@@ -4,7 +4,7 @@ and the stochastic adjoint's memory and time.
 
     python benchmarks/densities_scale.py --reference          # SMC reference log Z of lgcp and logreg_bc (~6 CPU-min)
     python benchmarks/densities_scale.py --adjoint            # KL: backprop through EM / torchsde vs adjoint
-    python benchmarks/densities_scale.py                      # the grid (TOTAL budget ~25 CPU-min, see BUDGET)
+    python benchmarks/densities_scale.py                      # the grid (~10 CPU-min of training + evaluation)
     python benchmarks/densities_scale.py --merge              # one markdown from the three JSON files
 
 Budget (stated, not the published one): the published runs (Richter & Berner 2024) train 60k iterations at batch 2048
@@ -33,12 +33,12 @@ from harness import RESULTS, provenance, table, write_json, write_results  # noq
 
 # target -> (seeds, CPU-s of training per run, DensityConfig overrides)
 BUDGET = {
-    "funnel": ([0, 1, 2], 20, dict(steps=50, batch=256, eval_samples=4096)),
-    "manywell": ([0, 1, 2], 20, dict(steps=50, batch=256, eval_samples=4096)),
-    "logreg_bc": ([0], 20, dict(steps=50, batch=128, eval_samples=2048)),
-    "lgcp": ([0], 40, dict(steps=50, batch=64, eval_samples=512, hidden=64)),
+    "funnel": ([0, 1], 8, dict(steps=50, batch=256, eval_samples=4096)),
+    "manywell": ([0, 1], 8, dict(steps=50, batch=256, eval_samples=4096)),
+    "logreg_bc": ([0], 8, dict(steps=50, batch=128, eval_samples=2048)),
+    "lgcp": ([0], 15, dict(steps=50, batch=64, eval_samples=256, hidden=64)),
 }
-CURVE = ("manywell", "dis", "lv", [10, 40, 160])  # "what the CPU budget buys": CPU-s per run, seed 0
+CURVE = ("manywell", "dis", "lv", [4, 16, 64])  # "what the CPU budget buys": CPU-s per run, seed 0
 REFERENCE = {  # SMC settings: a moderate and a long configuration (the second is the reference, the first checks it)
     "logreg_bc": [dict(n=512, mcmc_steps=10, ess_min=0.8), dict(n=1024, mcmc_steps=20, ess_min=0.9)],
     "lgcp": [dict(n=256, mcmc_steps=10, ess_min=0.8), dict(n=256, mcmc_steps=20, ess_min=0.9)],
@@ -120,7 +120,7 @@ def _adjoint_child(method: str, mode: str, steps: int, batch: int, q) -> None:
     opt, gen = torch.optim.Adam(sampler.parameters(), 1e-3), torch.Generator().manual_seed(0)
     base = peak_rss_mb()
     times = []
-    for _ in range(4):
+    for _ in range(3):
         t0, c0 = time.perf_counter(), time.process_time()
         if mode == "em_backprop":
             values, _ = kl_loss(sampler, tgt, batch, gen)
@@ -139,10 +139,10 @@ def adjoint_main(args) -> int:
     """Memory (peak RSS increase over the set-up, fresh process each) and time of one KL iteration on Funnel-10."""
     ctx, rows = mp.get_context("spawn"), []
     for method in ("pis", "dis"):
-        for steps in (50, 400):
+        for steps in (50, 200):
             for mode in ("em_backprop", "torchsde_backprop", "torchsde_adjoint"):
                 q = ctx.Queue()
-                p = ctx.Process(target=_adjoint_child, args=(method, mode, steps, 256, q))
+                p = ctx.Process(target=_adjoint_child, args=(method, mode, steps, 128, q))
                 p.start()
                 rows.append(q.get())
                 p.join()
@@ -160,8 +160,11 @@ def merge_main(args) -> int:
     out = Path(args.out)
     load = lambda n: json.loads((out / f"densities_scale_{n}.json").read_text())  # noqa: E731
     grid, ref, adj = load("grid"), load("reference"), load("adjoint")
+    used_grid = sum(r["total_cpu_s"] for r in grid["runs"] + grid.get("curve", []))
+    used_ref = sum(r["cpu_time"] for name in REFERENCE for r in ref["reference"][name])
     md = ["## Density samplers at scale (CPU budget, not the published one)", "",
-          "Budget: the whole benchmark ≤ 35 CPU-minutes of one core (2-core machine shared by 7 agents); per run "
+          f"Budget: the whole benchmark ≤ 35 CPU-minutes of one core (2-core machine shared by 7 agents; used: grid + "
+          f"curve {used_grid / 60:.1f} CPU-min, SMC references {used_ref / 60:.1f} CPU-min); per run "
           "(training, CPU clock): " + "; ".join(f"{t}: {b[1]} s × {len(b[0])} seed(s), K = {b[2]['steps']}, batch "
                                                  f"{b[2]['batch']}" for t, b in BUDGET.items())
           + ".  Published: 60k iterations at batch 2048 on a GPU (Richter & Berner 2024) — about 10^4–10^5 × this "
@@ -201,11 +204,12 @@ def merge_main(args) -> int:
                       _fmt(r["metrics"].get("dlogZ_elbo", math.nan)), _fmt(r["metrics"]["ess"])]
                      for r in grid["curve"]])
     md += ["", "### KL gradient: backprop through Euler-Maruyama vs torchsde (backprop / stochastic adjoint)", "",
-           "Funnel-10, batch 256, one Adam iteration; each row a fresh process (peak RSS increase over its set-up)."]
+           "Funnel-10, batch 128, one Adam iteration (median of 2 after a warm-up); each row a fresh process (peak RSS "
+           "increase over its set-up)."]
     md += [""] + table(["method", "K", "mode", "wall s / it", "CPU s / it", "peak RSS increase MB"],
                        [[r["method"], str(r["steps"]), r["mode"], f"{r['wall_s_per_it']:.3f}",
                          f"{r['cpu_s_per_it']:.3f}", f"{r['peak_rss_increase_mb']:.0f}"] for r in adj["rows"]])
-    md += ["", NOTES]
+    md += ["", NOTES.format(n_points=int(get_target("lgcp").counts.sum()))]
     write_results("densities_scale", {"grid": grid, "reference": ref, "adjoint": adj, "budget": repr(BUDGET)},
                   "\n".join(md))
     return 0
@@ -219,8 +223,9 @@ dim 5, 5 double wells, separation 4) — PIS 3.567 → 0.214, DIS 1.462 → 0.37
 0.056.  Their Funnel-10 and LGCP values could not be found in the stored corpora (code, docs, pages searched for the
 paper's table); they are not given here rather than guessed.  Their ManyWell is not ManyWell-32 (FAB's 2^16-mode
 target used here), so no published Richter & Berner number applies to the manywell rows.  The LGCP here is simulated
-(`posteriors.lgcp_counts`, seed 0, 113 points), not the pines data, so the published pines reference log Z = 512.6
-(DDS, quoted in sde_sampler `distr/cox.py`) does not apply either: the reference is the SMC value above."""
+(`posteriors.lgcp_counts`, seed 0, {n_points} points), not the pines data, so the published pines reference
+log Z = 512.6 (DDS, quoted in sde_sampler `distr/cox.py`) does not apply either: the reference is the SMC value
+above."""
 
 
 def main(argv: list[str] | None = None) -> int:

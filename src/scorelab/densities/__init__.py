@@ -6,7 +6,7 @@ LGCP and Bayesian logistic regression (posteriors.py, reference log Z by SMC in 
 (adjoint.py, torchsde; imported on first use).  Entry point for the CLI: ``run(DensityConfig(...), out_dir)``.
 """
 from .control import ControlNet, FunctionControl, ZeroControl
-from .controlled import DiffusionSampler, PathSample, kl_adjoint_loss, kl_loss, log_variance_loss
+from .controlled import DiffusionSampler, PathSample, kl_loss, log_variance_loss
 from .dds import DDS
 from .dis import DIS
 from .estimators import elbo, ess, evaluate, log_Z_is, moment_errors, w2_exact, w2_sliced
@@ -36,6 +36,6 @@ __all__ = [
     "DDS", "DIS", "PIS", "elbo", "ess", "evaluate", "log_Z_is", "moment_errors", "w2_exact", "w2_sliced",
     "METHODS", "DensityConfig", "build", "run", "TARGETS", "DoubleWell", "FunctionTarget", "Funnel", "ManyWell",
     "MixtureTarget", "SeparableTarget", "Target", "gaussian", "get_target", "gmm9", "gmm40", "load_target",
-    "TrainHistory", "pretrain_mc_score", "train", "kl_adjoint_loss", "LGCP", "LogisticRegression",
+    "TrainHistory", "pretrain_mc_score", "train", "LGCP", "LogisticRegression",
     "laplace_is_log_Z", "reference_log_Z", "smc_log_Z",
 ]

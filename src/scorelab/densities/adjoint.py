@@ -125,3 +125,10 @@ def adjoint_kl_loss(sampler: DiffusionSampler, target, n: int, generator: torch.
     loss = cost + terminal - target.log_prob_unnorm(xT).to(dtype)
     path = PathSample(torch.stack([x0, xT.detach()]), -loss.detach(), torch.zeros_like(loss).detach())
     return loss, path
+
+
+def kl_adjoint_loss(sampler: DiffusionSampler, target, n: int, generator: torch.Generator | None = None,
+                    dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, PathSample]:
+    """The training loss ``"kl_adjoint"`` (train.py): ``adjoint_kl_loss`` with the stochastic adjoint, per-example
+    ``[B]``; memory independent of the number of steps K."""
+    return adjoint_kl_loss(sampler, target, n, generator, dtype, adjoint=True)

@@ -210,12 +210,4 @@ def log_variance_loss(sampler: DiffusionSampler, target, n: int, generator: torc
     return (log_w - log_w.mean().detach()).pow(2), path
 
 
-def kl_adjoint_loss(sampler: DiffusionSampler, target, n: int, generator: torch.Generator | None = None,
-                    dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, PathSample]:
-    """Reverse KL through ``torchsde`` with the stochastic adjoint (PIS, DIS; adjoint.py): per-example loss ``[B]``,
-    memory independent of the number of steps K."""
-    from .adjoint import adjoint_kl_loss  # torchsde only when asked for
-    return adjoint_kl_loss(sampler, target, n, generator, dtype, adjoint=True)
-
-
-LOSSES = {"kl": kl_loss, "lv": log_variance_loss, "kl_adjoint": kl_adjoint_loss}
+LOSSES = {"kl": kl_loss, "lv": log_variance_loss}

@@ -32,7 +32,7 @@ import math
 import numpy as np
 import torch
 
-from .targets import Target
+from .target_base import Target
 
 # Reference log Z: adaptive SMC (densities.smc.reference_log_Z), mean +- standard error over independent runs.
 # Regenerate: python benchmarks/densities_scale.py --reference  (writes benchmarks/results/densities_reference.json)

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import torch
 
-from .controlled import LOSSES
 from .dds import DDS
 from .dis import DIS
 from .estimators import evaluate
 from .pis import PIS
 from .targets import get_target
-from .train import pretrain_mc_score, train
+from .train import TRAIN_LOSSES, pretrain_mc_score, train
 
 METHODS = {"dis": DIS, "pis": PIS, "dds": DDS}
 
@@ -73,8 +72,8 @@ class DensityConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {sorted(METHODS)}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; expected one of {sorted(LOSSES)}")
+        if self.loss not in TRAIN_LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; expected one of {sorted(TRAIN_LOSSES)}")
         for k in ("steps", "batch", "eval_samples", "eval_repeats"):
             if int(getattr(self, k)) != getattr(self, k) or getattr(self, k) < 1:
                 raise ValueError(f"{k} must be a positive integer, got {getattr(self, k)}")
