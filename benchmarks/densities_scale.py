@@ -160,6 +160,10 @@ def merge_main(args) -> int:
     out = Path(args.out)
     load = lambda n: json.loads((out / f"densities_scale_{n}.json").read_text())  # noqa: E731
     grid, ref, adj = load("grid"), load("reference"), load("adjoint")
+    for r in grid["runs"] + grid.get("curve", []):  # references set after the run (lgcp): |dlog Z| from them here
+        m, ref_lz = r["metrics"], get_target(r["target"]).log_Z
+        if "dlogZ_is" not in m and ref_lz is not None:
+            m["dlogZ_is"], m["dlogZ_elbo"] = abs(m["log_Z_hat"] - ref_lz), abs(m["elbo"] - ref_lz)
     used_grid = sum(r["total_cpu_s"] for r in grid["runs"] + grid.get("curve", []))
     used_ref = sum(r["cpu_time"] for name in REFERENCE for r in ref["reference"][name])
     md = ["## Density samplers at scale (CPU budget, not the published one)", "",
