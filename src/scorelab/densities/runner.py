@@ -18,13 +18,12 @@ from pathlib import Path
 
 import torch
 
-from .controlled import LOSSES
 from .dds import DDS
 from .dis import DIS
 from .estimators import evaluate
 from .pis import PIS
 from .targets import get_target
-from .train import pretrain_mc_score, train
+from .train import TRAIN_LOSSES, pretrain_mc_score, train
 
 METHODS = {"dis": DIS, "pis": PIS, "dds": DDS}
 
@@ -41,6 +40,9 @@ class DensityConfig:
     ``explore``, ``ema``: off-policy exploration factor (LV only) and weight EMA decay, see ``train``.
     ``mc_pretrain_rounds``: if > 0, warm start by ``pretrain_mc_score`` (DIS only; ``mc_samples`` draws per point)
     before the ``iterations`` of ``loss``; its CPU time counts in the training time (``time_limit`` caps the rest).
+    ``log_z``: a known log Z of the target (e.g. of a user's density): the report then shows the errors against it
+    (it replaces a built-in target's reference value).  ``loss`` "kl_adjoint": KL by the stochastic adjoint
+    (adjoint.py).
     """
 
     target: str = "gmm9"
@@ -64,13 +66,14 @@ class DensityConfig:
     ema: float | None = None
     mc_pretrain_rounds: int = 0
     mc_samples: int = 512
+    log_z: float | None = None
     method_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {sorted(METHODS)}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; expected one of {sorted(LOSSES)}")
+        if self.loss not in TRAIN_LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; expected one of {sorted(TRAIN_LOSSES)}")
         for k in ("steps", "batch", "eval_samples", "eval_repeats"):
             if int(getattr(self, k)) != getattr(self, k) or getattr(self, k) < 1:
                 raise ValueError(f"{k} must be a positive integer, got {getattr(self, k)}")
@@ -82,6 +85,11 @@ class DensityConfig:
         if self.mc_pretrain_rounds and self.method != "dis":
             raise ValueError(f"mc_pretrain_rounds needs method 'dis' (its optimal control is a noised score), got "
                              f"{self.method!r}")
+        if self.loss == "kl_adjoint" and self.method != "pis":
+            raise ValueError(f"loss 'kl_adjoint' supports method 'pis' (DIS: the reversible Heun scheme is unstable on "
+                             f"its stiff VP drift, see densities/adjoint.py), got {self.method!r}")
+        if self.log_z is not None and not math.isfinite(self.log_z):
+            raise ValueError(f"log_z must be a finite number, got {self.log_z}")
         if self.iterations < 0 or not self.lr > 0:
             raise ValueError(f"need iterations >= 0 and lr > 0, got {self.iterations}, {self.lr}")
 
@@ -89,6 +97,8 @@ class DensityConfig:
 def build(config: DensityConfig):
     """(target, sampler) for a config; the network is initialized from ``config.seed``."""
     target = get_target(config.target, config.dim)
+    if config.log_z is not None:
+        target.log_Z, target.log_Z_source = float(config.log_z), "given by the user (log_z)"
     torch.manual_seed(config.seed)  # network initialization only (zero-initialized heads; hidden layers random)
     sampler = METHODS[config.method](target.dim, config.steps, hidden=config.hidden, layers=config.layers,
                                      **config.method_kwargs)
@@ -129,7 +139,8 @@ def run(config: DensityConfig, out_dir: str | os.PathLike | None = None) -> dict
                  clock=config.time_clock, explore=config.explore, ema=config.ema)
     t0 = time.perf_counter()
     metrics, x = evaluate_repeated(sampler, target, config.eval_samples, config.eval_repeats, gen)
-    report = {"config": asdict(config), "metrics": metrics, "train_time_s": hist.wall_time + pre["wall_time"],
+    report = {"config": asdict(config), "metrics": metrics, "log_Z_source": target.log_Z_source,
+              "log_Z_stderr": target.log_Z_stderr, "train_time_s": hist.wall_time + pre["wall_time"],
               "train_cpu_s": hist.cpu_time + pre["cpu_time"], "mc_pretrain_cpu_s": pre["cpu_time"],
               "threads": torch.get_num_threads(),
               "iterations_done": hist.iterations, "it_per_s": hist.iterations / max(hist.wall_time, 1e-9),

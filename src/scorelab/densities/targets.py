@@ -20,11 +20,16 @@ Targets (Berner, Richter & Ullrich 2022, source 004, "DIS vs. PIS"; Richter & Be
 * ``dw``: rho = exp(-sum_{i<=w} (x_i^2 - delta)^2 - 1/2 sum_{i>w} x_i^2) for any (d, w, delta); log Z by 1-D quadrature.
 * ``manywell``: d/2 copies of the FAB double well, log rho = -x_1^4 + 6 x_1^2 + x_1/2 - x_2^2/2, d = 32.
 * ``gauss``: exp(log_Z) N(m, S) with any covariance S.
+* ``lgcp`` (d = 1600), ``logreg_bc`` (d = 31): Bayesian posteriors, posteriors.py (reference log Z by SMC).
+
+Every target carries ``log_Z_source``: how its ``log_Z`` was obtained (closed form, quadrature, SMC reference).
 """
 from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from typing import Callable, Sequence
 
 import numpy as np
@@ -32,46 +37,8 @@ import torch
 from scipy import integrate
 
 from ..core.analytic import GaussianMixture, grid_mixture
-
-
-class Target:
-    """Base class: subclasses define ``log_prob_unnorm`` and may override ``score``, ``sample``, ``moments``."""
-
-    name: str = "target"
-    log_Z: float | None = None
-
-    def __init__(self, dim: int):
-        if int(dim) != dim or dim < 1:
-            raise ValueError(f"target dimension must be a positive integer, got {dim}")
-        self.dim = int(dim)
-
-    def log_prob_unnorm(self, x: torch.Tensor) -> torch.Tensor:
-        """log rho(x) for x ``[B, d]`` -> ``[B]``."""
-        raise NotImplementedError
-
-    def score(self, x: torch.Tensor) -> torch.Tensor:
-        """grad log rho(x) ``[B, d]`` by autograd (differentiable when grad mode is on: create_graph)."""
-        create = torch.is_grad_enabled() and x.requires_grad
-        with torch.enable_grad():
-            xr = x if x.requires_grad else x.detach().requires_grad_(True)
-            lp = self.log_prob_unnorm(xr).sum()
-            (g,) = torch.autograd.grad(lp, xr, create_graph=create)
-        return g
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n exact samples ``[n, d]`` (float64)."""
-        raise NotImplementedError(f"target {self.name!r} cannot be sampled exactly")
-
-    def moments(self) -> dict[str, float] | None:
-        """Exact E||x||^2 and E||x||_1 (keys ``sq``, ``abs``) or None."""
-        return None
-
-    def _check(self, x: torch.Tensor) -> None:
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"{self.name}: expected x of shape [B, {self.dim}], got {tuple(x.shape)}")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, log_Z={self.log_Z})"
+from .posteriors import LGCP, LogisticRegression
+from .target_base import Target
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,6 +50,7 @@ class MixtureTarget(Target):
     def __init__(self, mixture: GaussianMixture, log_Z: float = 0.0, name: str = "gmm"):
         super().__init__(mixture.d)
         self.mixture, self.log_Z, self.name = mixture, float(log_Z), name
+        self.log_Z_source = "exact (a normalized mixture times exp(log_Z))"
         L = torch.linalg.cholesky(mixture.covs)
         eye = torch.eye(mixture.d, dtype=torch.float64).expand_as(L)
         self._Linv = torch.linalg.solve_triangular(L, eye, upper=False)  # [K, d, d]
@@ -166,6 +134,7 @@ class Funnel(Target):
         if dim < 2:
             raise ValueError("the funnel needs dim >= 2")
         self.scale, self.log_Z = float(scale), 0.0
+        self.log_Z_source = "exact (the funnel is a normalized hierarchical density)"
 
     def log_prob_unnorm(self, x):
         """log N(x_0; 0, scale^2) + sum_{i>=1} log N(x_i; 0, e^{x_0}) (normalized). Shapes: x [B, d] -> [B]."""
@@ -211,6 +180,7 @@ class SeparableTarget(Target):
         self._uniq: dict[int, tuple] = {}
         self._stats = [self._factor_stats(i) for i in range(self.dim)]
         self.log_Z = float(sum(s["log_z"] for s in self._stats))
+        self.log_Z_source = "exact up to quadrature error: sum of 1-D scipy.integrate.quad integrals per factor"
 
     def _factor_stats(self, i: int) -> dict:
         f, L = self.factors[i]
@@ -301,7 +271,14 @@ class DoubleWell(SeparableTarget):
 
 
 class ManyWell(SeparableTarget):
-    """Many-well of FAB (Midgley et al. 2023): d/2 copies of log rho(x1, x2) = -x1^4 + 6 x1^2 + x1/2 - x2^2/2."""
+    """Many-well of FAB (Midgley et al. 2023): d/2 copies of log rho(x1, x2) = -x1^4 + 6 x1^2 + x1/2 - x2^2/2.
+
+    This is FAB's ``DoubleWellEnergy(a=-0.5, b=-6, c=1)`` (energy a x1 + b x1^2 + c x1^4 + x2^2 / 2; FAB code,
+    fab-torch ``fab/target_distributions/many_well.py``, whose 1-D normalizer of the x1 factor is 11784.50927), the
+    ManyWell-32 (2^16 modes) of FAB, iDEM and the diffusion-sampler benchmark of Blessing et al. 2024.  It is *not*
+    the "MW" of Richter & Berner 2024 / sde_sampler (``conf/target/mw.yaml``: ``MultiWell`` dim 5, 5 double wells,
+    separation 4, i.e. ``DoubleWell(5, 5, 4)`` = ``dw554`` here; ``mw_50d.yaml``: dim 50, 5 wells, separation 2).
+    log Z (exact up to quadrature) and exact samples come per 1-D factor (``SeparableTarget``)."""
 
     def __init__(self, dim: int = 32):
         if dim % 2:
@@ -357,23 +334,43 @@ def validate_log_prob(fn: Callable, dim: int, name: str = "target", n: int = 8) 
                          f"inputs of shape [{n}, {dim}]; the log-density must be finite on R^{dim}")
 
 
-def load_target(spec: str, dim: int) -> FunctionTarget:
-    """Load ``package.module:function`` (a log-density of x ``[B, dim]``) with importlib and validate it."""
+def _import_from_cwd(mod_name: str, spec: str):
+    """Import ``mod_name``, searching the current working directory first (a user's ``my_density.py``)."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ValueError(f"cannot import module {mod_name!r} for target {spec!r} (searched the current directory "
+                         f"{cwd} and sys.path): {e}") from e
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
+def load_target(spec: str, dim: int | None) -> FunctionTarget:
+    """Load ``package.module:function`` (a log-density of x ``[B, dim]``; the module is looked up in the current
+    directory first, then on sys.path) and validate it.  A function may declare its dimension as an attribute
+    ``fn.dim``: then ``dim`` must equal it (or be None to take it)."""
     if spec.count(":") != 1 or not all(spec.split(":")):
         raise ValueError(f"a user target must be given as 'package.module:function', got {spec!r}")
     mod_name, fn_name = spec.split(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ValueError(f"cannot import module {mod_name!r} for target {spec!r}: {e}") from e
+    mod = _import_from_cwd(mod_name, spec)
     if not hasattr(mod, fn_name):
         raise ValueError(f"module {mod_name!r} has no attribute {fn_name!r}")
+    fn = getattr(mod, fn_name)
+    declared = getattr(fn, "dim", None)
+    if declared is not None and dim is not None and int(declared) != dim:
+        raise ValueError(f"--dim {dim} does not match the dimension {declared} declared by {spec!r} ({fn_name}.dim)")
+    dim = dim if dim is not None else declared
     if dim is None:
-        raise ValueError(f"a user target needs its dimension (--dim D) for {spec!r}")
-    return FunctionTarget(getattr(mod, fn_name), dim, name=spec)
+        raise ValueError(f"a user target needs its dimension (--dim D, or an attribute {fn_name}.dim) for {spec!r}")
+    return FunctionTarget(fn, int(dim), name=spec)
 
 
-TARGETS = ("gmm9", "gmm40", "funnel", "dw", "dw554", "dw2053", "manywell", "gauss")
+TARGETS = ("gmm9", "gmm40", "funnel", "dw", "dw554", "dw2053", "manywell", "gauss", "lgcp", "logreg_bc")
 
 
 def get_target(name: str, dim: int | None = None, **kwargs) -> Target:
@@ -389,6 +386,8 @@ def get_target(name: str, dim: int | None = None, **kwargs) -> Target:
         "dw2053": lambda: DoubleWell(20, 5, 3.0),
         "manywell": lambda: ManyWell(dim or 32),
         "gauss": lambda: gaussian(torch.zeros(dim or 2), **kwargs),
+        "lgcp": lambda: LGCP(**kwargs),
+        "logreg_bc": lambda: LogisticRegression(**kwargs),
     }
     if name not in builders:
         raise ValueError(f"unknown target {name!r}; expected one of {list(TARGETS)} or 'package.module:function'")

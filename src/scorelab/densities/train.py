@@ -28,6 +28,14 @@ from .dis import DIS
 from .estimators import ess, log_Z_is
 
 
+def _kl_adjoint(*args, **kwargs):
+    from .adjoint import kl_adjoint_loss  # torchsde only when asked for
+    return kl_adjoint_loss(*args, **kwargs)
+
+
+TRAIN_LOSSES = {**LOSSES, "kl_adjoint": _kl_adjoint}  # "kl_adjoint": KL by the stochastic adjoint (adjoint.py)
+
+
 def pretrain_mc_score(sampler: DiffusionSampler, target, *, rounds: int = 6, updates: int = 700, paths: int = 1024,
                       n_mc: int = 512, batch: int = 1024, lr: float = 3e-3, lr_decay: float = 0.6,
                       generator: torch.Generator | None = None) -> dict:
@@ -94,7 +102,8 @@ def train(sampler: DiffusionSampler, target, *, loss: str = "lv", iterations: in
     """Train ``sampler.net`` in place; returns a ``TrainHistory``.
 
     Args:
-        loss: "kl" (reverse KL, backprop through time) or "lv" (log-variance, detached paths).
+        loss: "kl" (reverse KL, backprop through time), "lv" (log-variance, detached paths) or "kl_adjoint" (reverse
+            KL by torchsde's stochastic adjoint, PIS; adjoint.py).
         lr_final: if given, cosine decay from ``lr`` to ``lr_final`` over the budget: the fraction done is the larger
             of iterations done / ``iterations`` and elapsed / ``time_limit`` (so a time-capped run still anneals).
         time_limit: stop after this many seconds of training, if given, measured on ``clock``: "wall" (wall clock)
@@ -107,15 +116,15 @@ def train(sampler: DiffusionSampler, target, *, loss: str = "lv", iterations: in
     """
     if clock not in ("wall", "cpu"):
         raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}")
+    if loss not in TRAIN_LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(TRAIN_LOSSES)}")
     if iterations < 0 or batch < 2:
         raise ValueError(f"need iterations >= 0 and batch >= 2, got {iterations}, {batch}")
     if not explore > 0 or (explore != 1.0 and loss != "lv"):
         raise ValueError(f"explore must be > 0 and needs loss='lv' when != 1, got {explore} with loss {loss!r}")
     if ema is not None and not 0.0 < ema < 1.0:
         raise ValueError(f"ema decay must be in (0, 1), got {ema}")
-    loss_fn = LOSSES[loss]
+    loss_fn = TRAIN_LOSSES[loss]
     params = [p for p in sampler.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     hist, t0, c0 = TrainHistory(), time.perf_counter(), time.process_time()

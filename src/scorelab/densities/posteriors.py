@@ -1,0 +1,167 @@
+r"""Bayesian posteriors at the benchmarks' scale: a log-Gaussian Cox process (d = 1600) and Bayesian logistic
+regression on scikit-learn's breast-cancer data (d = 31).  Their log Z (the marginal likelihood) has no closed form;
+the reference values below come from long adaptive-SMC runs of ``densities.smc`` (command and error bar stated).
+
+Both are a Gaussian prior N(m, C C^T) times a likelihood L, rho(x) = N(x; m, C C^T) L(x), so Z = E_prior[L] and the
+prior is the natural base of annealing (``reference_base`` returns (m, C)).
+
+Log-Gaussian Cox process (Moeller, Syversveen & Waagepetersen 1998; the pine-saplings set-up of PIS (Zhang & Chen
+2022), DDS (Vargas et al. 2023) and sde_sampler ``distr/cox.py`` / ``conf/target/cox.yaml``): a 40 x 40 grid on the
+unit square, latent field x on the cells,
+
+=================  ====================================================================================
+prior              x ~ N(mu_0 1, K),  K_ij = sigma^2 exp(-|g_i - g_j| / (M beta)),  g_i the cell's (row, col)
+                   index, M = 40, sigma^2 = 1.91, beta = 1/33, mu_0 = log(126) - sigma^2 / 2
+likelihood         log L(x) = sum_i [x_i y_i - a exp(x_i)],  a = 1 / M^2 (bin area), y_i the count in cell i
+=================  ====================================================================================
+
+**Data.** The Finnish pines point pattern cannot be downloaded here, so the counts y are *generated*, not the
+pines data: ``lgcp_counts(seed)`` draws one latent field from the prior above and Poisson counts
+y_i ~ Poisson(a exp(x_i)) (an LGCP simulated with the standard hyper-parameters; E sum y = 126, the size of the
+pines set), with numpy's PCG64 from a fixed seed.  Its log Z therefore differs from the pines value 512.6 (DDS,
+quoted by sde_sampler); the reference here is ``LGCP_REFERENCE``.
+
+Bayesian logistic regression: breast-cancer data (569 x 30, ``sklearn.datasets.load_breast_cancer``, shipped with
+scikit-learn), features standardized (mean 0, std 1 per column) with an intercept column prepended, d = 31, prior
+theta ~ N(0, I), log L(theta) = sum_n [y_n z_n - softplus(z_n)], z = X theta.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .target_base import Target
+
+# Reference log Z: adaptive SMC (densities.smc.reference_log_Z), mean +- standard error over independent runs.
+# Regenerate: python benchmarks/densities_scale.py --reference  (writes benchmarks/results/densities_reference.json)
+# lgcp: 3 runs, n = 256, 20 MALA steps, ESS 0.9: 428.507 +- 0.084 (runs 428.675, 428.426, 428.421; 202 CPU-s); the
+# shorter setting (10 MALA steps, ESS 0.8) gave 428.213 +- 0.076: SMC log Z-hat is biased low while the moves do not
+# equilibrate, so the error bar below adds that 0.29 shift to the statistical error (sqrt(0.084^2 + 0.294^2)).
+LGCP_REFERENCE: tuple[float, float] | None = (428.507, 0.31)
+# logreg_bc: 4 runs, n = 1024, 20 MALA steps, ESS 0.9 (runs -55.351, -55.250, -55.262, -55.226; 30 CPU-s)
+LOGREG_REFERENCE: tuple[float, float] | None = (-55.272, 0.027)
+
+
+def lgcp_counts(grid: int = 40, seed: int = 0, sigma2: float = 1.91, beta: float = 1 / 33,
+                mean_count: float = 126.0) -> np.ndarray:
+    """Counts ``[grid * grid]`` of a simulated log-Gaussian Cox process: latent x ~ N(mu_0, K) (module docstring),
+    y_i ~ Poisson(exp(x_i) / grid^2); numpy PCG64 seeded with ``seed`` (deterministic; not the pines data)."""
+    rng = np.random.default_rng(seed)
+    K = lgcp_kernel(grid, sigma2, beta).numpy()
+    mu0 = math.log(mean_count) - 0.5 * sigma2
+    x = mu0 + np.linalg.cholesky(K) @ rng.standard_normal(grid * grid)
+    return rng.poisson(np.exp(x) / grid**2).astype(np.float64)
+
+
+def lgcp_kernel(grid: int, sigma2: float, beta: float) -> torch.Tensor:
+    """K_ij = sigma2 exp(-||g_i - g_j|| / (grid beta)) on the cells' integer (row, col) indices g; ``[M^2, M^2]``."""
+    idx = torch.arange(grid, dtype=torch.float64)
+    g = torch.cartesian_prod(idx, idx)
+    return sigma2 * torch.exp(-torch.cdist(g, g) / (grid * beta))
+
+
+class LGCP(Target):
+    """Log-Gaussian Cox process posterior on a ``grid`` x ``grid`` lattice (d = grid^2; module docstring), counts
+    from ``lgcp_counts(grid, seed)`` unless ``counts`` is given.  log rho = log N(x; mu_0, K) + log L(x)."""
+
+    name = "lgcp"
+
+    def __init__(self, grid: int = 40, seed: int = 0, counts: np.ndarray | None = None, sigma2: float = 1.91,
+                 beta: float = 1 / 33):
+        super().__init__(grid * grid)
+        self.grid, self.seed = int(grid), int(seed)
+        y = lgcp_counts(grid, seed, sigma2, beta) if counts is None else np.asarray(counts, dtype=np.float64)
+        if y.shape != (self.dim,):
+            raise ValueError(f"lgcp: counts must have shape [{self.dim}], got {y.shape}")
+        self.counts = torch.as_tensor(y)
+        self.area, self.mu0 = 1.0 / self.dim, math.log(126.0) - 0.5 * sigma2
+        K = lgcp_kernel(grid, sigma2, beta)
+        self.chol = torch.linalg.cholesky(K)
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        self.prec = torch.cholesky_solve(eye, self.chol)  # K^{-1}, so that log rho and its score are one GEMM
+        self._log_norm = -0.5 * self.dim * math.log(2 * math.pi) - float(torch.log(torch.diagonal(self.chol)).sum())
+        default = counts is None and grid == 40 and seed == 0 and sigma2 == 1.91 and beta == 1 / 33
+        self.log_Z = LGCP_REFERENCE[0] if (default and LGCP_REFERENCE) else None
+        self.log_Z_stderr = LGCP_REFERENCE[1] if (default and LGCP_REFERENCE) else None
+        self.log_Z_source = "adaptive SMC reference (densities.smc), see LGCP_REFERENCE" if self.log_Z else None
+
+    def _parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(x)
+        r = x - self.mu0
+        return r, r @ self.prec.to(x)
+
+    def log_prob_unnorm(self, x):
+        """log N(x; mu_0, K) + sum_i [x_i y_i - a exp(x_i)]. Shapes: x [B, 1600] -> [B]."""
+        r, pr = self._parts(x)
+        prior = -0.5 * (r * pr).sum(1) + self._log_norm
+        return prior + (x * self.counts.to(x) - self.area * torch.exp(x)).sum(1)
+
+    def score(self, x):
+        """-K^{-1}(x - mu_0) + y - a exp(x) in closed form. Shapes: x [B, d] -> [B, d]."""
+        _, pr = self._parts(x)
+        return -pr + self.counts.to(x) - self.area * torch.exp(x)
+
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """log L(x) = sum_i [x_i y_i - a exp(x_i)]. Shapes: x [B, d] -> [B]."""
+        return (x * self.counts.to(x) - self.area * torch.exp(x)).sum(1)
+
+    def reference_base(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m ``[d]``, C ``[d, d]``): the prior N(m, C C^T) = N(mu_0, K), the base of annealing."""
+        return torch.full((self.dim,), self.mu0, dtype=torch.float64), self.chol
+
+
+def breast_cancer_design() -> tuple[torch.Tensor, torch.Tensor]:
+    """(X ``[569, 31]``: intercept column + standardized features, y ``[569]`` in {0, 1}) from scikit-learn."""
+    from sklearn.datasets import load_breast_cancer
+    data = load_breast_cancer()
+    f = torch.as_tensor(data.data, dtype=torch.float64)
+    f = (f - f.mean(0)) / f.std(0, unbiased=False)
+    X = torch.cat([torch.ones(len(f), 1, dtype=torch.float64), f], dim=1)
+    return X, torch.as_tensor(data.target, dtype=torch.float64)
+
+
+class LogisticRegression(Target):
+    """Bayesian logistic regression posterior, prior theta ~ N(0, prior_std^2 I), on (X, y) (default: breast
+    cancer, d = 31).  log rho = log N(theta; 0, prior_std^2 I) + sum_n [y_n z_n - softplus(z_n)], z = X theta."""
+
+    name = "logreg_bc"
+
+    def __init__(self, X: torch.Tensor | None = None, y: torch.Tensor | None = None, prior_std: float = 1.0):
+        if (X is None) != (y is None):
+            raise ValueError("logistic regression needs both X and y, or neither (breast cancer)")
+        default = X is None and prior_std == 1.0
+        if X is None:
+            X, y = breast_cancer_design()
+        if X.ndim != 2 or y.shape != (X.shape[0],):
+            raise ValueError(f"logistic regression: X must be [N, d] and y [N], got {tuple(X.shape)}, {tuple(y.shape)}")
+        if not prior_std > 0:
+            raise ValueError(f"prior_std must be > 0, got {prior_std}")
+        super().__init__(X.shape[1])
+        self.X, self.y, self.prior_std = X.to(torch.float64), y.to(torch.float64), float(prior_std)
+        self.log_Z = LOGREG_REFERENCE[0] if (default and LOGREG_REFERENCE) else None
+        self.log_Z_stderr = LOGREG_REFERENCE[1] if (default and LOGREG_REFERENCE) else None
+        self.log_Z_source = "adaptive SMC reference (densities.smc), see LOGREG_REFERENCE" if self.log_Z else None
+
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """sum_n [y_n z_n - softplus(z_n)], z = X theta. Shapes: x [B, d] -> [B]."""
+        self._check(x)
+        z = x @ self.X.to(x).T  # [B, N]
+        return (z * self.y.to(x) - torch.nn.functional.softplus(z)).sum(1)
+
+    def log_prob_unnorm(self, x):
+        """log N(theta; 0, prior_std^2 I) + log L(theta). Shapes: x [B, d] -> [B]."""
+        s = self.prior_std
+        prior = -0.5 * (x / s).pow(2).sum(1) - self.dim * (math.log(s) + 0.5 * math.log(2 * math.pi))
+        return prior + self.log_likelihood(x)
+
+    def score(self, x):
+        """-theta / prior_std^2 + X^T (y - sigmoid(X theta)) in closed form. Shapes: x [B, d] -> [B, d]."""
+        self._check(x)
+        z = x @ self.X.to(x).T
+        return -x / self.prior_std**2 + (self.y.to(x) - torch.sigmoid(z)) @ self.X.to(x)
+
+    def reference_base(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m, C) of the prior N(0, prior_std^2 I): the base of annealing."""
+        return torch.zeros(self.dim, dtype=torch.float64), self.prior_std * torch.eye(self.dim, dtype=torch.float64)
