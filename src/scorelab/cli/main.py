@@ -1,9 +1,9 @@
 """The ``scorelab`` command: assembles one module per verb and turns user errors into exit status 2.
 
-Each verb module (``info``, ``train``, ``sample``, ``evaluate``, ``likelihood``, ``density``, ``finetune``,
-``guidance``, ``reject``, ``demo_cmd``) has ``add_parser(sub)`` and ``run(args)`` and only maps arguments onto
-library calls.  Bad input (unknown names, wrong shapes, missing files, invalid numbers) exits with status 2 and a
-one-line message.
+Each verb module (``info``, ``train``, ``sample``, ``fit_grid``, ``evaluate``, ``likelihood``, ``density``,
+``finetune``, ``guidance``, ``reject``, ``demo_cmd``) has ``add_parser(sub)`` and ``run(args)`` and only maps
+arguments onto library calls.  Bad input (unknown names, wrong shapes, missing files, invalid numbers) exits with
+status 2 and a one-line message.
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import demo_cmd, density, evaluate, finetune, guidance, info, likelihood, reject, sample, train
+from . import demo_cmd, density, evaluate, finetune, fit_grid, guidance, info, likelihood, reject, sample, train
 
 #: the verb modules, in the order ``scorelab --help`` lists them
-VERBS = (info, train, sample, evaluate, likelihood, density, finetune, guidance, reject, demo_cmd)
+VERBS = (info, train, sample, fit_grid, evaluate, likelihood, density, finetune, guidance, reject, demo_cmd)
 
 EXAMPLES = """\
 examples:

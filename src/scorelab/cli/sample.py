@@ -18,9 +18,10 @@ def add_parser(sub) -> None:
     """Add ``scorelab sample`` to the subcommands ``sub``."""
     sp = add_verb(sub, "sample", run, "draw samples with any sampler under an NFE budget", EXAMPLES)
     add_model_args(sp)
-    sp.add_argument("--sampler", required=True)
+    sp.add_argument("--sampler", required=True, help="a name of `scorelab samplers`, or auto (the best for the NFE)")
     sp.add_argument("--nfe", type=positive_int, required=True, help="network-evaluation budget")
-    sp.add_argument("--grid", help="uniform_t|uniform_log_snr|karras|quadratic|li (default: the sampler's)")
+    sp.add_argument("--grid", help="uniform_t|uniform_log_snr|karras|quadratic|li|ddpm_linspace|ddpm_trailing|"
+                    "ddpm_leading (default: a grid stored by fit-grid, else the sampler's measured default)")
     sp.add_argument("--fit-grid", action="store_true", help="deterministic samplers: fit the grid's interior points "
                     "to the model's own ODE solution first (starts from --grid; saved as OUT/grid.json)")
     sp.add_argument("--grid-file", help="use a grid saved by --fit-grid (JSON with 'ts') instead of --grid")
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..evaluation.reports import sample_oracle_metrics
     from ..guidance import guidance_from_spec
+    from ..io.grids import find_stored_grid
     from ..samplers.budget import run_sampler
 
     if args.fit_grid and args.grid_file:
@@ -48,9 +50,13 @@ def run(args: argparse.Namespace) -> int:
     model = guidance_from_spec(loaded.model, args.guidance, args.scale, args.window) if args.guidance \
         else loaded.model
     out = args.out or os.path.join("runs", f"sample_{args.sampler}_nfe{args.nfe}")
+    stored = None if args.grid or args.grid_file or args.fit_grid else find_stored_grid(loaded, args.sampler, args.nfe)
+    if stored:
+        print(f"using the grid fit-grid stored for {args.sampler} at NFE {args.nfe}: {stored[0]} (--grid overrides)")
     x, info = run_sampler(model, args.sampler, args.nfe, args.n, grid=args.grid, seed=args.seed,
-                          options=parse_options(args.opt), shape=loaded.event_shape, dtype=loaded.dtype,
-                          fit_grid=args.fit_grid, grid_file=args.grid_file, fit_out=os.path.join(out, "grid.json"),
+                          options={**(stored[1] if stored else {}), **parse_options(args.opt)},
+                          shape=loaded.event_shape, dtype=loaded.dtype, fit_grid=args.fit_grid,
+                          grid_file=args.grid_file or (stored and stored[0]), fit_out=os.path.join(out, "grid.json"),
                           fit_kw={"reference": args.fit_reference})
     os.makedirs(out, exist_ok=True)
     np.save(os.path.join(out, "samples.npy"), x.float().cpu().numpy())
