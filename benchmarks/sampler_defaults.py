@@ -1,13 +1,14 @@
 r"""Defaults only: every scorelab sampler and every diffusers scheduler with its defaults, on held-out seeds of the grid
 panel's oracles (issue 24's goals), at NFE 5/10/20/50.
 
-    python benchmarks/sampler_defaults.py [--oracles disc_lin_ring2d,...] [--seeds 3] [--n 20000] [--nfes 5,10,20,50]
+    python benchmarks/sampler_defaults.py [--oracles disc_lin_sep8d,...] [--seeds 2] [--n 20000] [--nfes 5,10,20,50]
 
 Protocol
 --------
 ==============  ====================================================================================================
-oracles         ``grid_panel.PANEL`` (exact ``ExactMixture`` models); by default its low-dimensional members (the
-                32- and 64-d ones cost 10-30x more per evaluation at n = 20,000; they are in the sweep)
+oracles         ``grid_panel.PANEL`` (exact ``ExactMixture`` models); by default its low-dimensional members, one per
+                process family first (the 32- and 64-d ones cost 10-30x more per evaluation at n = 20,000; they are in
+                the sweep); the results files are rewritten after each oracle
 scorelab        every sampler ``grid_panel.swept_samplers`` lists, ``samplers.sample(model, name, nfe, n)`` with no
                 grid and no option: the measured defaults of ``samplers/defaults_table.py``; plus ``auto``
 diffusers       DDIM, Euler, Heun, DPM-Solver++ 2M and 3M, DPM-Solver-SDE (torchsde), UniPC, DEIS and DPM-Solver
@@ -58,7 +59,7 @@ DIFFUSERS = {
 #: with B(h) = e^h - 1, scorelab's ``unipc_bh2``; scorelab's ``unipc`` is UniPC-3 bh1)
 PAIRS = {"ddim": "ddim", "heun": "heun", "dpm_solver_pp_2m": "dpmpp_2m", "dpm_solver_pp_3m": "dpmpp_3m",
          "unipc_bh2": "unipc"}
-LOW_DIM = ("disc_lin_ring2d", "disc_lin_sep8d", "disc_cos_aniso16d", "vp_grid2d", "edm_narrow8d")
+LOW_DIM = ("disc_lin_sep8d", "edm_narrow8d", "vp_grid2d", "disc_lin_ring2d", "disc_cos_aniso16d")
 
 
 def index_times(process, N: int = 1000) -> torch.Tensor:
@@ -228,7 +229,8 @@ def markdown(res: dict, gl: dict, nfes: list[int], meta: dict) -> str:
     lines = [f"# Defaults only: scorelab vs diffusers on the grid panel (held-out seeds {meta['seeds']}, "
              f"n = {meta['n']})", "",
              f"Metric for the goals: {'unbiased MMD^2 to the exact law' if key == 'mmd' else 'sliced W2'}; "
-             f"wall {meta['wall_s']:.0f} s, CPU {meta['cpu_s']:.0f} s.", ""]
+             f"wall {meta['wall_s']:.0f} s, CPU {meta['cpu_s']:.0f} s.  Oracles measured: "
+             f"{', '.join(meta['oracles'])} (of {', '.join(meta['oracles_requested'])}).", ""]
     for o, r in res.items():
         lines += [f"## {o} ({r['family']}; sliced-W2 floor {np.mean(r['sw2_floor']):.4f})", ""]
         rows = []
@@ -255,7 +257,7 @@ def markdown(res: dict, gl: dict, nfes: list[int], meta: dict) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--oracles", default=",".join(LOW_DIM))
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--first-seed", type=int, default=1)
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--nfes", default="5,10,20,50")
@@ -268,19 +270,20 @@ def main(argv=None) -> None:
     seeds, nfes = heldout_seeds(args.first_seed, args.seeds), [int(v) for v in args.nfes.split(",")]
     names = list(PANEL) if args.oracles == "all" else args.oracles.split(",")
     res = {}
-    for name in names:
+    for name in names:  # the results files are rewritten after each oracle: a cut-short run keeps what it measured
         t0 = time.perf_counter()
         res[name] = run_oracle(name, seeds, nfes, args.n, args)
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
-    gl = goals(res, nfes, args.metric)
-    meta = {"oracles": names, "seeds": seeds, "n": args.n, "nfes": nfes, "metric": args.metric,
-            "n_freq": args.n_freq, "n_proj": args.n_proj, "wall_s": time.time() - wall0,
-            "cpu_s": time.process_time() - cpu0}
-    payload = {"config": meta, "goals": gl,
-               "results": {o: {"family": r["family"], "sw2_floor": r["sw2_floor"],
-                               "runs": {m: {str(k): v for k, v in d.items()} for m, d in r["runs"].items()}}
-                           for o, r in res.items()}}
-    write_results("sampler_defaults", payload, markdown(res, gl, nfes, meta))
+        gl = goals(res, nfes, args.metric)
+        meta = {"oracles": list(res), "oracles_requested": names, "seeds": seeds, "n": args.n, "nfes": nfes,
+                "metric": args.metric, "n_freq": args.n_freq, "n_proj": args.n_proj, "wall_s": time.time() - wall0,
+                "cpu_s": time.process_time() - cpu0}
+        payload = {"config": meta, "goals": gl,
+                   "results": {o: {"family": r["family"], "sw2_floor": r["sw2_floor"],
+                                   "runs": {m: {str(k): v for k, v in d.items()} for m, d in r["runs"].items()}}
+                               for o, r in res.items()}}
+        write_results("sampler_defaults", payload, markdown(res, gl, nfes, meta), echo=False)
+    print(markdown(res, gl, nfes, meta))
 
 
 if __name__ == "__main__":

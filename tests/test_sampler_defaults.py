@@ -71,6 +71,17 @@ def test_nfe_buckets_and_rules():
     assert family(LIN) == "discrete" and family(VP()) == "vp" and family(EDM()) == "edm"
 
 
+def test_a_measured_rule_that_cannot_spend_the_budget_falls_back_to_the_registered_grid():
+    short = Discrete.from_schedule("sigmoid", 10)  # 10 states: ddpm_* grids have at most 10 points
+    model = ring_mixture(8, 2.0, 0.1).as_model(short)
+    for s in ("ddim", "unipc", "dpm_solver_3"):
+        rule = default_rule(s, 10, short)
+        _, info = sample(model, s, 10, 8, shape=(2,))
+        if rule[0].startswith("ddpm_"):
+            assert (info["grid"], info["final_zero"]) == (SAMPLERS[s].default_grid, False)
+        assert info["nfe_measured_per_batch"] <= 10
+
+
 @pytest.mark.parametrize("process", [LIN, VP(), EDM()], ids=["discrete", "vp", "edm"])
 def test_auto_samples_within_budget_and_reports_its_choice(process):
     gm = ring_mixture(8, 2.0, 0.1)

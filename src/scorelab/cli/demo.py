@@ -167,8 +167,9 @@ def _sample_one(model, name: str, nfe: int, plan: DemoPlan, dtype, fitted: bool,
 
     try:
         if fitted and stem is not None:
-            path = _fit_stored(model, name, nfe, plan, stem, seed)
-            x, info = run_sampler(model, name, nfe, plan.n, seed=seed, shape=(2,), dtype=dtype, grid_file=str(path))
+            path, opts = _fit_stored(model, name, nfe, plan, stem, seed)
+            x, info = run_sampler(model, name, nfe, plan.n, seed=seed, shape=(2,), dtype=dtype, grid_file=str(path),
+                                  options=opts)
         else:
             x, info = run_sampler(model, name, nfe, plan.n, seed=seed, shape=(2,), dtype=dtype, fit_grid=fitted,
                                   fit_kw=plan.fit_kw if fitted else None)
@@ -178,14 +179,17 @@ def _sample_one(model, name: str, nfe: int, plan: DemoPlan, dtype, fitted: bool,
 
 
 def _fit_stored(model, name: str, nfe: int, plan: DemoPlan, stem: str, seed: int):
-    """The grid of (checkpoint ``stem``, ``name``, ``nfe``) stored with the model: fitted now unless already there."""
-    from ..io.grids import fit_and_store, stored_grid_path
+    """(path, sampler options) of the grid of (checkpoint ``stem``, ``name``, ``nfe``) stored with the model: fitted
+    now unless already there."""
+    from ..io.grids import find_stored_grid, fit_and_store
     from ..io.loading import LoadedModel
 
-    path = stored_grid_path(stem, name, nfe)
-    if not path.exists():
-        path, _ = fit_and_store(LoadedModel(model, (2,), None, stem), name, nfe, seed=seed, fit_kw=plan.fit_kw)
-    return path
+    loaded = LoadedModel(model, (2,), None, stem)
+    found = find_stored_grid(loaded, name, nfe)
+    if found is None:
+        fit_and_store(loaded, name, nfe, seed=seed, fit_kw=plan.fit_kw)
+        found = find_stored_grid(loaded, name, nfe)
+    return found
 
 
 def _sample_all(model, plan: DemoPlan, dtype, log, seed: int = 0,

@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 
 from .._version import __version__
-from ..samplers.budget import _check_nfe, fit_sampler_grid, plan, sampler_info
-from ..samplers.defaults import default_rule
+from ..samplers.budget import _check_nfe, fit_sampler_grid, measured_rule, plan, sampler_info
 from .checkpoints import atomic_write_bytes, checkpoint_paths
 from .loading import LoadedModel
 
@@ -56,7 +55,7 @@ def fit_and_store(loaded: LoadedModel, sampler: str, nfe: int, *, grid: str | No
     if info.stochastic or info.adaptive:
         raise ValueError(f"fit-grid fits deterministic fixed-step samplers; {sampler!r} is "
                          f"{'stochastic' if info.stochastic else 'adaptive'}")
-    init = grid or default_rule(sampler, nfe, loaded.model.process)[0]
+    init = grid or measured_rule(sampler, nfe, loaded.model.process)[0]
     ts, planned, opts = plan(loaded.model, sampler, nfe, grid=grid)
     ts, report = fit_sampler_grid(loaded.model, sampler, ts, init, opts, loaded.event_shape, loaded.dtype, seed,
                                   None, fit_kw)

@@ -85,7 +85,7 @@ def grid_for_nfe(sampler_name: str, process: ForwardProcess, nfe: int, grid: str
     opts = info.check_options(dict(options or {}))
     opts.update({k: kw.pop(k) for k in [k for k in kw if k in info.options]})
     if grid is None:  # the measured default rule (``defaults.default_rule``)
-        grid, fz = default_rule(sampler_name, nfe, process)
+        grid, fz = measured_rule(sampler_name, nfe, process, opts)
         kw.setdefault("final_zero", fz)
     final_zero = bool(kw.get("final_zero", False))
     if info.mixed_orders and opts.get("orders") is not None:
@@ -94,12 +94,28 @@ def grid_for_nfe(sampler_name: str, process: ForwardProcess, nfe: int, grid: str
     if return_opts and info.mixed_orders:
         orders = _mixed_orders(info, nfe, final_zero, opts)
         ts = make_grid(grid, process, len(orders) - int(final_zero), **kw)
+        if len(ts) - 1 != len(orders):  # a grid that merged points ("li") cannot carry the mixed orders
+            raise ValueError(f"grid {grid!r} has {len(ts) - 1} steps on this process, not the {len(orders)} that "
+                             f"{sampler_name!r}'s mixed orders need for NFE {nfe}; name another grid")
         return ts, sum(orders) + info.extra_nfe(**opts), {"orders": orders}
     steps, used = info.steps_for_nfe(nfe, final_zero, **opts)
     ts = make_grid(grid, process, steps - int(final_zero), **kw)
     if len(ts) - 1 != steps:  # a grid that merged points ("li") runs fewer steps
         used = info.planned_nfe(len(ts) - 1, final_zero, **opts)
     return (ts, used, {}) if return_opts else (ts, used)
+
+
+def measured_rule(sampler: str, nfe: int, process: ForwardProcess, options: dict | None = None) -> tuple[str, bool]:
+    """(grid, final_zero) a run without a named grid uses: ``defaults.default_rule`` for the process's family, or,
+    when that grid cannot spend this budget on this process (a ``ddpm_*`` grid with more points than a short chain
+    has steps, an ``li`` grid that merged points under mixed orders), the sampler's registered ``default_grid`` ending
+    at t_min; ``sample``'s info reports the grid used."""
+    grid, final_zero = default_rule(sampler, nfe, process)
+    try:
+        grid_for_nfe(sampler, process, nfe, grid, return_opts=True, options=options, final_zero=final_zero)
+    except ValueError:
+        return sampler_info(sampler).default_grid, False
+    return grid, final_zero
 
 
 def grid_from_file(path: str, info: SamplerInfo, nfe: int, options: dict | None = None):
@@ -142,7 +158,7 @@ def plan(model: DiffusionModel, sampler: str, nfe: int, *, grid: str | torch.Ten
     opts = info.check_options(dict(options or {}))
     if grid is None or isinstance(grid, str):
         if grid is None:
-            grid, fz = default_rule(sampler, nfe, model.process)
+            grid, fz = measured_rule(sampler, nfe, model.process, opts)
             final_zero = fz if final_zero is None else final_zero
         kw = {"final_zero": bool(final_zero), **(grid_kw or {})}
         ts, used, extra = grid_for_nfe(sampler, model.process, nfe, grid, return_opts=True, options=opts, **kw)
@@ -185,7 +201,7 @@ def sample(model: DiffusionModel, sampler: str, nfe: int, n: int, *, shape: tupl
     sampler, auto = resolve_auto(model, sampler, nfe, grid)
     info = sampler_info(sampler)
     if grid is None:
-        grid, fz = default_rule(sampler, nfe, model.process)
+        grid, fz = measured_rule(sampler, nfe, model.process, options)
         final_zero = fz if final_zero is None else final_zero
     ts, planned, opts = plan(model, sampler, nfe, grid=grid, options=options, final_zero=final_zero,
                              grid_kw=grid_kw)
@@ -235,12 +251,12 @@ def run_sampler(model, sampler: str, nfe: int, n: int, *, grid: str | None = Non
         ts, _ = grid_from_file(grid_file, info, _check_nfe(nfe), opts)
     elif fit_grid:
         ts, _, opts = plan(model, sampler, nfe, grid=grid, options=opts)
-        init = grid or default_rule(sampler, nfe, model.process)[0]
+        init = grid or measured_rule(sampler, nfe, model.process, opts)[0]
         ts, fit_report = fit_sampler_grid(model, sampler, ts, init, opts, shape, dtype, seed, fit_out, fit_kw)
     x, out = sample(model, sampler, nfe, n, shape=shape, batch_size=batch_size, grid=ts, options=opts, seed=seed,
                     device=device, dtype=dtype)
     if grid_file or fit_grid:
-        out["grid"] = grid_file or "fitted:" + (grid or default_rule(sampler, nfe, model.process)[0])
+        out["grid"] = grid_file or "fitted:" + (grid or measured_rule(sampler, nfe, model.process, opts)[0])
     return x, {**out, "grid_fit": fit_report, **({"auto": auto} if auto else {})}
 
 
@@ -263,5 +279,5 @@ def fit_sampler_grid(model, sampler, ts, init, options, shape, dtype, seed, fit_
     return fit.ts, {k: v for k, v in fit.to_json().items() if k not in ("history", "ts")}
 
 
-__all__ = ["sample", "plan", "run_sampler", "resolve_auto", "recommend", "grid_for_nfe", "grid_from_file",
-           "planned_nfe_for_grid", "fit_sampler_grid", "sampler_info"]
+__all__ = ["sample", "plan", "run_sampler", "resolve_auto", "recommend", "measured_rule", "grid_for_nfe",
+           "grid_from_file", "planned_nfe_for_grid", "fit_sampler_grid", "sampler_info"]
