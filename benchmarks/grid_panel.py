@@ -14,7 +14,8 @@ panel          ``PANEL``: 8 exact oracles (``ExactMixture`` of ``benchmarks/samp
                2-9 modes, widths 0.05-0.7
 rules          a grid rule = (grid, final_zero): every grid of ``core.schedules.GRIDS`` the issue names (uniform_t,
                uniform_log_snr, karras rho = 7, quadratic, li, ddpm_linspace, ddpm_trailing, ddpm_leading) x {end at
-               t_min, end with a step to t = 0}; the budget spends the NFE (``samplers.budget.plan``)
+               t_min, end with a step to t = 0}, but ddpm_linspace / ddpm_trailing only with the step to 0 (``RULES``:
+               14); the budget spends the NFE (``samplers.budget.plan``)
 samplers       every registered sampler with a fixed evaluation count and no required input (``SamplerInfo.needs``),
                default options only; a (sampler, NFE) whose budget is too small is recorded as failed
 seed           the dev seed 0 only (x_T and sampler noise); ``benchmarks/sampler_defaults.py`` judges on held-out
@@ -54,7 +55,9 @@ DOCS_PATH = ROOT / "docs" / "guide" / "choosing.md"
 DOCS_MARKS = ("<!-- grid-panel-table:start -->", "<!-- grid-panel-table:end -->")
 GRIDS = ("uniform_t", "uniform_log_snr", "karras", "quadratic", "li", "ddpm_linspace", "ddpm_trailing",
          "ddpm_leading")
-RULES = tuple((g, fz) for g in GRIDS for fz in (False, True))
+#: every grid with and without a final step to t = 0, except ddpm_linspace / ddpm_trailing without it: they end at
+#: the last DDPM index of the spacing (t ~ 1/(n+1)), not at t_min, an unfinished run (diffusers always adds that step)
+RULES = tuple((g, fz) for g in GRIDS for fz in (False, True) if fz or g not in ("ddpm_linspace", "ddpm_trailing"))
 FAMILY = {"discrete": "discrete", "vp": "vp", "edm": "edm"}
 
 
@@ -261,7 +264,9 @@ def main(argv=None) -> None:
     if args.from_json:  # re-derive the choices (and rewrite the table) from a finished sweep's MMD^2 values
         old = json.loads(Path(args.from_json).read_text())
         names, nfes, args.n = old["config"]["oracles"], old["config"]["nfes"], old["config"]["n"]
-        res = {o: {int(k): v for k, v in d.items()} for o, d in old["mmd2"].items()}
+        pos = [[tuple(r) for r in old["config"]["rules"]].index(r) for r in RULES]  # the sweep's rules -> RULES
+        res = {o: {int(k): {s: [v[j] for j in pos] for s, v in d.items()} for k, d in by.items()}
+               for o, by in old["mmd2"].items()}
         samplers = [s for s in samplers if s in res[names[0]][nfes[0]]]
     else:
         res = sweep(names, samplers, nfes, args.n, args.n_freq)
