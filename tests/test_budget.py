@@ -16,6 +16,7 @@ from scorelab.core.schedules import make_grid
 from scorelab.finetune.sft_pg import SFTPGConfig, make_policy_grid, pg_samplers, rollout
 from scorelab.samplers import SAMPLERS
 from scorelab.samplers.budget import grid_for_nfe, grid_from_file, planned_nfe_for_grid, run_sampler, sample
+from scorelab.samplers.defaults import default_rule
 
 F64 = torch.float64
 GM = GaussianMixture([1.0, 1.0], [[-1.0, 0.0], [1.0, 0.0]], 0.2)
@@ -55,8 +56,13 @@ def test_run_sampler_is_sample_with_the_cli_grid_report():
     x, info = run_sampler(MODEL, "heun", 9, 16, shape=(2,), seed=4, dtype=F64)
     y, _ = sample(MODEL, "heun", 9, 16, shape=(2,), seed=4, dtype=F64)
     assert torch.equal(x, y)
-    assert info["grid"] == "karras" and info["grid_fit"] is None and info["nfe_planned"] == 8
-    assert info["nfe_measured_per_batch"] == 8 and info["n"] == 16 and info["seed"] == 4
+    grid, final_zero = default_rule("heun", 9, MODEL.process)  # the measured default (samplers/defaults.py)
+    planned = SAMPLERS["heun"].steps_for_nfe(9, final_zero)[1]
+    assert info["grid"] == grid and info["final_zero"] == final_zero and info["grid_fit"] is None
+    assert info["nfe_planned"] == planned and info["nfe_measured_per_batch"] == planned
+    assert info["n"] == 16 and info["seed"] == 4
+    _, info = run_sampler(MODEL, "heun", 9, 16, shape=(2,), seed=4, dtype=F64, grid="karras")
+    assert info["grid"] == "karras" and info["nfe_planned"] == info["nfe_measured_per_batch"] == 8
 
 
 # -- NFE: planned (SamplerInfo) == measured (CountingModel) ------------------------------------------------------------

@@ -48,6 +48,9 @@ def test_quick_demo_writes_report_metrics_and_plots_and_names_a_winner_per_nfe(t
             row = next(line for line in text.splitlines() if line.startswith(f"| {nfe} | "))
             assert w["sampler"] in row
     assert "Which sampler won" in text and "[demo" in capsys.readouterr().out
+    for s in QUICK.fitted:  # fitted once, stored with the trained model (what `scorelab sample` reuses)
+        for nfe in QUICK.fit_nfes:
+            assert len(list((out / "model").rglob(f"grids/*.{s}.nfe{nfe}.json"))) == 1
 
 
 def test_demo_refuses_an_earlier_run_and_conflicting_sizes(tmp_path):

@@ -159,20 +159,43 @@ def _budget_ok(name: str, nfe: int) -> bool:
     return not (math.isnan(e) or e > nfe)
 
 
-def _sample_one(model, name: str, nfe: int, plan: DemoPlan, dtype, fitted: bool, seed: int):
-    """``run_sampler`` -> (samples ``[n, 2]`` float32 or None, info); an impossible budget is kept as an error."""
+def _sample_one(model, name: str, nfe: int, plan: DemoPlan, dtype, fitted: bool, seed: int, stem: str | None = None):
+    """``run_sampler`` -> (samples ``[n, 2]`` float32 or None, info); an impossible budget is kept as an error.
+    A fitted grid for a checkpoint ``stem`` is fitted once, stored with the model (``io.grids.fit_and_store``) and
+    sampled from the stored file (what ``scorelab sample`` reuses later); without one it is fitted in place."""
     from ..samplers.budget import run_sampler
 
     try:
-        x, info = run_sampler(model, name, nfe, plan.n, seed=seed, shape=(2,), dtype=dtype, fit_grid=fitted,
-                              fit_kw=plan.fit_kw if fitted else None)
+        if fitted and stem is not None:
+            path, opts = _fit_stored(model, name, nfe, plan, stem, seed)
+            x, info = run_sampler(model, name, nfe, plan.n, seed=seed, shape=(2,), dtype=dtype, grid_file=str(path),
+                                  options=opts)
+        else:
+            x, info = run_sampler(model, name, nfe, plan.n, seed=seed, shape=(2,), dtype=dtype, fit_grid=fitted,
+                                  fit_kw=plan.fit_kw if fitted else None)
     except ValueError as e:
         return None, {"error": str(e)}
     return x.float(), info
 
 
-def _sample_all(model, plan: DemoPlan, dtype, log, seed: int = 0) -> dict[str, dict[int, tuple]]:
-    """Every plan sampler (and fitted grid) at every NFE -> ``{label: {nfe: (samples or None, info)}}``."""
+def _fit_stored(model, name: str, nfe: int, plan: DemoPlan, stem: str, seed: int):
+    """(path, sampler options) of the grid of (checkpoint ``stem``, ``name``, ``nfe``) stored with the model: fitted
+    now unless already there."""
+    from ..io.grids import find_stored_grid, fit_and_store
+    from ..io.loading import LoadedModel
+
+    loaded = LoadedModel(model, (2,), None, stem)
+    found = find_stored_grid(loaded, name, nfe)
+    if found is None:
+        fit_and_store(loaded, name, nfe, seed=seed, fit_kw=plan.fit_kw)
+        found = find_stored_grid(loaded, name, nfe)
+    return found
+
+
+def _sample_all(model, plan: DemoPlan, dtype, log, seed: int = 0,
+                stem: str | None = None) -> dict[str, dict[int, tuple]]:
+    """Every plan sampler (and fitted grid) at every NFE -> ``{label: {nfe: (samples or None, info)}}``; ``stem``:
+    the model's checkpoint, with which fitted grids are stored."""
     runs = [(s, False, plan.nfes) for s in plan.samplers] + [(s, True, plan.fit_nfes) for s in plan.fitted]
     out: dict[str, dict[int, tuple]] = {}
     for name, fitted, nfes in runs:
@@ -182,7 +205,7 @@ def _sample_all(model, plan: DemoPlan, dtype, log, seed: int = 0) -> dict[str, d
         if not runs_nfe:
             log(f"  {label}: skipped, one step costs more than NFE {max(nfes)}")
             continue
-        out[label] = {nfe: _sample_one(model, name, nfe, plan, dtype, fitted, seed) for nfe in runs_nfe}
+        out[label] = {nfe: _sample_one(model, name, nfe, plan, dtype, fitted, seed, stem) for nfe in runs_nfe}
         log(f"  {label}: NFE {'/'.join(map(str, runs_nfe))} in {time.perf_counter() - t:.1f} s")
     return out
 
@@ -336,13 +359,14 @@ def _report(out: Path, meta: dict, tables: dict, floors: dict, nfes, figures: di
 
 
 # -- the two cases -----------------------------------------------------------------------------------------------
-def _run_case(tag: str, model, dtype, refs, mixture, plan: DemoPlan, out: Path, log) -> dict:
+def _run_case(tag: str, model, dtype, refs, mixture, plan: DemoPlan, out: Path, log, stem: str | None = None) -> dict:
     """Sample, score and plot one case -> dict(table, floor, figures, and with an exact ``mixture``
-    ``mmd2_exact_draws``: the MMD^2 to the exact law of exact draws of the same size, the noise level)."""
+    ``mmd2_exact_draws``: the MMD^2 to the exact law of exact draws of the same size, the noise level); ``stem``:
+    the checkpoint fitted grids are stored with."""
     from ..evaluation.metrics import mmd2_to_mixture_by_bandwidth, sliced_w2
 
     ref, ref2 = refs
-    results = _sample_all(model, plan, dtype, log)
+    results = _sample_all(model, plan, dtype, log, stem=stem)
     log(f"scoring {tag}")
     case = {"floor": sliced_w2(ref, ref2, n_projections=plan.n_projections),
             "table": _score(results, ref, mixture, n_projections=plan.n_projections, heldout_mmd=plan.heldout_mmd)}
@@ -379,8 +403,12 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, quick: bool = False, full:
     out.mkdir(parents=True, exist_ok=True)
     trained = _train(out, plan, log)
     log(f"sampling the trained model: {len(plan.samplers) + len(plan.fitted)} samplers x NFE {plan.nfes}")
+    from ..io.checkpoints import latest_checkpoint
+
+    stem = latest_checkpoint(out / "model")
     cases = {"swiss_roll": _run_case("swiss_roll", trained["model"].eval(), torch.float32,
-                                     _swiss_roll_refs(plan.n, plan.data_scale), None, plan, out, log)}
+                                     _swiss_roll_refs(plan.n, plan.data_scale), None, plan, out, log,
+                                     None if stem is None else str(stem))}
     log("the same samplers on the exact score of an 8-mode ring (solver error only)")
     gm, oracle, refs = _ring_oracle(plan.n)
     cases["ring8_oracle"] = _run_case("ring8_oracle", oracle, torch.float64, refs, gm, plan, out, log)

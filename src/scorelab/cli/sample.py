@@ -31,9 +31,10 @@ def add_parser(sub) -> None:
     """Add ``scorelab sample`` to the subcommands ``sub``."""
     sp = add_verb(sub, "sample", run, "draw samples with any sampler under an NFE budget", EXAMPLES)
     add_model_args(sp)
-    sp.add_argument("--sampler", required=True)
+    sp.add_argument("--sampler", required=True, help="a name of `scorelab samplers`, or auto (the best for the NFE)")
     sp.add_argument("--nfe", type=positive_int, required=True, help="network-evaluation budget")
-    sp.add_argument("--grid", help="uniform_t|uniform_log_snr|karras|quadratic|li (default: the sampler's)")
+    sp.add_argument("--grid", help="uniform_t|uniform_log_snr|karras|quadratic|li|ddpm_linspace|ddpm_trailing|"
+                    "ddpm_leading (default: a grid stored by fit-grid, else the sampler's measured default)")
     sp.add_argument("--fit-grid", action="store_true", help="deterministic samplers: fit the grid's interior points "
                     "to the model's own ODE solution first (starts from --grid; saved as OUT/grid.json)")
     sp.add_argument("--grid-file", help="use a grid saved by --fit-grid (JSON with 'ts') instead of --grid")
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.reports import sample_oracle_metrics
     from ..guidance import guidance_from_spec
     from ..io.checkpoints import staged_folder, unused_dir
+    from ..io.grids import find_stored_grid
     from ..samplers.budget import default_batch_size, run_sampler
 
     if args.fit_grid and args.grid_file:
@@ -77,17 +79,22 @@ def run(args: argparse.Namespace) -> int:
     model = guidance_from_spec(model, args.guidance, args.scale, args.window) if args.guidance else model
     batch = args.batch_size or default_batch_size(loaded.event_shape)
     ref = reference_points(loaded, args.reference, args.n) if len(loaded.event_shape) == 1 else (None, "")
+    stored = None if args.grid or args.grid_file or args.fit_grid else find_stored_grid(loaded, args.sampler, args.nfe)
+    if stored:
+        print(f"using the grid fit-grid stored for {args.sampler} at NFE {args.nfe}: {stored[0]} (--grid overrides)")
     with staged_folder(out) as stage:
         x, info = run_sampler(model, args.sampler, args.nfe, args.n, grid=args.grid, seed=args.seed,
-                              options=parse_options(args.opt), shape=loaded.event_shape, dtype=dtype, device=device,
-                              batch_size=batch, fit_grid=args.fit_grid, grid_file=args.grid_file,
+                              options={**(stored[1] if stored else {}), **parse_options(args.opt)},
+                              shape=loaded.event_shape, dtype=dtype, device=device, batch_size=batch,
+                              fit_grid=args.fit_grid, grid_file=args.grid_file or (stored and stored[0]),
                               fit_out=str(stage / "grid.json"), fit_kw={"reference": args.fit_reference})
         check_finite(x, info["nonfinite_rows"], args.allow_nonfinite)
-        files = write_samples(stage, x, loaded, f"{args.sampler} (NFE {info['nfe_planned']})", ref)
+        files = write_samples(stage, x, loaded, f"{info['sampler']} (NFE {info['nfe_planned']})", ref)
         if loaded.oracle is not None and not info["nonfinite_rows"]:
             info.update(sample_oracle_metrics(x.cpu(), loaded.oracle, seed=args.seed + 1))
         write_json(str(stage / "sample.json"), info)
-        write_run_provenance(args, stage, t0, loaded=loaded, sampler=args.sampler, grid=info["grid"],
+        write_run_provenance(args, stage, t0, loaded=loaded, sampler=info["sampler"], grid=info["grid"],
+                             grid_file=stored[0] if stored else args.grid_file,
                              nfe_measured=info["nfe_measured_per_batch"], device=str(device))
     print(json.dumps(info, indent=2, default=float))
     print(f"wrote {out}/{', '.join(files + ['sample.json', 'provenance.json'])}")

@@ -12,11 +12,16 @@ Notation
 ``alpha_bar``       alpha^2 (DDPM notation); ``li`` matches cumulative products of ``processes.li_betas``
 ==================  ===========================================================================================
 
-Grids: ``uniform_t`` (Song et al. 2021), ``uniform_log_snr`` (Lu et al. 2022, "logSNR" steps), ``karras``
-(Karras et al. 2022, eq. 5), ``quadratic`` (Song, Meng & Ermon 2021, "quad": uniform in sqrt t), ``li`` (the
-two-phase theory schedule of Li et al. 2024, source 003).  ``dpm_solver_orders`` gives the mixed orders that spend a
-budget exactly (Lu et al. 2022, sec. 3.4); turning a budget of network evaluations into a grid for a named sampler
-is ``samplers.budget.grid_for_nfe`` (the NFE arithmetic belongs to each sampler's ``SamplerInfo``).
+Grids: ``uniform_t`` (Song et al. 2021), ``uniform_log_snr`` (Lu et al. 2022, "logSNR" steps), ``karras`` (Karras
+et al. 2022, eq. 5), ``quadratic`` (Song, Meng & Ermon 2021, "quad": uniform in sqrt t), ``li`` (the two-phase
+theory schedule of Li et al. 2024, source 003), and diffusers' three ways of spacing n inference steps over a DDPM
+chain of N = 1000 training steps (``timestep_spacing``; von Platen et al., diffusers 0.42, the table of Lin et al.
+2024, "Common diffusion noise schedules and sample steps are flawed", Table 2): ``ddpm_linspace`` (k_j = round((N -
+1)(1 - j/n))), ``ddpm_trailing`` (k_j = round(N (1 - j/n)) - 1) and ``ddpm_leading`` (k_j = (n - 1 - j) floor(N/n)),
+j = 0..n-1 for n inference steps, at the times ``ddpm_index_time`` of the indices k.  ``dpm_solver_orders`` gives
+the mixed orders that spend a budget exactly (Lu et al. 2022, sec. 3.4); turning a budget of network evaluations
+into a grid for a named sampler is ``samplers.budget.grid_for_nfe`` (the NFE arithmetic belongs to each sampler's
+``SamplerInfo``).
 """
 from __future__ import annotations
 
@@ -135,9 +140,68 @@ def li(process: ForwardProcess, n: int, *, t_max: float | None = None, t_min: fl
     return torch.cat([ts, ts.new_zeros(1)]) if final_zero else ts
 
 
+#: diffusers' training-step count, the N of the ``ddpm_*`` grids on a process that is not a ``Discrete`` chain
+DDPM_N = 1000
+
+
+def ddpm_index_time(process: ForwardProcess, k: torch.Tensor) -> torch.Tensor:
+    """Time of 0-based DDPM index k (float64): on a ``Discrete`` chain of N steps diffusers' timestep k is state
+    k + 1, t = (k + 1)/N; on any other process k = 0..DDPM_N-1 spans [t_min, t_max] uniformly."""
+    k = torch.as_tensor(k, dtype=_F64)
+    if isinstance(process, Discrete):
+        return (k + 1) / process.N
+    return process.t_min + k / (DDPM_N - 1) * (process.t_max - process.t_min)
+
+
+def _ddpm_spaced(process: ForwardProcess, n: int, spacing: str, final_zero: bool, t_max, t_min) -> torch.Tensor:
+    """The n + 1 DDPM indices of diffusers' ``timestep_spacing`` for n + 1 inference steps, as times (the grid's
+    n + 1 points: no stretching to t_min), then 0 with ``final_zero`` (diffusers' final step to alpha_bar = 1)."""
+    if t_max is not None or t_min is not None:
+        raise ValueError(f"grid ddpm_{spacing} is fixed by the DDPM indices; it takes no t_max / t_min")
+    _endpoints(process, n, None, None)
+    N, m = (process.N if isinstance(process, Discrete) else DDPM_N), n + 1
+    if m > N:
+        raise ValueError(f"ddpm_{spacing}: {m} points exceed the {N} DDPM indices")
+    j = torch.arange(m, dtype=_F64)
+    if spacing == "linspace":
+        k = torch.round((N - 1) * (1 - j / m))
+    elif spacing == "trailing":
+        k = torch.round(N * (1 - j / m)) - 1
+    else:  # leading
+        k = (m - 1 - j) * (N // m)
+    ts = ddpm_index_time(process, k)
+    if not torch.all(ts[1:] < ts[:-1]):
+        raise ValueError(f"ddpm_{spacing} grid with {m} points is not strictly decreasing")
+    return torch.cat([ts, ts.new_zeros(1)]) if final_zero else ts
+
+
+def ddpm_linspace(process: ForwardProcess, n: int, *, t_max: float | None = None, t_min: float | None = None,
+                  final_zero: bool = False) -> torch.Tensor:
+    """diffusers' ``timestep_spacing="linspace"`` of its multistep schedulers (DPMSolverMultistep, UniPC, DEIS; DDIM
+    and Euler space "linspace" slightly differently): k_j = round((N-1)(1 - j/(n+1))), j = 0..n -> ``[n+1]`` times
+    (``ddpm_index_time``), ``[n+2]`` with the final step to 0.  Starts at t_max; ends above t_min."""
+    return _ddpm_spaced(process, n, "linspace", final_zero, t_max, t_min)
+
+
+def ddpm_trailing(process: ForwardProcess, n: int, *, t_max: float | None = None, t_min: float | None = None,
+                  final_zero: bool = False) -> torch.Tensor:
+    """diffusers' ``timestep_spacing="trailing"`` (Lin et al. 2024; DDIM's and the multistep schedulers'):
+    k_j = round(N (1 - j/(n+1))) - 1, j = 0..n."""
+    return _ddpm_spaced(process, n, "trailing", final_zero, t_max, t_min)
+
+
+def ddpm_leading(process: ForwardProcess, n: int, *, t_max: float | None = None, t_min: float | None = None,
+                 final_zero: bool = False) -> torch.Tensor:
+    """diffusers' ``timestep_spacing="leading"`` as DDIM, its default, spaces it: k_j = (n - j) floor(N/(n+1)),
+    j = 0..n; starts *below* t_max (the flaw Lin et al. 2024 point out): a run from the prior at ts[0] starts with a
+    mismatched marginal."""
+    return _ddpm_spaced(process, n, "leading", final_zero, t_max, t_min)
+
+
 GRIDS: dict[str, Callable[..., torch.Tensor]] = {
     "uniform_t": uniform_t, "uniform": uniform_t, "uniform_log_snr": uniform_log_snr, "karras": karras,
-    "quadratic": quadratic, "li": li,
+    "quadratic": quadratic, "li": li, "ddpm_linspace": ddpm_linspace, "ddpm_trailing": ddpm_trailing,
+    "ddpm_leading": ddpm_leading,
 }
 
 

@@ -259,13 +259,38 @@ def _folded_step(m, g: GridCoefs, c_eps: list, std: list, noisy: list, generator
     return step
 
 
+NEEDS_GAMMA = ("analytic_dpm needs Gamma: give a small data sample (--opt gamma_data=DATA.npy, a few hundred rows; "
+               "Gamma is estimated on the grid), gamma=[one value per step], or variances=beta|lambda")
+
+
+def _gamma_from_data(model: DiffusionModel, ts: torch.Tensor, gamma_data, x_T: torch.Tensor,
+                     generator: torch.Generator | None) -> torch.Tensor:
+    """Gamma ``[n]`` at ts[:-1] (``estimate_gamma``, Bao et al. 2022, eq. 7) from ``gamma_data``: data ``[M, ...]``
+    (a tensor, or the path of a .npy file, read without pickles)."""
+    if isinstance(gamma_data, str):
+        import numpy as np
+
+        try:
+            gamma_data = torch.from_numpy(np.load(gamma_data, allow_pickle=False))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"analytic_dpm: cannot read gamma_data {gamma_data!r}: {e}") from None
+    x0 = torch.as_tensor(gamma_data).to(device=x_T.device, dtype=x_T.dtype)
+    if x0.ndim < 1 or x0.shape[1:] != x_T.shape[1:] or x0.shape[0] < 2:
+        raise ValueError(f"analytic_dpm: gamma_data must be >= 2 samples of shape {tuple(x_T.shape[1:])}, got "
+                         f"{tuple(x0.shape)}")
+    g = generator if generator is not None and generator.device == x0.device else None
+    return estimate_gamma(model, x0, ts[:-1].reshape(-1).cpu(), generator=g).gamma
+
+
 @register("analytic_dpm", order=0, evals_per_step=1, stochastic=True,
-          options=("variances", "gamma", "eta", "clip", "data_range", "final_noise", "clip_x0", "max_last_std"),
-          reference="Bao et al. 2022 (Analytic-DPM); Ho et al. 2020; Song et al. 2021 (DDIM)")
+          options=("variances", "gamma", "eta", "clip", "data_range", "final_noise", "clip_x0", "max_last_std",
+                   "gamma_data"),
+          reference="Bao et al. 2022 (Analytic-DPM); Ho et al. 2020; Song et al. 2021 (DDIM)", needs=NEEDS_GAMMA)
 def sample_analytic_dpm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                         callback=None, return_trajectory: bool = False, variances="analytic", gamma=None,
                         eta: float = 1.0, clip: bool = True, data_range: tuple[float, float] | None = None,
-                        final_noise: bool = False, clip_x0: bool = False, max_last_std: float | None = None):
+                        final_noise: bool = False, clip_x0: bool = False, max_last_std: float | None = None,
+                        gamma_data=None):
     """Ancestral DDPM/DDIM sampling x_s ~ N(mu_tilde(x_t, x0_hat), v I) over a decreasing grid ``ts [n+1]``.
 
     variances: ``"analytic"`` (Analytic-DPM, needs ``gamma [n]`` at ts[:-1]), ``"beta"``, ``"lambda"`` (see
@@ -276,9 +301,15 @@ def sample_analytic_dpm(model: DiffusionModel, x_T: torch.Tensor, ts, *, generat
     sampler, not the ELBO's model): ``clip_x0`` clamps x0_hat into ``data_range`` (and recomputes eps_hat from it,
     Ho et al.'s "clip_denoised"); ``max_last_std`` caps the std of the last step that adds noise (the one landing on
     the smallest t > 0; their ``clip_sigma_idx=1``, with cap ``clip_pixel * bin * sqrt(pi/2)``, i.e. a mean absolute
-    noise of ``clip_pixel`` quantization bins)."""
+    noise of ``clip_pixel`` quantization bins).  ``gamma_data``: data ``[M, ...]`` (or a .npy path) from which Gamma
+    is estimated on the grid when ``variances="analytic"`` and no ``gamma`` is given; without either, ``ValueError``
+    ``NEEDS_GAMMA``."""
     m, ts = prepare(model, x_T, ts)
     p = m.process
+    if isinstance(variances, str) and variances == "analytic" and gamma is None:
+        if gamma_data is None:
+            raise ValueError(NEEDS_GAMMA)
+        gamma = _gamma_from_data(model, ts, gamma_data, x_T, generator)
     v = grid_variances(p, ts, variances, gamma=gamma, eta=eta, clip=clip, data_range=data_range) \
         if isinstance(variances, str) else torch.as_tensor(variances, dtype=torch.float64).flatten()
     if v.shape != (ts.shape[0] - 1,) or torch.any(v < 0):

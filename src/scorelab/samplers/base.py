@@ -350,6 +350,8 @@ class SamplerInfo:
                                 ``transition_options``
     ``pre_transition``          a model-free Gaussian stage before ``transition``, ``(process, x, t, s) -> (mean,
                                 std)`` (accel_stoch's Phi_t); its noise is drawn first
+    ``needs``                   "" or one line naming an input the sampler cannot run without at its default options
+                                and how to give it (analytic_dpm's Gamma); generic sweeps and ``auto`` skip it
     ==========================  ====================================================================================
     """
 
@@ -371,6 +373,7 @@ class SamplerInfo:
     transition: Callable | None = None
     pre_transition: Callable | None = None
     transition_options: tuple[str, ...] = ()
+    needs: str = ""
 
     def check_options(self, opts: dict) -> dict:
         """``opts`` if every key is one of ``options``, else ``ValueError`` naming the unknown ones."""

@@ -30,6 +30,7 @@ from ..core.denoisers import CountingModel, DiffusionModel
 from ..core.processes import ForwardProcess
 from ..core.schedules import dpm_solver_orders, make_grid
 from .base import SAMPLERS, SamplerInfo, check_grid
+from .defaults import default_rule, recommend
 from .grid_opt import load_grid, optimize_grid
 
 
@@ -71,7 +72,9 @@ def planned_nfe_for_grid(info: SamplerInfo, ts: torch.Tensor, options: dict | No
 
 def grid_for_nfe(sampler_name: str, process: ForwardProcess, nfe: int, grid: str | None = None, *,
                  return_opts: bool = False, options: dict | None = None, **kw):
-    """Grid for ``sampler_name`` that spends at most ``nfe`` network evaluations.
+    """Grid for ``sampler_name`` that spends at most ``nfe`` network evaluations; ``grid`` None: the sampler's measured
+    default rule at this budget (``defaults.default_rule``: grid name and, unless ``final_zero`` is given, whether to
+    end with a step to t = 0).
 
     Returns ``(ts, nfe_used)``, or ``(ts, nfe_used, opts)`` with ``return_opts=True``, where ``opts`` are sampler
     options needed to realise the budget: for samplers with ``mixed_orders`` (``dpm_solver_2/3``) they are the mixed
@@ -82,19 +85,38 @@ def grid_for_nfe(sampler_name: str, process: ForwardProcess, nfe: int, grid: str
     info, nfe = sampler_info(sampler_name), _check_nfe(nfe)
     opts = info.check_options(dict(options or {}))
     opts.update({k: kw.pop(k) for k in [k for k in kw if k in info.options]})
-    grid, final_zero = grid or info.default_grid, bool(kw.get("final_zero", False))
+    if grid is None:  # the measured default rule (``defaults.default_rule``)
+        grid, fz = measured_rule(sampler_name, nfe, process, opts)
+        kw.setdefault("final_zero", fz)
+    final_zero = bool(kw.get("final_zero", False))
     if info.mixed_orders and opts.get("orders") is not None:
         raise ValueError(f"the budget chooses {sampler_name!r}'s per-step orders; drop the option 'orders' (or "
                          "give an explicit grid with one order per step)")
     if return_opts and info.mixed_orders:
         orders = _mixed_orders(info, nfe, final_zero, opts)
         ts = make_grid(grid, process, len(orders) - int(final_zero), **kw)
+        if len(ts) - 1 != len(orders):  # a grid that merged points ("li") cannot carry the mixed orders
+            raise ValueError(f"grid {grid!r} has {len(ts) - 1} steps on this process, not the {len(orders)} that "
+                             f"{sampler_name!r}'s mixed orders need for NFE {nfe}; name another grid")
         return ts, sum(orders) + info.extra_nfe(**opts), {"orders": orders}
     steps, used = info.steps_for_nfe(nfe, final_zero, **opts)
     ts = make_grid(grid, process, steps - int(final_zero), **kw)
     if len(ts) - 1 != steps:  # a grid that merged points ("li") runs fewer steps
         used = info.planned_nfe(len(ts) - 1, final_zero, **opts)
     return (ts, used, {}) if return_opts else (ts, used)
+
+
+def measured_rule(sampler: str, nfe: int, process: ForwardProcess, options: dict | None = None) -> tuple[str, bool]:
+    """(grid, final_zero) a run without a named grid uses: ``defaults.default_rule`` for the process's family, or,
+    when that grid cannot spend this budget on this process (a ``ddpm_*`` grid with more points than a short chain
+    has steps, an ``li`` grid that merged points under mixed orders), the sampler's registered ``default_grid`` ending
+    at t_min; ``sample``'s info reports the grid used."""
+    grid, final_zero = default_rule(sampler, nfe, process)
+    try:
+        grid_for_nfe(sampler, process, nfe, grid, return_opts=True, options=options, final_zero=final_zero)
+    except ValueError:
+        return sampler_info(sampler).default_grid, False
+    return grid, final_zero
 
 
 def grid_from_file(path: str, info: SamplerInfo, nfe: int, options: dict | None = None):
@@ -165,16 +187,21 @@ def _check_sample_args(model, n, shape, batch_size) -> tuple[int, tuple[int, ...
 
 
 def plan(model: DiffusionModel, sampler: str, nfe: int, *, grid: str | torch.Tensor | None = None,
-         options: dict | None = None, final_zero: bool = False,
+         options: dict | None = None, final_zero: bool | None = None,
          grid_kw: dict | None = None) -> tuple[torch.Tensor, int, dict]:
     """(grid ``ts`` float64 ``[steps+1]``, planned NFE, sampler options) of a budgeted run.
 
-    ``grid``: a ``make_grid`` name (None: the sampler's ``default_grid``), spent by ``grid_for_nfe`` (mixed
-    DPM-Solver orders fill the budget exactly), or an explicit grid, checked against the budget."""
+    ``grid``: a ``make_grid`` name (None: the sampler's measured default rule at this budget,
+    ``defaults.default_rule``, whose ``final_zero`` applies unless given), spent by ``grid_for_nfe`` (mixed
+    DPM-Solver orders fill the budget exactly), or an explicit grid, checked against the budget.  ``final_zero``
+    None: the default rule's with ``grid`` None, else False."""
     info, nfe = sampler_info(sampler), _check_nfe(nfe)
     opts = info.check_options(dict(options or {}))
     if grid is None or isinstance(grid, str):
-        kw = {"final_zero": final_zero, **(grid_kw or {})}
+        if grid is None:
+            grid, fz = measured_rule(sampler, nfe, model.process, opts)
+            final_zero = fz if final_zero is None else final_zero
+        kw = {"final_zero": bool(final_zero), **(grid_kw or {})}
         ts, used, extra = grid_for_nfe(sampler, model.process, nfe, grid, return_opts=True, options=opts, **kw)
         return ts, used, {**opts, **extra}
     if info.adaptive:
@@ -193,17 +220,19 @@ def plan(model: DiffusionModel, sampler: str, nfe: int, *, grid: str | torch.Ten
 def sample(model: DiffusionModel, sampler: str, nfe: int, n: int, *, shape: tuple[int, ...],
            batch_size: int | None = None, grid: str | torch.Tensor | None = None, options: dict | None = None,
            seed: int = 0, generator: torch.Generator | None = None, device: str | torch.device = "cpu",
-           dtype: torch.dtype = torch.float32, final_zero: bool = False, grid_kw: dict | None = None,
+           dtype: torch.dtype = torch.float32, final_zero: bool | None = None, grid_kw: dict | None = None,
            progress: bool = False) -> tuple[torch.Tensor, dict]:
     """Draw ``n`` samples ``[n, *shape]`` of ``model`` with the registered ``sampler`` under a budget of ``nfe``
     network evaluations per sample path.  Returns ``(samples, info)``.
 
-    Grid: ``plan`` (``grid`` a ``make_grid`` name, default the sampler's, with ``final_zero`` and ``grid_kw``; or an
-    explicit 1-D grid).  Seeds and batches: with ``generator`` None a generator on ``device`` is seeded with
-    ``seed``.  All ``n`` prior draws x_T are taken first, in one call, so x_T does not depend on ``batch_size``;
-    then the batches of ``batch_size`` (None: one batch) run in order, each drawing its sampler noise from the same
-    generator.  A deterministic sampler therefore returns the same samples for any ``batch_size``; a stochastic one
-    is reproducible for a fixed (seed, batch_size).  NFE is measured per batch (``CountingModel``).
+    ``sampler="auto"``: ``defaults.recommend(model.process, nfe)`` picks the sampler and its grid rule (reported as
+    ``info["auto"]``).  Grid: ``plan`` (``grid`` a ``make_grid`` name, default the sampler's measured rule at this
+    budget, with ``final_zero`` and ``grid_kw``; or an explicit 1-D grid).  Seeds and batches: with ``generator``
+    None a generator on ``device`` is seeded with ``seed``.  All ``n`` prior draws x_T are taken first, in one call,
+    so x_T does not depend on ``batch_size``; then the batches of ``batch_size`` (None: one batch) run in order,
+    each drawing its sampler noise from the same generator.  A deterministic sampler therefore returns the same
+    samples for any ``batch_size``; a stochastic one is reproducible for a fixed (seed, batch_size).  NFE is
+    measured per batch (``CountingModel``).
 
     ``info``: sampler, nfe_requested, nfe_planned, nfe_measured_per_batch (an int when every batch measured the
     same), grid (its name or "explicit"), steps, n, batch_size, n_batches, seed, wall_s, options (as run,
@@ -212,8 +241,12 @@ def sample(model: DiffusionModel, sampler: str, nfe: int, n: int, *, shape: tupl
     input: unknown sampler or option, budget too small for the sampler, n < 1, bad shape or batch size, bad grid, a
     run that would not fit in memory (``check_memory``, before anything is allocated)."""
     n, shape, b = _check_sample_args(model, n, shape, batch_size)
+    sampler, auto = resolve_auto(model, sampler, nfe, grid)
     info = sampler_info(sampler)
     check_memory(n, shape, b, _check_nfe(nfe), dtype, device)
+    if grid is None:
+        grid, fz = measured_rule(sampler, nfe, model.process, options)
+        final_zero = fz if final_zero is None else final_zero
     ts, planned, opts = plan(model, sampler, nfe, grid=grid, options=options, final_zero=final_zero,
                              grid_kw=grid_kw)
     g = generator if generator is not None else torch.Generator(device=device).manual_seed(int(seed))
@@ -229,10 +262,22 @@ def sample(model: DiffusionModel, sampler: str, nfe: int, n: int, *, shape: tupl
     bad = int((~torch.isfinite(x.reshape(n, -1))).any(dim=1).sum())
     return x, {"sampler": sampler, "nfe_requested": int(nfe), "nfe_planned": planned,
                "nfe_measured_per_batch": measured[0] if len(set(measured)) == 1 else measured,
-               "grid": grid if isinstance(grid, str) else (info.default_grid if grid is None else "explicit"),
+               "grid": grid if isinstance(grid, str) else "explicit", "final_zero": bool(ts[-1] == 0),
                "steps": len(ts) - 1, "n": n, "batch_size": b, "n_batches": len(out),
                "seed": None if generator is not None else int(seed), "wall_s": time.perf_counter() - t0,
-               "options": opts, "nonfinite_rows": bad}
+               "options": opts, "nonfinite_rows": bad, **({"auto": auto} if auto else {})}
+
+
+def resolve_auto(model: DiffusionModel, sampler: str, nfe: int, grid=None) -> tuple[str, dict | None]:
+    """``sampler`` itself, or for "auto" the sampler ``defaults.recommend`` picks for ``model.process`` and ``nfe``
+    -> (sampler name, the recommendation or None).  "auto" with an explicit ``grid`` is a ``ValueError``: the
+    recommendation is a (sampler, grid) pair."""
+    if sampler != "auto":
+        return sampler, None
+    if grid is not None and not isinstance(grid, str):
+        raise ValueError("--sampler auto picks the grid too; drop the explicit grid or name a sampler")
+    rec = recommend(model.process, _check_nfe(nfe))
+    return rec["sampler"], rec
 
 
 def run_sampler(model, sampler: str, nfe: int, n: int, *, grid: str | None = None, seed: int = 0,
@@ -242,7 +287,9 @@ def run_sampler(model, sampler: str, nfe: int, n: int, *, grid: str | None = Non
     """``sample`` with the CLI's grid choices: ``fit_grid`` refits the interior grid points to the model's own ODE
     solution first (``grid_opt``; the report is saved to ``fit_out``; ``fit_kw`` go to ``optimize_grid``, e.g.
     ``n_samples``, ``max_objective``); ``grid_file`` uses a grid saved by an earlier fit instead of a named grid.
-    Returns (samples, info dict with ``grid_fit``: the fit's report or None)."""
+    ``sampler="auto"``: ``resolve_auto`` first.  Returns (samples, info dict with ``grid_fit``: the fit's report or
+    None)."""
+    sampler, auto = resolve_auto(model, sampler, nfe, grid)
     info, dtype = sampler_info(sampler), dtype or torch.float32
     n, shape, b = _check_sample_args(model, n, shape, batch_size)
     check_memory(n, shape, b, _check_nfe(nfe), dtype, device)
@@ -251,18 +298,21 @@ def run_sampler(model, sampler: str, nfe: int, n: int, *, grid: str | None = Non
         ts, _ = grid_from_file(grid_file, info, _check_nfe(nfe), opts)
     elif fit_grid:
         ts, _, opts = plan(model, sampler, nfe, grid=grid, options=opts)
-        ts, fit_report = fit_sampler_grid(model, sampler, ts, grid or info.default_grid, opts, shape, dtype, seed,
-                                          fit_out, fit_kw)
+        init = grid or measured_rule(sampler, nfe, model.process, opts)[0]
+        ts, fit_report = fit_sampler_grid(model, sampler, ts, init, opts, shape, dtype, seed, fit_out, fit_kw)
     x, out = sample(model, sampler, nfe, n, shape=shape, batch_size=batch_size, grid=ts, options=opts, seed=seed,
                     device=device, dtype=dtype)
-    out["grid"] = grid_file or (("fitted:" if fit_grid else "") + (grid or info.default_grid))
-    return x, {**out, "grid_fit": fit_report}
+    if grid_file or fit_grid:
+        out["grid"] = grid_file or "fitted:" + (grid or measured_rule(sampler, nfe, model.process, opts)[0])
+    return x, {**out, "grid_fit": fit_report, **({"auto": auto} if auto else {})}
 
 
 def fit_sampler_grid(model, sampler, ts, init, options, shape, dtype, seed, fit_out, fit_kw=None):
     """``grid_opt.optimize_grid`` for the budgeted grid ``ts`` (same steps and endpoints); prints the report."""
     try:
-        fit = optimize_grid(model, sampler, len(ts) - 1, init=init, sampler_opts=options, sample_shape=shape,
+        fz = bool(ts[-1] == 0)
+        fit = optimize_grid(model, sampler, len(ts) - 1 - fz, init=init, final_zero=fz, sampler_opts=options,
+                            sample_shape=shape,
                             dtype=dtype, generator=torch.Generator().manual_seed(10_000 + seed), progress=True,
                             **(fit_kw or {}))
     except ValueError as e:
@@ -277,4 +327,5 @@ def fit_sampler_grid(model, sampler, ts, init, options, shape, dtype, seed, fit_
 
 
 __all__ = ["sample", "plan", "check_memory", "sample_memory_bytes", "default_batch_size", "run_sampler",
-           "grid_for_nfe", "grid_from_file", "planned_nfe_for_grid", "fit_sampler_grid", "sampler_info"]
+           "resolve_auto", "recommend", "measured_rule", "grid_for_nfe", "grid_from_file", "planned_nfe_for_grid",
+           "fit_sampler_grid", "sampler_info"]

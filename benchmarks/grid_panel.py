@@ -1,0 +1,295 @@
+r"""Grid panel: every scorelab sampler x every grid rule on a panel of exact Gaussian-mixture oracles; writes the
+default-grid table the library reads (``src/scorelab/samplers/defaults_table.py``) and ``results/grid_panel.md/json``.
+
+    python benchmarks/grid_panel.py [--n 1000] [--nfes 5,10,20] [--oracles all] [--write-table]
+    python benchmarks/grid_panel.py --from-json benchmarks/results/grid_panel.json --write-table
+        (no sweep: re-derives the choices, the table and the results files from a finished sweep's MMD^2 values; the
+        sweep's provenance is kept as ``sweep_provenance``)
+
+Protocol
+--------
+=============  ====================================================================================================
+panel          ``PANEL``: 8 exact oracles (``ExactMixture`` of ``benchmarks/samplers.py``: eps and x0 exact at every
+               time) on 4 processes (Discrete linear and cosine betas, N = 1000; continuous VP; EDM), d = 2..64,
+               2-9 modes, widths 0.05-0.7
+rules          a grid rule = (grid, final_zero): every grid of ``core.schedules.GRIDS`` the issue names (uniform_t,
+               uniform_log_snr, karras rho = 7, quadratic, li, ddpm_linspace, ddpm_trailing, ddpm_leading) x {end at
+               t_min, end with a step to t = 0}, but ddpm_linspace / ddpm_trailing only with the step to 0 (``RULES``:
+               14); the budget spends the NFE (``samplers.budget.plan``)
+samplers       every registered sampler with a fixed evaluation count and no required input (``SamplerInfo.needs``),
+               default options only; a (sampler, NFE) whose budget is too small is recorded as failed
+seed           the dev seed 0 only (x_T and sampler noise); ``benchmarks/sampler_defaults.py`` judges on held-out
+               seeds 1.. (never seen here)
+metric         unbiased MMD^2 to the exact law (``metrics.mmd2_to_mixture``, 4 bandwidths x ``--n-freq`` fixed
+               frequencies; no floor); non-finite samples or failures rank last
+choice         per process family (discrete / vp / edm, and all), sampler and panel NFE: rank the rules on each
+               oracle of the family (1 = best, ties averaged), take the rule of least geometric-mean rank; NFE
+               buckets: a budget uses the panel NFE nearest in log scale (``samplers.defaults.nfe_bucket``)
+auto           per process family (discrete / vp / edm, and all) and panel NFE: rank the samplers (each on its chosen
+               rule) on each oracle of the family, least geometric-mean rank wins (``samplers.defaults.recommend``)
+=============  ====================================================================================================
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pprint
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from harness import table, write_results, write_text_atomic
+from samplers import ExactMixture
+
+from scorelab.core.analytic import GaussianMixture, grid_mixture, random_mixture, ring_mixture
+from scorelab.core.processes import EDM, VP, Discrete
+from scorelab.evaluation import metrics
+from scorelab.samplers import SAMPLERS
+from scorelab.samplers.budget import sample
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLE_PATH = ROOT / "src" / "scorelab" / "samplers" / "defaults_table.py"
+DOCS_PATH = ROOT / "docs" / "guide" / "choosing.md"
+DOCS_MARKS = ("<!-- grid-panel-table:start -->", "<!-- grid-panel-table:end -->")
+GRIDS = ("uniform_t", "uniform_log_snr", "karras", "quadratic", "li", "ddpm_linspace", "ddpm_trailing",
+         "ddpm_leading")
+#: every grid with and without a final step to t = 0, except ddpm_linspace / ddpm_trailing without it: they end at
+#: the last DDPM index of the spacing (t ~ 1/(n+1)), not at t_min, an unfinished run (diffusers always adds that step)
+RULES = tuple((g, fz) for g in GRIDS for fz in (False, True) if fz or g not in ("ddpm_linspace", "ddpm_trailing"))
+FAMILY = {"discrete": "discrete", "vp": "vp", "edm": "edm"}
+
+
+def _two_modes(d: int, sep: float, var: float, seed: int) -> GaussianMixture:
+    u = torch.randn(d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    u = sep * u / u.norm()
+    return GaussianMixture(torch.tensor([0.6, 0.4]), torch.stack([u, -u]), var)
+
+
+def _separated(k: int, d: int, scale: float, var: float, seed: int) -> GaussianMixture:
+    means = scale * torch.randn(k, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    w = torch.linspace(1.0, 0.25, k, dtype=torch.float64)
+    return GaussianMixture(w, means, var)
+
+
+#: name -> (process family, process factory, mixture factory)
+PANEL = {
+    "disc_lin_ring2d": ("discrete", lambda: Discrete.from_schedule("linear", 1000), lambda: ring_mixture(8, 2.0, 0.1)),
+    "disc_lin_sep8d": ("discrete", lambda: Discrete.from_schedule("linear", 1000),
+                       lambda: _separated(4, 8, 1.0, 0.1, 3)),
+    "disc_cos_aniso16d": ("discrete", lambda: Discrete.from_schedule("cosine", 1000),
+                          lambda: random_mixture(8, 16, generator=torch.Generator().manual_seed(7))),
+    "disc_cos_wide64d": ("discrete", lambda: Discrete.from_schedule("cosine", 1000),
+                         lambda: _two_modes(64, 2.0, 0.5, 5)),
+    "vp_grid2d": ("vp", VP, lambda: grid_mixture(3, 2.0, 0.05)),
+    "vp_aniso32d": ("vp", VP, lambda: random_mixture(6, 32, generator=torch.Generator().manual_seed(11))),
+    "edm_narrow8d": ("edm", EDM, lambda: _separated(4, 8, 0.7, 0.05**2, 17)),
+    "edm_aniso64d": ("edm", EDM, lambda: random_mixture(4, 64, generator=torch.Generator().manual_seed(13), scale=1.0)),
+}
+
+
+def oracle(name: str):
+    """(family, process, mixture, exact model) of a panel oracle."""
+    fam, proc, mix = PANEL[name]
+    p, gm = proc(), mix()
+    return fam, p, gm, ExactMixture(gm, p)
+
+
+def swept_samplers() -> list[str]:
+    """Registered samplers with a fixed evaluation count, at most 3 per step, and nothing required (``needs``)."""
+    return [s for s, i in SAMPLERS.items() if not i.adaptive and not i.needs and i.evals_per_step <= 3]
+
+
+class MMD:
+    """Unbiased MMD^2 to the exact mixture on fixed frequencies (one draw per oracle)."""
+
+    def __init__(self, gm: GaussianMixture, n_freq: int):
+        self.gm = gm
+        self.omega, _ = metrics.mixture_frequencies(gm, n_freq)
+
+    def __call__(self, x: torch.Tensor) -> float:
+        x = x.to(torch.float64).reshape(x.shape[0], -1)
+        if not torch.all(torch.isfinite(x)):
+            return math.inf
+        return metrics.mmd2_to_mixture(x.numpy(), self.gm, self.omega)
+
+
+def run_one(model, sampler: str, nfe: int, rule: tuple[str, bool], n: int, d: int, seed: int):
+    """Samples ``[n, d]`` of ``sampler`` on ``rule`` under ``nfe`` (float32, x_T and noise from ``seed``), or None
+    when the budget does not fit the sampler / grid."""
+    try:
+        x, info = sample(model, sampler, nfe, n, shape=(d,), grid=rule[0], final_zero=rule[1], seed=seed)
+    except ValueError:
+        return None
+    if info["nfe_measured_per_batch"] > nfe:
+        raise RuntimeError(f"{sampler} on {rule} spent {info['nfe_measured_per_batch']} > {nfe}")
+    return x
+
+
+def ranks(values: list[float]) -> np.ndarray:
+    """Ranks 1..k of ``values`` (least first), ties averaged; inf/NaN rank last."""
+    v = np.asarray([x if np.isfinite(x) else np.inf for x in values], dtype=float)
+    order = np.argsort(v, kind="stable")
+    r = np.empty(len(v))
+    r[order] = np.arange(1, len(v) + 1)
+    for val in np.unique(v):
+        r[v == val] = r[v == val].mean()
+    return r
+
+
+def geo_rank(per_oracle: list[np.ndarray]) -> np.ndarray:
+    """Geometric mean over oracles of per-oracle rank vectors."""
+    return np.exp(np.mean(np.log(np.stack(per_oracle)), 0))
+
+
+def sweep(names: list[str], samplers: list[str], nfes: list[int], n: int, n_freq: int) -> dict:
+    """MMD^2 of every (oracle, NFE, sampler, rule) on the dev seed 0 -> {oracle: {nfe: {sampler: [per rule]}}}."""
+    out = {}
+    for name in names:
+        _, p, gm, model = oracle(name)
+        mmd, t0 = MMD(gm, n_freq), time.perf_counter()
+        out[name] = {}
+        for nfe in nfes:
+            out[name][nfe] = {}
+            for s in samplers:
+                vals = []
+                for rule in RULES:
+                    x = run_one(model, s, nfe, rule, n, gm.d, 0)
+                    vals.append(math.nan if x is None else mmd(x))
+                out[name][nfe][s] = vals
+        print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
+def families(res: dict) -> list[str]:
+    """The process families of the swept oracles, then "all"."""
+    return sorted({PANEL[o][0] for o in res}) + ["all"]
+
+
+def choose_rules(res: dict, samplers: list[str], nfes: list[int]) -> dict:
+    """{family: {sampler: {nfe: (rule, geometric-mean rank)}}}: per process family (and "all"), the rule of least
+    geometric-mean rank over that family's oracles (a grid is defined in process time, so the best rule for EDM's
+    sigma-time is not the best for a DDPM chain)."""
+    return {fam: _choose_rules({o: v for o, v in res.items() if fam == "all" or PANEL[o][0] == fam}, samplers,
+                               nfes) for fam in families(res)}
+
+
+def _choose_rules(res: dict, samplers: list[str], nfes: list[int]) -> dict:
+    out = {}
+    for s in samplers:
+        out[s] = {}
+        for nfe in nfes:
+            per = [ranks(res[o][nfe][s]) for o in res if any(np.isfinite(res[o][nfe][s]))]
+            if not per:
+                continue
+            gr = geo_rank(per)
+            best = int(np.argmin(gr))
+            out[s][nfe] = (RULES[best], float(gr[best]))
+    return out
+
+
+def choose_auto(res: dict, rules: dict, samplers: list[str], nfes: list[int]) -> dict:
+    """{family: {nfe: (sampler, geometric-mean rank)}}: samplers on their chosen rules ranked per oracle."""
+    out = {}
+    for fam in families(res):
+        out[fam], fr = {}, rules[fam]
+        names = [o for o in res if fam == "all" or PANEL[o][0] == fam]
+        for nfe in nfes:
+            cand = [s for s in samplers if nfe in fr[s]]
+            per = [ranks([res[o][nfe][s][RULES.index(fr[s][nfe][0])] for s in cand]) for o in names]
+            gr = geo_rank(per)
+            out[fam][nfe] = (cand[int(np.argmin(gr))], float(np.min(gr)))
+    return out
+
+
+def table_source(rules: dict, auto: dict, meta: dict) -> str:
+    """The generated module ``samplers/defaults_table.py``."""
+    grid = {fam: {s: {nfe: {"grid": r[0][0], "final_zero": r[0][1], "geo_rank": round(r[1], 3)}
+                      for nfe, r in v.items()} for s, v in fr.items() if v} for fam, fr in rules.items()}
+    au = {f: {nfe: {"sampler": v[0], "geo_rank": round(v[1], 3)} for nfe, v in d.items()} for f, d in auto.items()}
+    fmt = lambda obj: pprint.pformat(obj, width=116, sort_dicts=False)  # noqa: E731
+    return ('"""Default grid rule per process family, sampler and panel NFE, and the ``auto`` sampler per family:\n'
+            'GENERATED by ``python benchmarks/grid_panel.py --write-table`` (do not edit by hand; see\n'
+            '``samplers/defaults.py``).\n\n'
+            f'Panel: {", ".join(meta["oracles"][:4])},\n{", ".join(meta["oracles"][4:])};\n'
+            f'n = {meta["n"]} samples per run, dev seed 0, metric: unbiased MMD^2 to the exact law; choice: least\n'
+            'geometric-mean rank over the panel\'s oracles."""\n\n'
+            f"PANEL_NFES = {tuple(meta['nfes'])}\n\n"
+            f"GRID_RULES = {fmt(grid)}\n\nAUTO = {fmt(au)}\n")
+
+
+def markdown(rules: dict, auto: dict, meta: dict) -> str:
+    nfes = meta["nfes"]
+    lines = [f"# Grid panel: default grid rule per sampler (dev seed 0, n = {meta['n']}, MMD^2 to the exact law)", "",
+             f"Oracles: {', '.join(meta['oracles'])}.  Cell: grid (+0: final step to t = 0), geometric-mean rank of "
+             f"{len(RULES)} rules.  Sweep wall {meta['wall_s']:.0f} s, CPU {meta['cpu_s']:.0f} s"
+             + (f" (`{meta['sweep_command']}`; the choices re-derived from its values)." if "sweep_command" in meta
+                else "."), ""]
+    for f, fr in rules.items():
+        rows = [[s] + [(f"{v[nfe][0][0]}{'+0' if v[nfe][0][1] else ''} ({v[nfe][1]:.1f})" if nfe in v else "-")
+                       for nfe in nfes] for s, v in fr.items()]
+        names = [o for o in meta["oracles"] if f == "all" or PANEL[o][0] == f]
+        lines += [f"## family {f} ({', '.join(names)})", ""]
+        lines += table(["sampler"] + [f"NFE {k}" for k in nfes], rows) + [""]
+    lines += ["## auto: best sampler (on its rule) per process family", ""]
+    lines += table(["family"] + [f"NFE {k}" for k in nfes],
+                   [[f] + [f"{d[k][0]} ({d[k][1]:.1f})" for k in nfes] for f, d in auto.items()])
+    return "\n".join(lines)
+
+
+def write_docs_table(md: str) -> None:
+    """Replace the generated table between ``DOCS_MARKS`` in docs/guide/choosing.md (no title line)."""
+    text = DOCS_PATH.read_text()
+    i, j = text.index(DOCS_MARKS[0]) + len(DOCS_MARKS[0]), text.index(DOCS_MARKS[1])
+    body = "\n".join(md.splitlines()[2:]).replace("## ", "### ")
+    write_text_atomic(DOCS_PATH, text[:i] + "\n" + body + "\n" + text[j:])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--n-freq", type=int, default=256, help="frequencies per bandwidth of the MMD")
+    ap.add_argument("--nfes", default="5,10,20")
+    ap.add_argument("--oracles", default="all")
+    ap.add_argument("--samplers", default="all")
+    ap.add_argument("--write-table", action="store_true", help="write src/scorelab/samplers/defaults_table.py")
+    ap.add_argument("--from-json", help="no sweep: derive the choices from this grid_panel.json's MMD^2 values")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    wall0, cpu0 = time.time(), time.process_time()
+    names = list(PANEL) if args.oracles == "all" else args.oracles.split(",")
+    samplers = swept_samplers() if args.samplers == "all" else args.samplers.split(",")
+    nfes = [int(v) for v in args.nfes.split(",")]
+    if args.from_json:  # re-derive the choices (and rewrite the table) from a finished sweep's MMD^2 values
+        old = json.loads(Path(args.from_json).read_text())
+        names, nfes, args.n = old["config"]["oracles"], old["config"]["nfes"], old["config"]["n"]
+        pos = [[tuple(r) for r in old["config"]["rules"]].index(r) for r in RULES]  # the sweep's rules -> RULES
+        res = {o: {int(k): {s: [v[j] for j in pos] for s, v in d.items()} for k, d in by.items()}
+               for o, by in old["mmd2"].items()}
+        samplers = [s for s in samplers if s in res[names[0]][nfes[0]]]
+    else:
+        res = sweep(names, samplers, nfes, args.n, args.n_freq)
+    rules = choose_rules(res, samplers, nfes)
+    auto = choose_auto(res, rules, samplers, nfes)
+    meta = {"oracles": names, "n": args.n, "nfes": nfes, "wall_s": time.time() - wall0,
+            "cpu_s": time.process_time() - cpu0, "rules": [list(r) for r in RULES]}
+    if args.from_json:  # the sweep's own cost and command, not this re-derivation's
+        meta.update({k: old["config"][k] for k in ("wall_s", "cpu_s")})
+        prov = old.get("sweep_provenance", old.get("provenance", {}))
+        meta["sweep_command"] = f"python benchmarks/{prov.get('command', '?')}"
+    if args.write_table:
+        write_text_atomic(TABLE_PATH, table_source(rules, auto, meta))
+        write_docs_table(markdown(rules, auto, meta))
+        print(f"wrote {TABLE_PATH} and the table of {DOCS_PATH}")
+    payload = {"config": meta, "mmd2": {o: {str(k): v for k, v in d.items()} for o, d in res.items()},
+               "rules": {f: {s: {str(k): [list(r[0]), r[1]] for k, r in v.items()} for s, v in fr.items()}
+                         for f, fr in rules.items()},
+               "auto": {f: {str(k): list(v) for k, v in d.items()} for f, d in auto.items()}}
+    if args.from_json:  # keep the sweep's own command and provenance next to this re-derivation's
+        payload["sweep_provenance"] = old.get("sweep_provenance", old.get("provenance"))
+    write_results("grid_panel", payload, markdown(rules, auto, meta))
+
+
+if __name__ == "__main__":
+    main()
