@@ -19,7 +19,7 @@ LAYERS = [
     {"nets", "data", "plotting"},
     {"samplers", "densities"},
     {"evaluation", "io"},
-    {"training"},
+    {"training", "bridge"},
     {"guidance"},
     {"finetune"},
     {"cli"},
