@@ -11,10 +11,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import demo_cmd, density, evaluate, finetune, guidance, info, likelihood, reject, sample, train
+from . import bridge, demo_cmd, density, evaluate, finetune, guidance, info, likelihood, reject, sample, train
 
 #: the verb modules, in the order ``scorelab --help`` lists them
-VERBS = (info, train, sample, evaluate, likelihood, density, finetune, guidance, reject, demo_cmd)
+VERBS = (info, train, sample, evaluate, likelihood, density, finetune, guidance, reject, bridge, demo_cmd)
 
 EXAMPLES = """\
 examples:
