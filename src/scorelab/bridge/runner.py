@@ -125,17 +125,19 @@ def empirical_sampler(x: torch.Tensor | None, d: int):
 
 
 def fit_bridge(cfg: BridgeConfig, x0: torch.Tensor | None, x1: torch.Tensor | None, d: int,
-               progress: bool = True) -> tuple[BridgeResult, nn.Module, nn.Module]:
-    """Build the reference and nets from ``cfg`` and run DSB or DSBM -> (result, raw F net, raw B net)."""
+               progress: bool = True, callback=None) -> tuple[BridgeResult, nn.Module, nn.Module]:
+    """Build the reference and nets from ``cfg`` and run DSB or DSBM -> (result, raw F net, raw B net);
+    ``callback(n, F, B) -> dict`` as in ``ipf.dsb``."""
     torch.manual_seed(cfg.seed)  # network initialization
     ref = make_reference(cfg.reference, float(cfg.reference_variance), cfg.steps, cfg.schedule)
     problem = BridgeProblem(empirical_sampler(x0, d), empirical_sampler(x1, d), ref)
     kw = {"width": cfg.width, "depth": cfg.depth}
     F, B = make_net(cfg.net, d, cfg.steps, **kw), make_net(cfg.net, d, cfg.steps, **kw)
     if cfg.method == "dsb":
-        res = dsb(problem, F, B, cfg.iterations, cfg.fit(), cfg.seed, progress=progress)
+        res = dsb(problem, F, B, cfg.iterations, cfg.fit(), cfg.seed, callback=callback, progress=progress)
     else:
-        res = dsbm(problem, F, B, cfg.iterations, cfg.fit(), cfg.seed, init=cfg.init, progress=progress)
+        res = dsbm(problem, F, B, cfg.iterations, cfg.fit(), cfg.seed, init=cfg.init, callback=callback,
+                   progress=progress)
     return res, F, B
 
 
