@@ -194,6 +194,23 @@ def test_ipf_iteration_1_is_the_reference_time_reversal(solver):
     assert _w2(wrong[0], wrong[1], mu0, S0) > 0.3
 
 
+def test_ipf_iteration_1_reverses_the_vp_reference():
+    """VP/OU reference: B^1 (mean matching on the reference's own trajectories, F^0_k(x) = a_k x) run backward from
+    the reference's p_N = N(A mu0, A^2 S0 + sigma^2 I) returns to N(mu0, S0) up to the O(v_k) of mean matching."""
+    d, N = 2, 20
+    ref = ou(0.9, N)
+    A = ref.A(0, N)
+    mu0, S0 = torch.tensor([1.0, -0.5], dtype=torch.float64), _spd(d, 9)
+    mu_N, S_N = A * mu0, A * A * S0 + ref.sigma2 * torch.eye(d, dtype=torch.float64)
+    prob = BridgeProblem(_gauss(mu0, S0), _gauss(mu_N, S_N), ref)
+    B = dsb(prob, StepAffine(d, N), StepAffine(d, N), 1, FitConfig(solver="lstsq", cache_size=8192),
+            progress=False).backward
+    m, S, _ = affine_chain_moments(B, mu_N, S_N, ref, "backward")
+    assert _w2(m, S, mu0, S0) < 0.1
+    wrong = affine_chain_moments(StepAffine(d, N), mu_N, S_N, ref, "backward")
+    assert _w2(wrong[0], wrong[1], mu0, S0) > 0.5
+
+
 # -- convergence to the closed-form bridge -----------------------------------------------------------------------
 def _run_gaussian(method: str, d: int, iterations: int, s2: float = 1.0, N: int = 20, seed: int = 0):
     mu0, mu1 = torch.zeros(d, dtype=torch.float64), torch.linspace(-1, 1, d, dtype=torch.float64)
