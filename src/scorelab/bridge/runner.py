@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import load_dataset
+from ..data import DATASETS, load_dataset
 from ..evaluation import metrics
 from ..io.checkpoints import atomic_write_bytes, jsonable, save_checkpoint, unused_dir
 from ..plotting import coupling_plot
@@ -93,7 +93,8 @@ class BridgeConfig:
 
 def _points(name: str, data_n: int, seed: int) -> torch.Tensor:
     """A data set as finite float32 points ``[N, d]`` (images are flattened)."""
-    x, _ = load_dataset(name, n=None if Path(name).exists() else data_n, seed=seed)
+    generated = name in DATASETS and len(DATASETS[name].example_shape) == 1  # toy sets are drawn; digits, files whole
+    x, _ = load_dataset(name, n=data_n if generated else None, seed=seed)
     x = torch.as_tensor(x, dtype=torch.float32)
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"{name}: no data points (shape {tuple(x.shape)})")
