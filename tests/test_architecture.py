@@ -20,7 +20,7 @@ LAYERS = [
     {"samplers", "densities"},
     {"interop"},
     {"evaluation", "io"},
-    {"training"},
+    {"training", "bridge"},
     {"guidance"},
     {"finetune"},
     {"cli"},

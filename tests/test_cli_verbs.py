@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from scorelab.bridge.runner import BridgeConfig
 from scorelab.cli.common import parse_value
 from scorelab.cli.guidance import TrainDiscriminatorOptions
 from scorelab.cli.main import build_parser, main
@@ -32,7 +33,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 #: verbs that take --set, and the dataclass whose fields are their keys
 SET_CONFIGS = {("train",): ExperimentConfig, ("finetune", "sft-pg"): SFTPGConfig,
                ("finetune", "f-restart"): FRestartConfig,
-               ("guidance", "train-discriminator"): TrainDiscriminatorOptions, ("reject",): RejectConfig}
+               ("guidance", "train-discriminator"): TrainDiscriminatorOptions, ("reject",): RejectConfig,
+               ("bridge",): BridgeConfig}
 
 
 def verb_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):

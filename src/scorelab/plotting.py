@@ -133,3 +133,22 @@ def line_plot(xs: Sequence[float], ys: Mapping[str, Sequence[float]], path: str,
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def coupling_plot(x0: torch.Tensor, x1: torch.Tensor, path: str, *, n_lines: int = 300, max_points: int = 3000,
+                  title: str | None = None) -> str:
+    """A 2-D coupling: source points ``x0 [n, 2]`` (blue), their partners ``x1 [n, 2]`` (orange) and grey segments
+    joining the first ``n_lines`` pairs."""
+    a, b = _np(x0)[:max_points], _np(x1)[:max_points]
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] < 2:
+        raise ValueError(f"coupling_plot needs pairs of equal shape [n, >=2], got {a.shape} and {b.shape}")
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), layout="constrained")
+    k = min(n_lines, len(a))
+    ax.plot(np.stack([a[:k, 0], b[:k, 0]]), np.stack([a[:k, 1], b[:k, 1]]), c="0.6", lw=0.4, alpha=0.6)
+    ax.scatter(a[:, 0], a[:, 1], s=1, c="tab:blue", label="x_0", rasterized=True)
+    ax.scatter(b[:, 0], b[:, 1], s=1, c="tab:orange", label="x_N", rasterized=True)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", markerscale=6, fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)

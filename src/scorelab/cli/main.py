@@ -1,7 +1,7 @@
 """The ``scorelab`` command: assembles one module per verb and turns user errors into exit status 2.
 
 Each verb module (``info``, ``train``, ``sample``, ``fit_grid``, ``evaluate``, ``likelihood``, ``density``,
-``finetune``, ``guidance``, ``reject``, ``demo_cmd``) has ``add_parser(sub)`` and ``run(args)`` and only maps
+``finetune``, ``guidance``, ``reject``, ``bridge``, ``demo_cmd``) has ``add_parser(sub)`` and ``run(args)`` and only maps
 arguments onto library calls.  Bad input (unknown names, wrong shapes, missing files, invalid numbers, unwritable
 paths, a training run that diverged) exits with status 2 and a one-line message on stderr, argparse's own errors
 included; ``--debug`` (anywhere on the command line) shows the traceback instead.  Warnings are printed as one
@@ -15,10 +15,10 @@ import traceback
 import warnings
 from typing import Sequence
 
-from . import demo_cmd, density, evaluate, finetune, fit_grid, guidance, info, likelihood, reject, sample, train
+from . import bridge, demo_cmd, density, evaluate, finetune, fit_grid, guidance, info, likelihood, reject, sample, train
 
 #: the verb modules, in the order ``scorelab --help`` lists them
-VERBS = (info, train, sample, fit_grid, evaluate, likelihood, density, finetune, guidance, reject, demo_cmd)
+VERBS = (info, train, sample, fit_grid, evaluate, likelihood, density, finetune, guidance, reject, bridge, demo_cmd)
 
 EXAMPLES = """\
 examples:
