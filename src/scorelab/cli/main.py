@@ -1,11 +1,11 @@
 """The ``scorelab`` command: assembles one module per verb and turns user errors into exit status 2.
 
 Each verb module (``info``, ``train``, ``sample``, ``fit_grid``, ``evaluate``, ``likelihood``, ``density``,
-``finetune``, ``guidance``, ``reject``, ``bridge``, ``demo_cmd``) has ``add_parser(sub)`` and ``run(args)`` and only maps
-arguments onto library calls.  Bad input (unknown names, wrong shapes, missing files, invalid numbers, unwritable
-paths, a training run that diverged) exits with status 2 and a one-line message on stderr, argparse's own errors
-included; ``--debug`` (anywhere on the command line) shows the traceback instead.  Warnings are printed as one
-``scorelab: warning:`` line.
+``finetune``, ``guidance``, ``reject``, ``bridge``, ``demo_cmd``) has ``add_parser(sub)`` and ``run(args)`` and
+only maps arguments onto library calls.  Bad input (unknown names, wrong shapes, missing files, invalid numbers,
+unwritable paths, a training run that diverged) exits with status 2 and a one-line message on stderr, argparse's
+own errors included; ``--debug`` (anywhere on the command line) shows the traceback instead.  Warnings are printed
+as one ``scorelab: warning:`` line.
 """
 from __future__ import annotations
 
