@@ -262,7 +262,10 @@ def test_dsbm_converges_to_the_closed_form(d):
 def _cli(capsys, *args):
     from scorelab.cli.main import main
 
-    code = main(list(args))
+    try:
+        code = main(list(args))
+    except SystemExit as e:  # argparse's own errors (a flag's type) exit 2 from inside parse_args
+        code = e.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -310,3 +313,8 @@ def test_cli_writes_pairs_samples_checkpoint_report(capsys, tmp_path):
     assert report["transport_cost"] == pytest.approx(report["sinkhorn_cost"], rel=0.15)
     assert (run / "coupling.png").exists() and (run / "bridge.safetensors").exists()
     assert len(report["history"]) == 2
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["method"] == "dsbm" and "bridge" in prov["argv"]
+    code, _, err = _cli(capsys, "bridge", "--source", "gauss", "--target", str(tmp_path / "tgt.npy"),
+                        "--reference-variance", "0.5", "--out", str(run))
+    assert code == 2 and "already holds files" in err  # an earlier run is never overwritten

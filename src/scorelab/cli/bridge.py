@@ -3,9 +3,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 from ..bridge.runner import BridgeConfig
-from .common import add_verb, config_from_options, parse_options, positive_int, print_json, set_keys_help
+from .common import (
+    add_verb,
+    check_out,
+    config_from_options,
+    finite_float,
+    parse_options,
+    positive_int,
+    print_json,
+    seed_int,
+    set_keys_help,
+    write_run_provenance,
+)
 
 EXAMPLES = """\
 examples:
@@ -21,16 +33,17 @@ def add_parser(sub) -> None:
                   EXAMPLES + set_keys_help(BridgeConfig, "--set keys (BridgeConfig fields; the flags win):"))
     sp.add_argument("--source", required=True, help="data-set name, .npy/.csv/.npz file, or 'gauss' for N(0, I)")
     sp.add_argument("--target", required=True, help="as --source")
-    sp.add_argument("--reference-variance", type=float, required=True, metavar="S2",
+    sp.add_argument("--reference-variance", type=finite_float, required=True, metavar="S2",
                     help="Var(X_N | X_0) of the reference per coordinate (Brownian: entropic OT at reg 2 S2)")
     sp.add_argument("--reference", choices=["brownian", "vp"], default=None)
     sp.add_argument("--method", choices=["dsb", "dsbm"], default=None)
     sp.add_argument("--iterations", type=positive_int, default=None, help="IPF / IMF iterations")
     sp.add_argument("--steps", type=positive_int, default=None, help="steps N of the chains")
     sp.add_argument("--n", type=positive_int, default=None, help="pairs to write (default: all source points)")
-    sp.add_argument("--seed", type=int, default=None)
-    sp.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="BridgeConfig fields (fit_iterations=..., net=...)")
-    sp.add_argument("--out")
+    sp.add_argument("--seed", type=seed_int, default=None)
+    sp.add_argument("--set", action="extend", nargs="*", metavar="KEY=VALUE",
+                    help="BridgeConfig fields (fit_iterations=..., net=...)")
+    sp.add_argument("--out", help="a new or empty folder (default runs/bridge_METHOD, numbered if taken)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
              "steps": args.steps, "n": args.n, "seed": args.seed}
     opts.update({k: v for k, v in flags.items() if v is not None})
     cfg = config_from_options(BridgeConfig, opts)
-    report = run_bridge(cfg, args.out or os.path.join("runs", f"bridge_{cfg.method}"))
+    t0 = time.perf_counter()
+    report = run_bridge(cfg, check_out(args.out) if args.out else os.path.join("runs", f"bridge_{cfg.method}"))
+    write_run_provenance(args, report["out"], t0, seed=cfg.seed, method=cfg.method, source=cfg.source,
+                         target=cfg.target, device="cpu")
     print_json(report, drop=("history", "config"))
     print(f"wrote {report['out']}/pairs.npy, samples_forward.npy, samples_backward.npy, bridge.json, report.json")
     return 0
