@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _cli import run_cli  # noqa: E402
 
 from scorelab.bridge import (
     BridgeProblem,
@@ -260,14 +261,7 @@ def test_dsbm_converges_to_the_closed_form(d):
 
 # -- CLI ---------------------------------------------------------------------------------------------------------
 def _cli(capsys, *args):
-    from scorelab.cli.main import main
-
-    try:
-        code = main(list(args))
-    except SystemExit as e:  # argparse's own errors (a flag's type) exit 2 from inside parse_args
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, list(args))
 
 
 def test_cli_bad_input_exits_2_with_one_line(capsys, tmp_path):

@@ -20,10 +20,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from _cli import run_cli  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from scorelab.cli import main
 
 PY = [sys.executable, "-m", "scorelab.cli"]
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -153,16 +152,6 @@ def env(tmp_path_factory):
     files.update(empty_dir=str(root / "empty_dir"), full_dir=str(root / "full_dir"), a_file=str(root / "a_file"),
                  new=str(root / "new_out"))
     return files
-
-
-def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
-    """``main(argv)`` in-process -> (exit status, stdout, stderr); argparse's SystemExit becomes its code."""
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code: int, err: str, expect: str) -> None:

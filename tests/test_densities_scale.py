@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from _cli import run_cli  # noqa: E402
 
-from scorelab.cli.main import main
 from scorelab.densities import DIS, PIS, Funnel, ManyWell, gaussian, get_target, kl_loss
 from scorelab.densities.adjoint import adjoint_kl_loss, brownian
 from scorelab.densities.posteriors import LGCP, LogisticRegression, lgcp_counts
@@ -165,12 +165,7 @@ def test_adjoint_loss_trains_from_the_runner(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- CLI
 def _cli(capsys, *args):
-    try:
-        code = main(list(args))
-    except SystemExit as e:  # argparse's own errors (a flag's type) exit 2 from inside parse_args
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, list(args))
 
 
 def test_cli_user_target_in_cwd_with_log_z_and_dim_checks(capsys, tmp_path, monkeypatch):
