@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import textwrap
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -45,52 +46,28 @@ def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def number_type(convert: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+    """An argparse type: ``convert(text)`` (int or float) that must satisfy ``ok``; otherwise one line
+    "expected WHAT, got TEXT" (argparse prefixes the flag)."""
+
+    def parse(text: str):
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return v
+
+    parse.__doc__ = f"argparse type: {what}."
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    import math
-
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return v
-
-
-def seed_int(text: str) -> int:
-    """argparse type: a seed, an integer in [0, 2^63)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not 0 <= v < 2**63:
-        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2^63), got {v}")
-    return v
-
-
-def finite_float(text: str) -> float:
-    """argparse type: a finite number (no nan/inf)."""
-    import math
-
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
-    return v
+#: argparse types of the numeric flags
+positive_int = number_type(int, lambda v: v >= 1, "a positive integer")
+positive_float = number_type(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+seed_int = number_type(int, lambda v: 0 <= v < 2**63, "a seed in [0, 2^63)")
+finite_float = number_type(float, math.isfinite, "a finite number")
 
 
 def config_from_options(cls, options: dict[str, Any], **fixed: Any):
