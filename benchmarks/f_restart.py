@@ -22,9 +22,9 @@ Metrics on 4000 samples: unbiased MMD^2 to the exact law (random-feature kernel,
 ``--digits`` runs the image setting instead (results/f_restart_digits.{md,json}): scikit-learn digits (8x8), the
 under-trained VP UNet of ``dg_digits.py`` (``--digits-pretrain-steps`` updates, cached under /tmp by
 ``dg_digits.pretrained_model``), the same four samplers at NFE N (restart tuned on the dev seed 0 by FID-digits over
-``DIGITS_RESTART_GRID``; f-Restart ``base`` with f = KL, ``--digits-iterations`` x ``--digits-batch`` trajectories,
-an ``ImageHead`` discriminator with 16 base channels), FID-digits (scorelab's digits-CNN features, not Inception)
-of ``--digits-n`` samples against all 1797 digits, held-out seeds 1..S, paired with tuned restart.
+``DIGITS_RESTART_GRID``; f-Restart ``base`` and ``tmax`` with f = KL, ``--digits-iterations`` x ``--digits-batch``
+trajectories, an ``ImageHead`` discriminator with 16 base channels), FID-digits (scorelab's digits-CNN features, not
+Inception) of ``--digits-n`` samples against all 1797 digits, held-out seeds 1..S, paired with tuned restart.
 
 Command: python benchmarks/f_restart.py            (about 10-20 CPU-minutes)
          python benchmarks/f_restart.py --digits   (about 10 CPU-minutes)
@@ -262,18 +262,18 @@ def digits_tune_restart(model, args, ref_feats: torch.Tensor) -> dict:
     return {**best[1], "dev_fid": tried}
 
 
-def digits_frestart(model, data: torch.Tensor, args, seed: int, ref_feats: torch.Tensor) -> dict:
-    """The ``base`` variant (f = KL) on digits, policy seed ``seed``; FID-digits of its greedy samples."""
+def digits_frestart(model, data: torch.Tensor, variant: str, args, seed: int, ref_feats: torch.Tensor) -> dict:
+    """A variant (f = KL) on digits, policy seed ``seed``; FID-digits of its greedy samples."""
     t0 = time.process_time()
-    cfg = dataclasses.replace(frestart_config("base", args, seed), iterations=args.digits_iterations,
+    cfg = dataclasses.replace(frestart_config(variant, args, seed), iterations=args.digits_iterations,
                               batch_size=args.digits_batch, disc_width=16, data_n=data.shape[0])
     res = train_f_restart(model, data, cfg, progress=False)
     x, info = sample_f_restart(res.env, res.policy, args.digits_n, seed=1000 + seed, shape=DIGITS_SHAPE)
     out = {"fid": digits_fid(x, ref_feats), "nfe": info["nfe_mean"], "nfe_max": info["nfe_max"],
            "p_noise": info["p_noise"], "mix": info["mix"], "cpu_s": time.process_time() - t0,
            "train_p_noise": [h["p_noise"] for h in res.history]}
-    print(f"  f-restart seed {seed}: FID-digits {out['fid']:.3f} nfe {out['nfe']:.2f} p_noise {out['p_noise']} "
-          f"({out['cpu_s']:.0f} cpu-s)", flush=True)
+    print(f"  f-restart {variant} seed {seed}: FID-digits {out['fid']:.3f} nfe {out['nfe']:.2f} p_noise "
+          f"{out['p_noise']} ({out['cpu_s']:.0f} cpu-s)", flush=True)
     return out
 
 
@@ -292,12 +292,14 @@ def run_digits(args) -> None:
     tuned = digits_tune_restart(model, args, ref_feats)
     print(f"[digits] tuned restart: {tuned}", flush=True)
     opts = restart_options(*tuned["sigma_hat"], tuned["K"], tuned["n_restart"])
-    rows: dict[str, dict[str, dict]] = {m: {} for m in ("ode", "sde", "restart", "f-restart")}
+    fr = [f"f-restart {v}" for v in args.digits_variants]
+    rows: dict[str, dict[str, dict]] = {m: {} for m in ("ode", "sde", "restart", *fr)}
     for s in heldout_seeds(1, args.seeds):
         rows["ode"][str(s)] = digits_baseline(model, SAMPLER, args, s, ref_feats, final_zero=True)
         rows["sde"][str(s)] = digits_baseline(model, "euler_maruyama", args, s, ref_feats, final_zero=True)
         rows["restart"][str(s)] = digits_baseline(model, "restart", args, s, ref_feats, opts, tuned["grid"])
-        rows["f-restart"][str(s)] = digits_frestart(model, data, args, s, ref_feats)
+        for v in args.digits_variants:
+            rows[f"f-restart {v}"][str(s)] = digits_frestart(model, data, v, args, s, ref_feats)
     wall, cpu = time.time() - t0, time.process_time() - c0
     res = {"tuned_restart": tuned, "rows": rows}
     write_results("f_restart_digits" + ("_quick" if args.quick else ""),
@@ -309,7 +311,7 @@ def digits_md(res: dict, args, wall: float, cpu: float) -> list[str]:
     """Markdown of the digits setting: the FID-digits table and the paired comparison with tuned restart."""
     rows, t = res["rows"], res["tuned_restart"]
     labels = {"ode": "ODE (DPM-Solver-1)", "sde": "SDE (Euler-Maruyama)", "restart": "restart (tuned)",
-              "f-restart": f"f-Restart (base, KL, T = {args.steps})"}
+              **{f"f-restart {v}": f"f-Restart {v} (KL, T = {args.steps})" for v in args.digits_variants}}
     lines = [f"# f-Restart vs restart on digits at equal NFE (N = {args.nfe})", "",
              f"Under-trained VP UNet of dg_digits.py ({args.digits_pretrain_steps} steps); {args.digits_n} samples "
              f"per seed vs the 1797 digits (FID-digits: digits-CNN features, not Inception); held-out seeds "
@@ -324,9 +326,14 @@ def digits_md(res: dict, args, wall: float, cpu: float) -> list[str]:
         fid = mean_std([r["fid"] for r in v])
         body.append([labels[m], f"{fid['mean']:.3f} ± {fid['std']:.3f}", f"{np.mean([r['nfe'] for r in v]):.2f}", p])
     lines += table(["method", "FID-digits", "NFE (mean)", "P(Noise)"], body)
+    lines += ["", "Learned P(Noise) per grid level k = 0..T-1 (t_max first; greedy samples, mean over seeds; '-': no "
+              "free decision):", ""]
+    for v in args.digits_variants:
+        mixes = np.array([[np.nan if p is None else p for p in r["mix"]] for r in rows[f"f-restart {v}"].values()])
+        lines.append(f"- {v}: " + "/".join("-" if np.isnan(q) else f"{q:.2f}" for q in np.nanmean(mixes, 0)))
     lines += ["", "Paired over held-out seeds, d = FID(restart) - FID(method) (> 0: method better):", ""]
     comp = []
-    for m in ("f-restart", "ode", "sde"):
+    for m in (*(f"f-restart {v}" for v in args.digits_variants), "ode", "sde"):
         pd = paired([rows["restart"][s]["fid"] - rows[m][s]["fid"] for s in sorted(rows["restart"])])
         comp.append([labels[m], f"{pd['mean']:+.3f} ± {pd['std']:.3f}", f"{pd['p_one_sided']:.3g}",
                      f"{pd['wins']}/{pd['n_seeds']}"])
@@ -350,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--digits-n", type=int, default=500)
     ap.add_argument("--digits-iterations", type=int, default=30)
     ap.add_argument("--digits-batch", type=int, default=128)
+    ap.add_argument("--digits-variants", nargs="*", default=["base", "tmax"])
     args = ap.parse_args(argv)
     if args.quick:
         global N_EVAL
