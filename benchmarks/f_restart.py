@@ -19,12 +19,21 @@ Metrics on 4000 samples: unbiased MMD^2 to the exact law (random-feature kernel,
 0 = exact), sliced W2 against an exact sample (floor: two exact samples), mode-weight TV.  Held-out seeds 1..S
 (policy training and sampling).  The figure shows the learned P(Noise) per grid level.
 
+``--digits`` runs the image setting instead (results/f_restart_digits.{md,json}): scikit-learn digits (8x8), the
+under-trained VP UNet of ``dg_digits.py`` (``--digits-pretrain-steps`` updates, cached under /tmp by
+``dg_digits.pretrained_model``), the same four samplers at NFE N (restart tuned on the dev seed 0 by FID-digits over
+``DIGITS_RESTART_GRID``; f-Restart ``base`` and ``tmax`` with f = KL, ``--digits-iterations`` x ``--digits-batch``
+trajectories, an ``ImageHead`` discriminator with 16 base channels), FID-digits (scorelab's digits-CNN features, not
+Inception) of ``--digits-n`` samples against all 1797 digits, held-out seeds 1..S, paired with tuned restart.
+
 Command: python benchmarks/f_restart.py            (about 10-20 CPU-minutes)
+         python benchmarks/f_restart.py --digits   (about 10 CPU-minutes)
          python benchmarks/f_restart.py --quick    (smoke run; set SCORELAB_BENCH_RESULTS to keep results/ clean)
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -217,6 +226,120 @@ def plot(results: dict, args, path: Path) -> None:
     plt.close(fig)
 
 
+# -- digits --------------------------------------------------------------------------------------------------------
+DIGITS_SHAPE = (1, 8, 8)
+DIGITS_RESTART_GRID = [(K, 1, lo, hi, grid) for K in (1, 2) for grid in ("karras", "uniform_log_snr")
+                       for lo, hi in ((0.1, 0.6), (0.3, 2.0), (0.05, 1.5))]
+
+
+def digits_fid(x: torch.Tensor, ref_feats: torch.Tensor) -> float:
+    """FID-digits of samples ``[n, 1, 8, 8]`` (clamped to [-1, 1]) against the features of the 1797 digits."""
+    from scorelab.evaluation.metrics import digits_features, fid_from_features
+
+    return fid_from_features(ref_feats, digits_features(x.detach().float().clamp(-1, 1)))
+
+
+def digits_baseline(model, sampler: str, args, seed: int, ref_feats: torch.Tensor, options: dict | None = None,
+                    grid: str | None = None, final_zero: bool = False) -> dict:
+    """``budget.sample`` of ``--digits-n`` images at NFE ``--nfe`` -> FID-digits + measured NFE."""
+    x, info = sample(model, sampler, args.nfe, args.digits_n, shape=DIGITS_SHAPE, seed=1000 + seed, options=options,
+                     grid=grid, final_zero=final_zero)
+    return {"fid": digits_fid(x, ref_feats), "nfe": info["nfe_measured_per_batch"]}
+
+
+def digits_tune_restart(model, args, ref_feats: torch.Tensor) -> dict:
+    """(K, interval, grid) of ``DIGITS_RESTART_GRID`` with the least FID-digits on the dev seed 0 at NFE ``--nfe``."""
+    best, tried = None, {}
+    for K, nr, lo, hi, grid in DIGITS_RESTART_GRID:
+        try:
+            r = digits_baseline(model, "restart", args, 0, ref_feats, restart_options(lo, hi, K, nr), grid)
+        except ValueError:  # budget too small for this K
+            continue
+        cfg = {"K": K, "n_restart": nr, "sigma_hat": [lo, hi], "grid": grid}
+        tried[f"K{K} [{lo}, {hi}] {grid}"] = r["fid"]
+        if best is None or r["fid"] < best[0]:
+            best = (r["fid"], cfg)
+    return {**best[1], "dev_fid": tried}
+
+
+def digits_frestart(model, data: torch.Tensor, variant: str, args, seed: int, ref_feats: torch.Tensor) -> dict:
+    """A variant (f = KL) on digits, policy seed ``seed``; FID-digits of its greedy samples."""
+    t0 = time.process_time()
+    cfg = dataclasses.replace(frestart_config(variant, args, seed), iterations=args.digits_iterations,
+                              batch_size=args.digits_batch, disc_width=16, data_n=data.shape[0])
+    res = train_f_restart(model, data, cfg, progress=False)
+    x, info = sample_f_restart(res.env, res.policy, args.digits_n, seed=1000 + seed, shape=DIGITS_SHAPE)
+    out = {"fid": digits_fid(x, ref_feats), "nfe": info["nfe_mean"], "nfe_max": info["nfe_max"],
+           "p_noise": info["p_noise"], "mix": info["mix"], "cpu_s": time.process_time() - t0,
+           "train_p_noise": [h["p_noise"] for h in res.history]}
+    print(f"  f-restart {variant} seed {seed}: FID-digits {out['fid']:.3f} nfe {out['nfe']:.2f} p_noise "
+          f"{out['p_noise']} ({out['cpu_s']:.0f} cpu-s)", flush=True)
+    return out
+
+
+def run_digits(args) -> None:
+    """The digits setting: train/load the UNet, tune restart, compare the four samplers on held-out seeds."""
+    from dg_digits import pretrained_model
+
+    from scorelab.data.images import load_digits
+    from scorelab.evaluation.metrics import digits_features
+
+    t0, c0 = time.time(), time.process_time()
+    data, _ = load_digits()
+    ref_feats = digits_features(data)
+    model = pretrained_model(args.digits_pretrain_steps, progress=False).eval().requires_grad_(False)
+    print(f"[digits] model ready ({time.process_time() - c0:.0f} cpu-s)", flush=True)
+    tuned = digits_tune_restart(model, args, ref_feats)
+    print(f"[digits] tuned restart: {tuned}", flush=True)
+    opts = restart_options(*tuned["sigma_hat"], tuned["K"], tuned["n_restart"])
+    fr = [f"f-restart {v}" for v in args.digits_variants]
+    rows: dict[str, dict[str, dict]] = {m: {} for m in ("ode", "sde", "restart", *fr)}
+    for s in heldout_seeds(1, args.seeds):
+        rows["ode"][str(s)] = digits_baseline(model, SAMPLER, args, s, ref_feats, final_zero=True)
+        rows["sde"][str(s)] = digits_baseline(model, "euler_maruyama", args, s, ref_feats, final_zero=True)
+        rows["restart"][str(s)] = digits_baseline(model, "restart", args, s, ref_feats, opts, tuned["grid"])
+        for v in args.digits_variants:
+            rows[f"f-restart {v}"][str(s)] = digits_frestart(model, data, v, args, s, ref_feats)
+    wall, cpu = time.time() - t0, time.process_time() - c0
+    res = {"tuned_restart": tuned, "rows": rows}
+    write_results("f_restart_digits" + ("_quick" if args.quick else ""),
+                  {"config": dict(vars(args)), "results": res, "wall_s": wall, "cpu_s": cpu},
+                  "\n".join(digits_md(res, args, wall, cpu)))
+
+
+def digits_md(res: dict, args, wall: float, cpu: float) -> list[str]:
+    """Markdown of the digits setting: the FID-digits table and the paired comparison with tuned restart."""
+    rows, t = res["rows"], res["tuned_restart"]
+    labels = {"ode": "ODE (DPM-Solver-1)", "sde": "SDE (Euler-Maruyama)", "restart": "restart (tuned)",
+              **{f"f-restart {v}": f"f-Restart {v} (KL, T = {args.steps})" for v in args.digits_variants}}
+    lines = [f"# f-Restart vs restart on digits at equal NFE (N = {args.nfe})", "",
+             f"Under-trained VP UNet of dg_digits.py ({args.digits_pretrain_steps} steps); {args.digits_n} samples "
+             f"per seed vs the 1797 digits (FID-digits: digits-CNN features, not Inception); held-out seeds "
+             f"1..{args.seeds}; f-Restart {args.digits_iterations} iterations x {args.digits_batch} trajectories.  "
+             f"Wall {wall:.0f} s, CPU {cpu:.0f} s.", "",
+             f"Tuned restart (dev seed 0, by FID-digits over {len(t['dev_fid'])} settings): K = {t['K']}, sigma_hat "
+             f"interval {t['sigma_hat']}, grid {t['grid']}.", ""]
+    body = []
+    for m, d in rows.items():
+        v = list(d.values())
+        p = "" if "p_noise" not in v[0] else f"{mean_std([r['p_noise'] or 0.0 for r in v])['mean']:.2f}"
+        fid = mean_std([r["fid"] for r in v])
+        body.append([labels[m], f"{fid['mean']:.3f} ± {fid['std']:.3f}", f"{np.mean([r['nfe'] for r in v]):.2f}", p])
+    lines += table(["method", "FID-digits", "NFE (mean)", "P(Noise)"], body)
+    lines += ["", "Learned P(Noise) per grid level k = 0..T-1 (t_max first; greedy samples, mean over seeds; '-': no "
+              "free decision):", ""]
+    for v in args.digits_variants:
+        mixes = np.array([[np.nan if p is None else p for p in r["mix"]] for r in rows[f"f-restart {v}"].values()])
+        lines.append(f"- {v}: " + "/".join("-" if np.isnan(q) else f"{q:.2f}" for q in np.nanmean(mixes, 0)))
+    lines += ["", "Paired over held-out seeds, d = FID(restart) - FID(method) (> 0: method better):", ""]
+    comp = []
+    for m in (*(f"f-restart {v}" for v in args.digits_variants), "ode", "sde"):
+        pd = paired([rows["restart"][s]["fid"] - rows[m][s]["fid"] for s in sorted(rows["restart"])])
+        comp.append([labels[m], f"{pd['mean']:+.3f} ± {pd['std']:.3f}", f"{pd['p_one_sided']:.3g}",
+                     f"{pd['wins']}/{pd['n_seeds']}"])
+    return lines + table(["method", "d mean ± sd", "one-sided p", "seeds won"], comp) + [""]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run both settings and write results/f_restart.{md,json,png}."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -229,11 +352,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variants", nargs="*", default=["base", "markov", "tmax", "shaped"])
     ap.add_argument("--settings", nargs="*", default=["net", "oracle"])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--digits", action="store_true", help="run the digits setting only (module docstring)")
+    ap.add_argument("--digits-pretrain-steps", type=int, default=300)
+    ap.add_argument("--digits-n", type=int, default=500)
+    ap.add_argument("--digits-iterations", type=int, default=30)
+    ap.add_argument("--digits-batch", type=int, default=128)
+    ap.add_argument("--digits-variants", nargs="*", default=["base", "tmax"])
     args = ap.parse_args(argv)
     if args.quick:
         global N_EVAL
         N_EVAL, args.iterations, args.batch, args.seeds, args.net_steps = 500, 2, 32, 1, 200
+        args.digits_iterations, args.digits_batch, args.digits_pretrain_steps = 2, 32, 20
     torch.set_num_threads(1)
+    if args.digits:
+        return run_digits(args)
     t0, c0 = time.time(), time.process_time()
     data = MIX.sample(10_000, torch.Generator().manual_seed(0)).float()
     args.sw2_floor = sliced_w2_noise_floor(MIX, N_EVAL, n_repeats=3, n_projections=500)["mean"]

@@ -245,3 +245,25 @@ def test_config_validation():
         with pytest.raises(ValueError):
             fr.FRestartConfig(**kw)
     assert list(itertools.islice(fr.F_DIVERGENCES, 4)) == ["kl", "rkl", "chi2", "js"]
+
+
+def test_image_shaped_model_trains_and_samples():
+    """On an image model ``(1, 8, 8)`` the discriminator is an ``ImageHead`` with ``disc_width`` base channels, an
+    iteration of Alg. 7 runs, the always-ODE policy reproduces the sampler and samples keep the image shape."""
+    from scorelab.core.denoisers import NetworkModel
+    from scorelab.nets import ImageHead, UNet
+
+    torch.manual_seed(0)
+    model = NetworkModel(UNet(1, base_channels=8, channel_mults=(1,), attn_resolutions=(), mid_attention=False), VP(),
+                         "eps").eval().requires_grad_(False)
+    cfg = fr.FRestartConfig(sampler="dpm_solver_1", steps=4, nfe_budget=6, iterations=1, batch_size=8,
+                            disc_steps=2, disc_batch=8, disc_width=8, ckpt_every=0)
+    data = torch.rand(16, 1, 8, 8) * 2 - 1
+    res = fr.train_f_restart(model, data, cfg, progress=False)
+    assert isinstance(res.disc.net, ImageHead) and res.disc.net.config()["base_channels"] == 8
+    x, info = fr.sample_f_restart(res.env, res.policy, 5, seed=1, shape=(1, 8, 8))
+    assert x.shape == (5, 1, 8, 8) and info["nfe_max"] <= 6 and bool(torch.isfinite(x).all())
+    ep = fr.rollout(res.env, _always(fr.RestartPolicy(64), noise=False), 5, torch.Generator().manual_seed(2),
+                    greedy=True, shape=(1, 8, 8))
+    x_T = res.env.reset(5, torch.Generator().manual_seed(2), shape=(1, 8, 8)).x
+    assert torch.equal(ep.x0, SAMPLERS["dpm_solver_1"].fn(model, x_T, res.env.ts.to(torch.float32)))

@@ -108,7 +108,8 @@ class FRestartConfig:
     ``f``, ``gamma``, ``clip_eps``, ``lr``, ``iterations``, ``batch_size`` (trajectories per iteration),
     ``policy_updates``, ``center``, ``baseline`` (subtract the batch mean of F at each grid level: variance
     reduction), ``time_weight`` and ``time_weight_scale`` beta, ``nfe_target``/``nfe_lr``.  Discriminator:
-    ``disc_steps`` Adam steps per iteration (warm-started), ``disc_lr``, ``disc_width``, ``disc_depth``,
+    ``disc_steps`` Adam steps per iteration (warm-started), ``disc_lr``, ``disc_width`` (for images ``(C, H, W)``: the
+    ``ImageHead``'s base channels), ``disc_depth`` (vectors only),
     ``disc_batch``.  ``dataset``, ``data_n``, ``data_seed``, ``weights``, ``eval_samples`` are used by
     ``finetune_f_restart`` only."""
 
@@ -496,8 +497,9 @@ def build_state(model: DiffusionModel, shape: tuple[int, ...], config: FRestartC
     env = RestartEnv(model, config)
     dim = math.prod(shape)
     policy = RestartPolicy(dim, config.markov, config.policy_width, config.policy_depth).to(config.device)
-    disc = make_discriminator((dim,) if len(shape) == 1 else shape, model.process, width=config.disc_width,
-                              depth=config.disc_depth).to(config.device)
+    head = ({"width": config.disc_width, "depth": config.disc_depth} if len(shape) == 1
+            else {"base_channels": config.disc_width})  # images: an ImageHead with disc_width base channels
+    disc = make_discriminator(shape, model.process, **head).to(config.device)
     return FRestartState(env, policy, disc, torch.optim.Adam(policy.parameters(), lr=config.lr),
                          torch.optim.Adam(disc.parameters(), lr=config.disc_lr),
                          torch.Generator(device=config.device).manual_seed(config.seed))
