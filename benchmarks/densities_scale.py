@@ -5,7 +5,7 @@ and the stochastic adjoint's memory and time.
     python benchmarks/densities_scale.py --reference          # SMC reference log Z of lgcp and logreg_bc (~6 CPU-min)
     python benchmarks/densities_scale.py --adjoint            # KL: backprop through EM / torchsde vs adjoint
     python benchmarks/densities_scale.py                      # the grid (~45 CPU-min of training + evaluation)
-    python benchmarks/densities_scale.py --limits             # what limits ManyWell DIS/LV (~4 CPU-min)
+    python benchmarks/densities_scale.py --limits             # what limits ManyWell DIS/LV (~5 CPU-min)
     python benchmarks/densities_scale.py --merge              # one markdown from the JSON parts
 
 Budget (stated, not the published one): the published runs (Richter & Berner 2024) train 60k iterations at batch 2048
@@ -116,7 +116,8 @@ def reference_main(args) -> int:
 
 
 # "what limits them": ManyWell-32, DIS/LV, seed 0, 40 CPU-s each, one change at a time against the grid's run
-LIMITS = {"K = 50": dict(steps=50), "lr 1e-3 -> 1e-4": dict(lr=1e-3, lr_final=1e-4), "batch 64": dict(batch=64)}
+LIMITS = {"K = 50": dict(steps=50), "lr 1e-3 -> 1e-4": dict(lr=1e-3, lr_final=1e-4), "batch 64": dict(batch=64),
+          "hidden 128": dict(hidden=128), "explore 2 (off-policy LV)": dict(explore=2.0)}
 
 
 def oracle_gap(steps: int, n: int = 256) -> dict:
