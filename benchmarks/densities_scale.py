@@ -216,8 +216,10 @@ def merge_main(args) -> int:
     used_grid = sum(r["total_cpu_s"] for r in grid["runs"] + grid.get("curve", []))
     used_ref = sum(r["cpu_time"] for name in REFERENCE for r in ref["reference"][name])
     md = ["## Density samplers at scale (CPU budget, not the published one)", "",
-          "Regenerate: `python benchmarks/densities_scale.py --reference`, `... --adjoint`, `...` (the grid), then "
-          "`... --merge` (which writes this file from the three parts).", "",
+          "Regenerate: `python benchmarks/densities_scale.py --reference`, `... --adjoint`, `...` (the grid), "
+          "`... --limits`, then `... --merge` (which writes this file from the parts; a part whose JSON is absent is "
+          "taken from this file's JSON: here the SMC references and the adjoint timings, kept from the previous run)."
+          , "",
           f"Budget: one core of a shared 2-core machine (used: grid + curve {used_grid / 60:.1f} CPU-min, SMC "
           f"references {used_ref / 60:.1f} CPU-min); per run (training, CPU clock): "
           + "; ".join(f"{t}: {b[1]} s × {len(b[0])} seed(s), K = {b[2].get('steps', DensityConfig.steps)}, batch "
