@@ -4,11 +4,12 @@ and the stochastic adjoint's memory and time.
 
     python benchmarks/densities_scale.py --reference          # SMC reference log Z of lgcp and logreg_bc (~6 CPU-min)
     python benchmarks/densities_scale.py --adjoint            # KL: backprop through EM / torchsde vs adjoint
-    python benchmarks/densities_scale.py                      # the grid (~10 CPU-min of training + evaluation)
-    python benchmarks/densities_scale.py --merge              # one markdown from the three JSON files
+    python benchmarks/densities_scale.py                      # the grid (~45 CPU-min of training + evaluation)
+    python benchmarks/densities_scale.py --limits             # what limits ManyWell DIS/LV (~5 CPU-min)
+    python benchmarks/densities_scale.py --merge              # one markdown from the JSON parts
 
 Budget (stated, not the published one): the published runs (Richter & Berner 2024) train 60k iterations at batch 2048
-on a GPU.  Here the whole benchmark shares <= 35 CPU-minutes of one core: every run is capped on the CPU clock
+on a GPU.  Here the whole benchmark shares about an hour of one core: every run is capped on the CPU clock
 (``time_clock="cpu"``), seeds are fewer on the big targets.  Writes benchmarks/results/densities_scale*.{md,json}.
 """
 from __future__ import annotations
@@ -31,14 +32,15 @@ from scorelab.densities import DensityConfig, get_target, run
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import RESULTS, provenance, table, write_json, write_results  # noqa: E402
 
-# target -> (seeds, CPU-s of training per run, DensityConfig overrides)
+# target -> (seeds, CPU-s of training per run, DensityConfig overrides); everything else is the library's default
+# (DensityConfig: K = 100, lr 5e-3 -> 5e-4 cosine, hidden 64 x 2); --limits measures K = 50, another lr, batch 64
 BUDGET = {
-    "funnel": ([0, 1], 8, dict(steps=50, batch=256, eval_samples=4096)),
-    "manywell": ([0, 1], 8, dict(steps=50, batch=256, eval_samples=4096)),
-    "logreg_bc": ([0], 8, dict(steps=50, batch=128, eval_samples=2048)),
-    "lgcp": ([0], 15, dict(steps=50, batch=64, eval_samples=256, hidden=64)),
+    "manywell": ([0, 1, 2], 40, dict(batch=256, eval_samples=4096)),
+    "funnel": ([0, 1, 2], 40, dict(batch=256, eval_samples=4096)),
+    "logreg_bc": ([0], 30, dict(steps=50, batch=128, eval_samples=2048)),
+    "lgcp": ([0], 45, dict(steps=50, batch=64, eval_samples=256, hidden=64)),
 }
-CURVE = ("manywell", "dis", "lv", [4, 16, 64])  # "what the CPU budget buys": CPU-s per run, seed 0
+CURVE = ("manywell", "dis", "lv", [15, 60, 180])  # "what the CPU budget buys": CPU-s per run, seed 0
 REFERENCE = {  # SMC settings: a moderate and a long configuration (the second is the reference, the first checks it)
     "logreg_bc": [dict(n=512, mcmc_steps=10, ess_min=0.8), dict(n=1024, mcmc_steps=20, ess_min=0.9)],
     "lgcp": [dict(n=256, mcmc_steps=10, ess_min=0.8), dict(n=256, mcmc_steps=20, ess_min=0.9)],
@@ -56,8 +58,8 @@ def peak_rss_mb() -> float:
 
 def one_run(target: str, method: str, loss: str, seed: int, cpu_s: float, over: dict) -> dict:
     """Train + evaluate one configuration, capped at ``cpu_s`` CPU-seconds of training."""
-    cfg = DensityConfig(target=target, method=method, loss=loss, seed=seed, iterations=1_000_000, lr=5e-3,
-                        lr_final=5e-4, time_limit=cpu_s, time_clock="cpu", progress=False, **over)
+    cfg = DensityConfig(target=target, method=method, loss=loss, seed=seed, iterations=1_000_000, time_limit=cpu_s,
+                        time_clock="cpu", progress=False, **over)
     c0 = time.process_time()
     r = run(cfg)
     m = r["metrics"]
@@ -66,8 +68,9 @@ def one_run(target: str, method: str, loss: str, seed: int, cpu_s: float, over: 
            "eval_wall_s": r["eval_time_s"], "iterations": r["iterations_done"], "peak_rss_mb": peak_rss_mb(),
            "metrics": {k: v for k, v in m.items() if isinstance(v, (int, float))}, "config": asdict(cfg)}
     print(f"{target:9s} {method} {loss} seed {seed}: |dlogZ| IS {m.get('dlogZ_is', float('nan')):.3f} ELBO "
-          f"{m.get('dlogZ_elbo', float('nan')):.3f} ESS {m['ess']:.3f} it {r['iterations_done']} "
-          f"CPU {out['total_cpu_s']:.0f} s", flush=True)
+          f"{m.get('dlogZ_elbo', float('nan')):.3f} ESS {m['ess']:.3f} left-well "
+          f"{m.get('mode_left_frac', math.nan):.3f} it {r['iterations_done']} CPU {out['total_cpu_s']:.0f} s",
+          flush=True)
     return out
 
 
@@ -78,20 +81,22 @@ def median(runs: list[dict], key: str) -> float:
 
 
 def grid_main(args) -> int:
-    """The grid: every target x method x loss at the BUDGET, then the CPU-budget curve."""
-    runs = []
-    targets = args.only or list(BUDGET)
-    for t in targets:
+    """The grid: every target x method x loss at the BUDGET; the CPU-budget curve right after its target (the JSON
+    is rewritten after every run, so an interrupted grid keeps what it finished)."""
+    runs, curve = [], []
+    save = lambda: write_json(Path(args.out) / "densities_scale_grid.json",  # noqa: E731
+                              {"provenance": provenance(), "runs": runs, "curve": curve, "budget": repr(BUDGET)})
+    for t in args.only or list(BUDGET):
         seeds, cpu_s, over = BUDGET[t]
         for method in ("dis", "pis", "dds"):
             for loss in ("kl", "lv"):
                 for seed in seeds:
                     runs.append(one_run(t, method, loss, seed, cpu_s, over))
-                    write_json(Path(args.out) / "densities_scale_grid.json", {"provenance": provenance(), "runs": runs})
-    t, method, loss, budgets = CURVE
-    curve = [one_run(t, method, loss, 0, b, BUDGET[t][2]) for b in budgets] if not args.only else []
-    write_json(Path(args.out) / "densities_scale_grid.json", {"provenance": provenance(), "runs": runs,
-                                                               "curve": curve, "budget": repr(BUDGET)})
+                    save()
+        if t == CURVE[0] and not args.no_curve:
+            for b in CURVE[3]:
+                curve.append(one_run(t, CURVE[1], CURVE[2], 0, b, over))
+                save()
     return 0
 
 
@@ -107,6 +112,39 @@ def reference_main(args) -> int:
     out["logreg_bc_laplace_is"] = laplace_is_log_Z(get_target("logreg_bc"), n=200_000,
                                                    generator=torch.Generator().manual_seed(0))
     write_json(Path(args.out) / "densities_scale_reference.json", {"provenance": provenance(), "reference": out})
+    return 0
+
+
+# "what limits them": ManyWell-32, DIS/LV, seed 0, 40 CPU-s each, one change at a time against the grid's run
+LIMITS = {"K = 50": dict(steps=50), "lr 1e-3 -> 1e-4": dict(lr=1e-3, lr_final=1e-4), "batch 64": dict(batch=64),
+          "hidden 128": dict(hidden=128), "explore 2 (off-policy LV)": dict(explore=2.0)}
+
+
+def oracle_gap(steps: int, n: int = 256) -> dict:
+    """DIS on ManyWell-32 with the exact optimal control v* = grad log p_t (``ManyWell.score_t``, 1-D quadrature per
+    coordinate; source 004): its ELBO gap is the discretization error alone at this K."""
+    from scorelab.densities.control import FunctionControl
+    from scorelab.densities.dis import DIS
+    from scorelab.densities.estimators import elbo, ess, log_Z_is
+    mw, c0 = get_target("manywell"), time.process_time()
+    s = DIS(mw.dim, steps)
+    s.net = FunctionControl(lambda x, u: mw.score_t(x, s.t_max - u, s.vp))
+    lw = s.sample(mw, n, torch.Generator().manual_seed(0), torch.float64).log_w
+    return {"steps": steps, "n": n, "dlogZ_elbo": mw.log_Z - elbo(lw), "dlogZ_is": abs(log_Z_is(lw) - mw.log_Z),
+            "ess": ess(lw), "cpu_s": time.process_time() - c0}
+
+
+def limits_main(args) -> int:
+    """One change at a time on ManyWell DIS/LV (LIMITS), and the exact-control discretization floor at K = 50."""
+    seeds, cpu_s, over = BUDGET["manywell"]
+    rows = []
+    for name, change in LIMITS.items():
+        rows.append({"change": name, **one_run("manywell", "dis", "lv", 0, cpu_s, {**over, **change})})
+        write_json(Path(args.out) / "densities_scale_limits.json", {"provenance": provenance(), "rows": rows})
+    oracle = [oracle_gap(50)]
+    print(oracle, flush=True)
+    write_json(Path(args.out) / "densities_scale_limits.json", {"provenance": provenance(), "rows": rows,
+                                                                 "oracle": oracle})
     return 0
 
 
@@ -155,11 +193,22 @@ def _fmt(x: float, spec: str = ".3f") -> str:
     return "—" if x is None or not math.isfinite(x) else format(x, spec)
 
 
+def _load_part(out: Path, name: str) -> dict:
+    """A part's JSON (densities_scale_<name>.json) or, where only the committed headline is there (parts are not
+    committed), that part as the headline JSON holds it (``reference``, ``adjoint``: runs that need not be redone)."""
+    part = out / f"densities_scale_{name}.json"
+    if part.exists():
+        return json.loads(part.read_text())
+    head = out / "densities_scale.json"
+    if name != "grid" and head.exists():
+        return json.loads(head.read_text())[name]
+    raise FileNotFoundError(f"{part} is missing: run the part (see the module docstring) first")
+
+
 def merge_main(args) -> int:
     """densities_scale.md/json from the grid, reference and adjoint JSON files."""
     out = Path(args.out)
-    load = lambda n: json.loads((out / f"densities_scale_{n}.json").read_text())  # noqa: E731
-    grid, ref, adj = load("grid"), load("reference"), load("adjoint")
+    grid, ref, adj = _load_part(out, "grid"), _load_part(out, "reference"), _load_part(out, "adjoint")
     for r in grid["runs"] + grid.get("curve", []):  # references set after the run (lgcp): |dlog Z| from them here
         m, ref_lz = r["metrics"], get_target(r["target"]).log_Z
         if "dlogZ_is" not in m and ref_lz is not None:
@@ -167,14 +216,19 @@ def merge_main(args) -> int:
     used_grid = sum(r["total_cpu_s"] for r in grid["runs"] + grid.get("curve", []))
     used_ref = sum(r["cpu_time"] for name in REFERENCE for r in ref["reference"][name])
     md = ["## Density samplers at scale (CPU budget, not the published one)", "",
-          "Regenerate: `python benchmarks/densities_scale.py --reference`, `... --adjoint`, `...` (the grid), then "
-          "`... --merge` (which writes this file from the three parts).", "",
-          f"Budget: the whole benchmark ≤ 35 CPU-minutes of one core (2-core machine shared by 7 agents; used: grid + "
-          f"curve {used_grid / 60:.1f} CPU-min, SMC references {used_ref / 60:.1f} CPU-min); per run "
-          "(training, CPU clock): " + "; ".join(f"{t}: {b[1]} s × {len(b[0])} seed(s), K = {b[2]['steps']}, batch "
-                                                 f"{b[2]['batch']}" for t, b in BUDGET.items())
-          + ".  Published: 60k iterations at batch 2048 on a GPU (Richter & Berner 2024) — about 10^4–10^5 × this "
-          "compute.  Medians over the seeds listed (not 5).", ""]
+          "Regenerate: `python benchmarks/densities_scale.py --reference`, `... --adjoint`, `...` (the grid), "
+          "`... --limits`, then `... --merge` (which writes this file from the parts; a part whose JSON is absent is "
+          "taken from this file's JSON: here the SMC references and the adjoint timings, kept from the previous run)."
+          , "",
+          f"Budget: one core of a shared 2-core machine (used: grid + curve {used_grid / 60:.1f} CPU-min, SMC "
+          f"references {used_ref / 60:.1f} CPU-min); per run (training, CPU clock): "
+          + "; ".join(f"{t}: {b[1]} s × {len(b[0])} seed(s), K = {b[2].get('steps', DensityConfig.steps)}, batch "
+                      f"{b[2]['batch']}" for t, b in BUDGET.items())
+          + "; other settings the library's defaults (`DensityConfig`: lr 5e-3 → 5e-4 cosine, hidden 64 × 2, "
+          "clip 10).  Published: 60k iterations at batch 2048 on a GPU (Richter & Berner 2024) — about 10^3 × this "
+          "compute.  Medians over the seeds listed (not 5).  Left-well fraction: ManyWell's mode weights "
+          "(`target.mode_weights`), the fraction of the 16 double-well coordinates left of the barrier, exact "
+          "0.156; 0 is a sampler collapsed onto the heavier well of every factor.", ""]
     rows = []
     for t in BUDGET:
         for method in ("dis", "pis", "dds"):
@@ -184,12 +238,13 @@ def merge_main(args) -> int:
                     continue
                 w2 = median(rs, "w2")
                 rows.append([t, method, loss, _fmt(median(rs, "dlogZ_is")), _fmt(median(rs, "dlogZ_elbo")),
-                             _fmt(median(rs, "ess")), _fmt(w2), str(statistics.median(r["iterations"] for r in rs)),
+                             _fmt(median(rs, "ess")), _fmt(w2), _fmt(median(rs, "mode_left_frac")),
+                             str(statistics.median(r["iterations"] for r in rs)),
                              f"{statistics.median(r['train_wall_s'] for r in rs):.0f} / "
                              f"{statistics.median(r['total_cpu_s'] for r in rs):.0f}",
                              f"{max(r['peak_rss_mb'] for r in rs):.0f}", str(len(rs))])
     md += table(["target", "method", "loss", "\\|Δlog Z\\| IS", "\\|Δlog Z\\| ELBO", "ESS", "W2 (sliced if d>10)",
-                 "iters", "train wall / total CPU s", "process peak RSS MB", "seeds"], rows)
+                 "left-well fraction", "iters", "train wall / total CPU s", "process peak RSS MB", "seeds"], rows)
     md += ["", "### Reference log Z of the posteriors (adaptive SMC, `densities.smc`)", ""]
     rrows = []
     for name in REFERENCE:
@@ -205,25 +260,28 @@ def merge_main(args) -> int:
     if grid.get("curve"):
         t, method, loss, _ = CURVE
         md += ["", f"### What the CPU budget buys ({t}, {method}/{loss}, seed 0)", ""]
-        md += table(["CPU-s training", "iters", "\\|Δlog Z\\| IS", "\\|Δlog Z\\| ELBO", "ESS"],
+        md += table(["CPU-s training", "iters", "\\|Δlog Z\\| IS", "\\|Δlog Z\\| ELBO", "ESS", "left-well fraction"],
                     [[f"{r['cpu_budget_s']}", str(r["iterations"]), _fmt(r["metrics"].get("dlogZ_is", math.nan)),
-                      _fmt(r["metrics"].get("dlogZ_elbo", math.nan)), _fmt(r["metrics"]["ess"])]
-                     for r in grid["curve"]])
+                      _fmt(r["metrics"].get("dlogZ_elbo", math.nan)), _fmt(r["metrics"]["ess"]),
+                      _fmt(r["metrics"].get("mode_left_frac", math.nan))] for r in grid["curve"]])
     md += ["", "### KL gradient: backprop through Euler-Maruyama vs torchsde (backprop / stochastic adjoint)", "",
            "Funnel-10, batch 128, one Adam iteration (median of 2 after a warm-up); each row a fresh process (peak RSS "
            "increase over its set-up)."]
     md += [""] + table(["method", "K", "mode", "wall s / it", "CPU s / it", "peak RSS increase MB"],
                        [[r["method"], str(r["steps"]), r["mode"], f"{r['wall_s_per_it']:.3f}",
                          f"{r['cpu_s_per_it']:.3f}", f"{r['peak_rss_increase_mb']:.0f}"] for r in adj["rows"]])
+    limits = _load_part(out, "limits") if (out / "densities_scale_limits.json").exists() or "limits" in json.loads(
+        (out / "densities_scale.json").read_text()) else None
+    md += limits_md(limits, grid) if limits else []
     md += ["", verdict(grid), "", NOTES.format(n_points=int(get_target("lgcp").counts.sum()))]
-    write_results("densities_scale", {"grid": grid, "reference": ref, "adjoint": adj, "budget": repr(BUDGET)},
-                  "\n".join(md))
+    write_results("densities_scale", {"grid": grid, "reference": ref, "adjoint": adj, "limits": limits,
+                                      "budget": repr(BUDGET)}, "\n".join(md), out=out)
     return 0
 
 
 def verdict(grid: dict) -> str:
-    """Findings computed from the runs: best errors per target, how many rows have a degenerate ESS, the references
-    used, and which goals of the issue can be judged."""
+    """Findings computed from the runs: best errors per target, how many rows have a degenerate ESS, ManyWell's mode
+    collapse by loss, the references used, and which goals of the issue can be judged."""
     lines = ["### Findings (computed from the rows above)", ""]
     for t in BUDGET:
         rs = [r for r in grid["runs"] if r["target"] == t]
@@ -231,17 +289,48 @@ def verdict(grid: dict) -> str:
             continue
         ref = get_target(t)
         best = min(rs, key=lambda r: r["metrics"].get("dlogZ_elbo", math.inf))
+        its = sorted(r["iterations"] for r in rs)
         lines.append(f"- {t}: reference log Z = {ref.log_Z:.3f} ({ref.log_Z_source}"
                      + (f", ± {ref.log_Z_stderr:.2f}" if ref.log_Z_stderr else "") + f"); smallest ELBO gap "
-                     f"{best['metrics']['dlogZ_elbo']:.3f} ({best['method']}/{best['loss']}); runs with ESS < 0.01: "
-                     f"{sum(r['metrics']['ess'] < 0.01 for r in rs)} of {len(rs)}.")
+                     f"{best['metrics']['dlogZ_elbo']:.3f} ({best['method']}/{best['loss']}, seed {best['seed']}); "
+                     f"runs with ESS < 0.01: {sum(r['metrics']['ess'] < 0.01 for r in rs)} of {len(rs)}; "
+                     f"iterations {its[0]}-{its[-1]}.")
+        if "w2" in rs[0]["metrics"]:  # the metric's own noise: two independent exact sample sets of the same size
+            from scorelab.densities import w2_exact, w2_sliced
+            y1, y2 = (ref.sample(2000, torch.Generator().manual_seed(k)) for k in (1, 2))
+            floor = w2_exact(y1, y2) if ref.dim <= 10 else w2_sliced(y1, y2)
+            lines.append(f"  - W2 between two independent exact 2000-sample sets (the metric's noise floor): "
+                         f"{floor:.3f}.")
+        if "mode_left_frac" in rs[0]["metrics"]:
+            for loss in ("kl", "lv"):
+                rl = [r for r in rs if r["loss"] == loss]
+                lines.append(f"  - {loss}: {sum(r['metrics']['mode_left_frac'] < 0.05 for r in rl)} of {len(rl)} runs "
+                             f"collapsed (left-well fraction < 0.05; exact {rs[0]['metrics']['mode_left_exact']:.3f}), "
+                             f"left-well fraction median {median(rl, 'mode_left_frac'):.3f}.")
     lines += ["", "With ESS < 0.01 the importance-sampling estimate rests on a handful of weights: its |Δlog Z| is "
-              "then luck, not accuracy, and the ELBO gap (a bound that cannot be lucky) is the honest measure.  At "
-              "this budget (10^2 iterations) no method is converged on any of the four targets; the published "
+              "then luck, not accuracy, and the ELBO gap (a bound that cannot be lucky) is the honest measure.  On "
+              "ManyWell a sampler collapsed onto the heavier well of every factor misses 16 × -log(1 - 0.156) = 2.71 "
+              "nats of log Z that no importance weight can restore (its IS error tends to 2.71, not 0).  The published "
               "comparison (match or beat Richter & Berner's |Δlog Z| on ManyWell-32 and Funnel-10) cannot be made: "
-              "their Funnel value was not found and they report no ManyWell-32.  No GPU was lent to this task, so the "
-              "LGCP row at the published batch size was not run."]
+              "their Funnel value was not found in the stored corpora and they report no ManyWell-32.  No GPU was "
+              "lent to this task, so the LGCP row at the published batch size was not run."]
     return "\n".join(lines)
+
+
+def limits_md(limits: dict, grid: dict) -> list[str]:
+    """The "what limits them" table: the grid's ManyWell DIS/LV seed-0 run and one change at a time, and the exact
+    control's discretization floor."""
+    base = [r for r in grid["runs"] if (r["target"], r["method"], r["loss"], r["seed"]) == ("manywell", "dis", "lv", 0)]
+    rows = [{"change": "none (the grid's run)", **base[0]}] if base else []
+    md = ["", "### What limits them (ManyWell-32, DIS/LV, seed 0, one change at a time, same CPU budget)", ""]
+    md += table(["change", "iters", "\\|Δlog Z\\| IS", "\\|Δlog Z\\| ELBO", "ESS", "left-well fraction"],
+                [[r["change"], str(r["iterations"]), _fmt(r["metrics"]["dlogZ_is"]), _fmt(r["metrics"]["dlogZ_elbo"]),
+                  _fmt(r["metrics"]["ess"]), _fmt(r["metrics"]["mode_left_frac"])] for r in rows + limits["rows"]])
+    for o in limits.get("oracle", []):
+        md += ["", f"Exact optimal control (DIS, v* = grad log p_t by quadrature, K = {o['steps']}, {o['n']} paths): "
+               f"ELBO gap {o['dlogZ_elbo']:.3f}, |Δlog Z| IS {o['dlogZ_is']:.3f}, ESS {o['ess']:.3f} — the "
+               f"discretization floor at this K ({o['cpu_s']:.0f} CPU-s)."]
+    return md
 
 
 NOTES = """### Published anchors
@@ -249,12 +338,16 @@ NOTES = """### Published anchors
 Richter & Berner 2024 ("Improved sampling via learned diffusions", ICLR 2024), median |Δlog Z| over 5 runs, KL → LV,
 as quoted in `benchmarks/densities.py`: DW(5,5,4) — their "MW" target (sde_sampler `conf/target/mw.yaml`: MultiWell,
 dim 5, 5 double wells, separation 4) — PIS 3.567 → 0.214, DIS 1.462 → 0.375; GMM-9 PIS 1.094 → 0.046, DIS 1.551 →
-0.056.  Their Funnel-10 and LGCP values could not be found in the stored corpora (code, docs, pages searched for the
-paper's table); they are not given here rather than guessed.  Their ManyWell is not ManyWell-32 (FAB's 2^16-mode
-target used here), so no published Richter & Berner number applies to the manywell rows.  The LGCP here is simulated
-(`posteriors.lgcp_counts`, seed 0, {n_points} points), not the pines data, so the published pines reference
-log Z = 512.6 (DDS, quoted in sde_sampler `distr/cox.py`) does not apply either: the reference is the SMC value
-above."""
+0.056.  Their Funnel-10 and LGCP values could not be found in the stored corpora; they are not given here rather than
+guessed.  Searched again for a table quoting PIS/DIS/DDS log Z errors on Funnel-10 / ManyWell-32 / LGCP: the
+gfn-diffusion README (GFNOrg/gfn-diffusion `README.md`, Sendera et al. 2024) gives commands, no numbers; the DGFS
+README (zdhNarsil/Diffusion-Generative-Flow-Samplers `README.md`) none; DGFS issue #1 "About the baselines" quotes
+mixture-of-Gaussians numbers only (PIS / DDS log Z error about 0.4 / 0.3 reproduced vs 0.036 / 0.028 in the DGFS
+paper); the stored pages of Sendera et al. (NeurIPS 2024) hold their log Z table only as an image.  Their ManyWell is
+not ManyWell-32 (FAB's 2^16-mode target used here), so no published Richter & Berner number applies to the manywell
+rows.  The LGCP here is simulated (`posteriors.lgcp_counts`, seed 0, {n_points} points), not the pines data, so the
+published pines reference log Z = 512.6 (DDS, quoted in sde_sampler `distr/cox.py`) does not apply either: the
+reference is the SMC value above."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", action="store_true", help="SMC reference log Z of lgcp and logreg_bc")
     ap.add_argument("--adjoint", action="store_true", help="memory and time of the KL gradient variants")
     ap.add_argument("--merge", action="store_true", help="write densities_scale.md/json from the parts")
-    ap.add_argument("--only", nargs="*", default=None, help="grid: restrict to these targets (no curve)")
+    ap.add_argument("--limits", action="store_true", help="what limits ManyWell DIS/LV: one change at a time")
+    ap.add_argument("--only", nargs="*", default=None, choices=list(BUDGET), help="grid: restrict to these targets")
+    ap.add_argument("--no-curve", action="store_true", help="grid: skip the CPU-budget curve")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -272,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         return adjoint_main(args)
     if args.merge:
         return merge_main(args)
+    if args.limits:
+        return limits_main(args)
     return grid_main(args)
 
 

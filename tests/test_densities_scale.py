@@ -12,7 +12,7 @@ import pytest
 import torch
 from _cli import run_cli  # noqa: E402
 
-from scorelab.densities import DIS, PIS, Funnel, ManyWell, gaussian, get_target, kl_loss
+from scorelab.densities import DIS, PIS, Funnel, ManyWell, evaluate, gaussian, get_target, kl_loss
 from scorelab.densities.adjoint import adjoint_kl_loss, brownian
 from scorelab.densities.posteriors import LGCP, LogisticRegression, lgcp_counts
 from scorelab.densities.smc import laplace_is_log_Z, reference_log_Z, smc_log_Z
@@ -45,6 +45,33 @@ def test_manywell32_samples_match_quadrature_moments():
     assert abs(float((x[:, 0::2] > 0).double().mean()) - pos) < 5 * math.sqrt(pos * (1 - pos) / n)
     assert abs(float(x[:, 1::2].pow(2).mean()) - 1.0) < 5 * math.sqrt(2.0 / n)
     assert abs(t.moments()["sq"] - 16 * (m2 + 1.0)) < 1e-6
+
+
+def test_mode_weights_of_manywell_against_an_independent_barrier_and_quadrature():
+    """ManyWell's barrier is the root of d/du (-u^4 + 6u^2 + u/2) between the wells (bisection here), its left mass a
+    trapezoid integral; exact samples match it, a sampler collapsed onto the heavier well scores 0 and an error equal to
+    that mass; the symmetric double well has 1/2, the funnel (no known modes) None; ``evaluate`` reports them."""
+    t = ManyWell(32)
+    lo, hi = -1.0, 1.0  # f'(u) = -4u^3 + 12u + 1/2: f'(-1) < 0 < f'(1), one root in between (the barrier)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if -4 * mid**3 + 12 * mid + 0.5 < 0 else (lo, mid)
+    u = torch.linspace(-6, 6, 120001, dtype=F64)
+    p = torch.exp(-u**4 + 6 * u**2 + 0.5 * u - 9.0)
+    left = float(torch.trapezoid(p * (u < lo), u) / torch.trapezoid(p, u))
+    assert abs(left - 0.1557) < 1e-3
+    x = t.sample(40_000, torch.Generator().manual_seed(3))
+    m = t.mode_weights(x)
+    assert abs(m["mode_left_exact"] - left) < 2e-4
+    assert abs(m["mode_left_frac"] - left) < 5 * math.sqrt(left * (1 - left) / (16 * 40_000))
+    assert m["mode_weight_err"] < 0.01
+    x[:, 0::2] = x[:, 0::2].abs() + 0.1  # every factor in its heavier (right) well
+    m = t.mode_weights(x)
+    assert m["mode_left_frac"] == 0.0 and abs(m["mode_weight_err"] - left) < 2e-4
+    assert abs(get_target("dw554").mode_weights(get_target("dw554").sample(4000))["mode_left_exact"] - 0.5) < 1e-6
+    assert Funnel(10).mode_weights(torch.zeros(3, 10)) is None
+    metrics, _ = evaluate(PIS(32, 5), t, 64, torch.Generator().manual_seed(0), w2_n=64)
+    assert {"mode_left_frac", "mode_left_exact", "mode_weight_err"} <= set(metrics)
 
 
 def test_funnel10_log_Z_by_independent_importance_sampling_and_sample_moments():

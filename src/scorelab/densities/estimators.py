@@ -76,8 +76,9 @@ def w2_sliced(x: torch.Tensor, y: torch.Tensor, n_proj: int = 256, seed: int = 0
 
 def evaluate(sampler, target, n: int = 4096, generator: torch.Generator | None = None,
              dtype: torch.dtype = torch.float32, w2_n: int = 2000) -> tuple[dict[str, float], torch.Tensor]:
-    """Draw n paths and report log Z-hat, ELBO, ESS, |Delta log Z| (where log Z is known), moment errors and W2
-    (where the target samples).  Returns (metrics, samples ``[n, d]``)."""
+    """Draw n paths and report log Z-hat, ELBO, ESS, |Delta log Z| (where log Z is known), moment errors, mode
+    weights (``target.mode_weights``, where the target knows its modes) and W2 (where the target samples).
+    Returns (metrics, samples ``[n, d]``)."""
     path = sampler.sample(target, n, generator, dtype)
     lw, x = path.log_w, path.x
     finite = torch.isfinite(lw)
@@ -89,6 +90,7 @@ def evaluate(sampler, target, n: int = 4096, generator: torch.Generator | None =
         m["dlogZ_elbo"] = abs(m["elbo"] - target.log_Z)
     xf = x[torch.isfinite(x).all(1)]
     m.update(moment_errors(xf, target))
+    m.update(target.mode_weights(xf) or {})
     try:
         y = target.sample(w2_n, torch.Generator().manual_seed(4321))
         m["w2"] = w2_exact(xf[:w2_n], y) if target.dim <= 10 else w2_sliced(xf[:w2_n], y)

@@ -43,6 +43,11 @@ class Target:
         """Exact E||x||^2 and E||x||_1 (keys ``sq``, ``abs``) or None."""
         return None
 
+    def mode_weights(self, x: torch.Tensor) -> dict[str, float] | None:
+        """Mode statistics of samples x ``[n, d]`` against the exact ones, where the target knows its modes (None
+        otherwise); see ``SeparableTarget.mode_weights``."""
+        return None
+
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"{self.name}: expected x of shape [B, {self.dim}], got {tuple(x.shape)}")
