@@ -16,6 +16,7 @@ preconditioned F on EDM), DSM with uniform times, 1500 steps of batch 256, AdamW
 """
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -56,3 +57,25 @@ def trained_model(name: str, gm, process):
                                                 "train_cpu_s": time.process_time() - c0})
     print(f"{name}: trained in {time.process_time() - c0:.0f} CPU s (final loss {res.history[-1]:.4f})", flush=True)
     return res.ema_model.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train (or load from the cache) the panel's trained members and print where they are."""
+    ap = argparse.ArgumentParser(description="Train the grid panel's trained members (cached in "
+                                             "benchmarks/.cache/panel_nets; --retrain drops the cache first).")
+    ap.add_argument("--retrain", action="store_true", help="delete the cached weights and train again")
+    args = ap.parse_args(argv)
+    from grid_panel import NETS, PANEL
+
+    torch.set_num_threads(1)
+    for name in NETS:
+        if args.retrain:
+            for suffix in (".safetensors", ".json"):
+                (CACHE / (name + suffix)).unlink(missing_ok=True)
+        _, proc, mix = PANEL[name]
+        trained_model(name, mix(), proc())
+        print(f"{name}: {CACHE / name}.safetensors")
+
+
+if __name__ == "__main__":
+    main()

@@ -169,11 +169,12 @@ def run_oracle(name: str, seeds: list[int], nfes: list[int], n: int, args) -> di
             key = f"{lib}:{meth}"
             for nfe in nfes:
                 try:
-                    if lib == "scorelab":
-                        x, info = sample(model, meth, nfe, n, shape=(gm.d,), seed=seed)
-                        res = (x, info["nfe_measured_per_batch"])
-                    else:
-                        res = run_diffusers(meth, model, x_T, nfe, seed)
+                    with torch.no_grad():  # a trained member's parameters would otherwise record every step
+                        if lib == "scorelab":
+                            x, info = sample(model, meth, nfe, n, shape=(gm.d,), seed=seed)
+                            res = (x, info["nfe_measured_per_batch"])
+                        else:
+                            res = run_diffusers(meth, model, x_T, nfe, seed)
                 except ValueError:
                     res = None
                 row = None if res is None else {**sc(res[0]), "nfe_used": res[1]}

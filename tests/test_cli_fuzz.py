@@ -206,7 +206,7 @@ CASES = [
     ("num/nfe-neg", S + ["--nfe", "-1"], "--nfe"),
     ("num/nfe-text", S + ["--nfe", "abc"], "--nfe"),
     ("num/nfe-frac", S + ["--nfe", "1.5"], "--nfe"),
-    ("num/nfe-too-small", O[:6] + ["1"] + O[7:], "too small"),
+    ("num/nfe-too-small", O[:4] + ["pc", "--nfe", "1"] + O[7:], "too small"),  # PC: predictor + corrector = 2
     ("num/n-0", S + ["--nfe", "5", "--n", "0"], "--n"),
     ("num/n-neg", S + ["--nfe", "5", "--n", "-5"], "--n"),
     ("num/seed-neg", S + ["--nfe", "5", "--seed", "-1"], "--seed"),
