@@ -28,7 +28,7 @@ Notation
 ``lam``         log-SNR lambda(t) = log(alpha^2 / sigma^2); the grid is parameterised in lambda (increasing along
                 the sampling direction), endpoints lambda(t_max), lambda(t_min) fixed (t_min fitted: ``free_end``)
 ``theta``       n - 1 free logits: increment k of lambda is softmax([theta, 0])_k (lambda(t_min) - lambda(t_max));
-                with ``free_end`` one more entry, lambda(t_min) itself, in [lambda(t_max), lambda(process.t_min)]
+                with ``free_end`` preceded by lambda(t_min) itself, in [lambda(t_max), lambda(process.t_min)]
 ``L``           mean over x_T of || S(x_T; ts) - Phi(x_T) ||^2 / d (per-coordinate squared pathwise error)
 ``SW2``         sliced W2: mean over unit directions u of W2^2 of the 1-D projections (sorted matching), sqrt
 ==============  =====================================================================================================
@@ -293,8 +293,9 @@ def _init_grids(init, process, n_steps: int, grid_kw: dict | None, final_zero: b
 
 
 class _Params:
-    """The fitted parameters: the n - 1 logits theta of the lambda increments, and with ``free_end`` the log-SNR
-    lam_end of the last time, bounded to [lam(t_max) + 1e-3 span, lam(process.t_min)]."""
+    """The fitted parameters: with ``free_end`` first the log-SNR lam_end of the last time, bounded to [lam(t_max) +
+    1e-3 span, lam(process.t_min)] (first, so that Powell's first line search moves it), then the n - 1 logits theta
+    of the lambda increments."""
 
     def __init__(self, process, t_max: float, t_min: float, free_end: bool):
         self.p, self.t_max, self.t_min, self.free_end = process, t_max, t_min, free_end
@@ -306,21 +307,21 @@ class _Params:
         theta = theta_from_grid(self.p, ts)
         if not self.free_end:
             return theta
-        return np.append(theta, min(float(self.p.log_snr(ts[-1].to(_F64))), self.lam_cap))
+        return np.insert(theta, 0, min(float(self.p.log_snr(ts[-1].to(_F64))), self.lam_cap))
 
     def bounds(self, n: int) -> list | None:
-        """Powell's box for ``n`` parameters: free logits; lam_end inside the process interval (None: no box)."""
+        """Powell's box for ``n`` parameters: lam_end inside the process interval, free logits (None: no box)."""
         if not self.free_end:
             return None
-        return [(None, None)] * (n - 1) + [(self.lam_lo + 1e-3 * (self.lam_cap - self.lam_lo), self.lam_cap)]
+        return [(self.lam_lo + 1e-3 * (self.lam_cap - self.lam_lo), self.lam_cap)] + [(None, None)] * (n - 1)
 
     def grid(self, theta: np.ndarray, final_zero: bool) -> torch.Tensor:
         """The grid of the parameters (float64, descending; then 0 with ``final_zero``)."""
         if not self.free_end:
             return grid_from_theta(self.p, theta, self.lam_lo, self.lam_hi, self.t_max, self.t_min, final_zero)
-        lam_end = float(np.clip(theta[-1], self.lam_lo + 1e-3 * (self.lam_cap - self.lam_lo), self.lam_cap))
+        lam_end = float(np.clip(theta[0], self.lam_lo + 1e-3 * (self.lam_cap - self.lam_lo), self.lam_cap))
         t_end = max(float(self.p.t_from_log_snr(torch.tensor(lam_end, dtype=_F64))), float(self.p.t_min))
-        return grid_from_theta(self.p, theta[:-1], self.lam_lo, lam_end, self.t_max, t_end, final_zero)
+        return grid_from_theta(self.p, theta[1:], self.lam_lo, lam_end, self.t_max, t_end, final_zero)
 
 
 def discrepancy(out: torch.Tensor, ref: torch.Tensor, directions: torch.Tensor | None) -> float:
