@@ -4,27 +4,29 @@ model's own ODE run *inside diffusers* through ``interop.ScorelabScheduler``) at
 
     python benchmarks/interop.py [--train-steps 1500] [--n-fid 1000] [--n-path 500] [--seeds 3]
                                  [--fit-evals 120] [--fit-samples 128] [--ref-steps 200] [--nfes 5 10 20]
-                                 [--fit-init uniform_log_snr|diffusers] [--name interop_digits]
+                                 [--fit-samplers unipc unipc_bh2 dpm_solver_pp_3m]
+                                 [--fit-inits ddpm_linspace uniform_log_snr uniform_t karras]
+                                 [--unet DIR] [--name interop_digits]
 
 Protocol.
 - Model: ``UNet2DModel`` (8x8, 1 channel, channels 16/32, one ResNet block per level, 0.16M parameters) with a
   ``DDPMScheduler`` (linear betas, N = 1000, eps prediction), imported by ``interop.from_diffusers`` and trained by
   ``training.train`` (DSM with the ``discrete`` proposal = diffusers' training objective, batch 128, AdamW 2e-3 cosine,
   EMA 0.999) on the 1797 scikit-learn digits; the EMA is saved with ``interop.to_diffusers`` and everything below
-  reloads it from that folder.
+  reloads it from that folder (``--unet DIR`` reuses such a folder instead, for iterating; headline runs train).
 - Sampling: every configuration runs the loop of ``DDPMPipeline`` (x_T ~ N(0, I) at timestep 999; ``set_timesteps``;
   ``x = scheduler.step(unet(x, t).sample, t, x).prev_sample``) without the final clamp, from the same x_T per seed
   (held-out seeds 1..S; seed 0 is the dev seed on which "diffusers' best" is chosen per NFE and metric, and the fit
   never sees any of them: it draws its own x_T).  diffusers configurations: DDIM (trailing spacing, so that it starts
   at timestep 999 like the others), DPM-Solver++ 2M / 3M (default linspace, and 2M with Karras sigmas), UniPC (bh2,
-  p = 2; and with Karras sigmas), DEIS-2.  scorelab: UniPC-3 (bh1) and DPM-Solver++(2M) on their default
-  uniform-log-SNR grids (ending with a step into t = 0, as diffusers), and UniPC-3 on a grid fitted by
-  ``samplers.grid_opt.optimize_grid`` (pathwise objective, Powell, ``--fit-evals`` objective evaluations on
-  ``--fit-samples`` x_T; ``--fit-init diffusers`` starts it from diffusers' own linspace timesteps instead of the
-  uniform log-SNR grid down to t = 1/N; caveat: ``optimize_grid`` keeps the init's endpoints and solves its teacher
-  ODE only down to that t_min (= 0.2 at NFE 5), then jumps to t = 0 with the denoiser, so this variant is fitted to a
-  truncated reference, not to the model's full ODE solution) run inside diffusers by ``ScorelabScheduler`` (checked
-  equal to DDPMPipeline's output).
+  p = 2; and with Karras sigmas), DEIS-2.  scorelab: UniPC-3 (bh1) and DPM-Solver++(2M) on their default grids
+  (ending with a step into t = 0, as diffusers), and a grid fitted by ``samplers.grid_opt.optimize_grid`` run inside
+  diffusers by ``ScorelabScheduler`` (checked equal to DDPMPipeline's output).  The fit, per NFE and for each of
+  ``--fit-samplers``: NFE - 1 steps then the step into t = 0, the last time before it fitted too (``free_end``)
+  against the model's full ODE solution (the same teacher as the pathwise metric below), pathwise objective, Powell
+  with ``--fit-evals`` objective evaluations on ``--fit-samples`` x_T of its own, started from the best of the
+  ``--fit-inits`` grids on those x_T (``ddpm_linspace`` = diffusers' own timesteps); the sampler whose fitted grid
+  has the lowest error on the fit's own held-out ``--fit-samples`` x_T is the one run inside diffusers.
 - Metrics: FID-digits (``evaluation.metrics.fid_digits``: features of scorelab's digits CNN, not Inception) of
   ``--n-fid`` samples vs all 1797 digits; the pathwise error RMS_i ||x_0^i - Phi(x_T^i)|| / sqrt(D) on the first
   ``--n-path`` x_T, Phi = the model's own probability-flow ODE solved by UniPC-3 on ``--ref-steps`` log-SNR steps (its
@@ -245,8 +247,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "digits_unet"
         if args.unet:  # a folder an earlier run's train_to_folder wrote (for iterating; headline runs train)
-            folder, train_info = Path(args.unet), {"train_steps": None, "folder": args.unet, "train_cpu_s": 0.0,
-                                                   "params": None}
+            folder, train_info = Path(args.unet), {"train_steps": f"(reused folder {args.unet})", "train_cpu_s": 0.0}
         else:
             train_info = train_to_folder(args, folder)
         print(f"trained: {train_info}")
