@@ -55,9 +55,12 @@ DOCS_PATH = ROOT / "docs" / "guide" / "choosing.md"
 DOCS_MARKS = ("<!-- grid-panel-table:start -->", "<!-- grid-panel-table:end -->")
 GRIDS = ("uniform_t", "uniform_log_snr", "karras", "quadratic", "li", "ddpm_linspace", "ddpm_trailing",
          "ddpm_leading")
-#: every grid with and without a final step to t = 0, except ddpm_linspace / ddpm_trailing without it: they end at
-#: the last DDPM index of the spacing (t ~ 1/(n+1)), not at t_min, an unfinished run (diffusers always adds that step)
-RULES = tuple((g, fz) for g in GRIDS for fz in (False, True) if fz or g not in ("ddpm_linspace", "ddpm_trailing"))
+#: every grid with and without a final step to t = 0, except ddpm_linspace / ddpm_trailing / li without it: they end
+#: at the last DDPM index of the spacing (t ~ 1/(n+1)) or at state 1 of Li's (n+1)-state chain (VP: t = 0.027 for
+#: n = 9, noise std 0.09 left in the sample; EDM: sigma = 0.1), not at t_min: an unfinished run, which a sample
+#: metric with a bandwidth wider than that noise cannot tell from a finished one (diffusers always adds that step)
+UNFINISHED = ("ddpm_linspace", "ddpm_trailing", "li")
+RULES = tuple((g, fz) for g in GRIDS for fz in (False, True) if fz or g not in UNFINISHED)
 FAMILY = {"discrete": "discrete", "vp": "vp", "edm": "edm"}
 
 
@@ -89,10 +92,21 @@ PANEL = {
 }
 
 
+#: trained members (``panel_nets``): a network trained on draws of the named oracle's mixture, scored against that
+#: mixture's exact law like the oracle itself
+NETS = {"vp_grid2d_net": "vp_grid2d", "disc_lin_sep8d_net": "disc_lin_sep8d", "edm_aniso64d_net": "edm_aniso64d"}
+PANEL.update({k: PANEL[v] for k, v in NETS.items()})
+
+
 def oracle(name: str):
-    """(family, process, mixture, exact model) of a panel oracle."""
+    """(family, process, mixture, model) of a panel member: the exact model of an oracle, or the trained network
+    of a ``NETS`` member (``panel_nets.trained_model``)."""
     fam, proc, mix = PANEL[name]
     p, gm = proc(), mix()
+    if name in NETS:
+        from panel_nets import trained_model
+
+        return fam, p, gm, trained_model(name, gm, p)
     return fam, p, gm, ExactMixture(gm, p)
 
 

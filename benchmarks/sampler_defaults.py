@@ -6,9 +6,10 @@ panel's oracles (issue 24's goals), at NFE 5/10/20/50.
 Protocol
 --------
 ==============  ====================================================================================================
-oracles         ``grid_panel.PANEL`` (exact ``ExactMixture`` models); by default its low-dimensional members, one per
-                process family first (the 32- and 64-d ones cost 10-30x more per evaluation at n = 20,000; they are in
-                the sweep); the results files are rewritten after each oracle
+oracles         ``grid_panel.PANEL``: exact ``ExactMixture`` models and networks trained on their mixtures
+                (``grid_panel.NETS``, ``panel_nets``); by default its low-dimensional exact members, one per process
+                family first, then the three trained ones (the 32- and 64-d exact ones cost 10-30x more per
+                evaluation at n = 20,000; they are in the sweep); the results files are rewritten after each oracle
 scorelab        every sampler ``grid_panel.swept_samplers`` lists, ``samplers.sample(model, name, nfe, n)`` with no
                 grid and no option: the measured defaults of ``samplers/defaults_table.py``; plus ``auto``
 diffusers       DDIM, Euler, Heun, DPM-Solver++ 2M and 3M, DPM-Solver-SDE (torchsde), UniPC, DEIS and DPM-Solver
@@ -59,7 +60,8 @@ DIFFUSERS = {
 #: with B(h) = e^h - 1, scorelab's ``unipc_bh2``; scorelab's ``unipc`` is UniPC-3 bh1)
 PAIRS = {"ddim": "ddim", "heun": "heun", "dpm_solver_pp_2m": "dpmpp_2m", "dpm_solver_pp_3m": "dpmpp_3m",
          "unipc_bh2": "unipc"}
-LOW_DIM = ("disc_lin_sep8d", "edm_narrow8d", "vp_grid2d", "disc_lin_ring2d", "disc_cos_aniso16d")
+LOW_DIM = ("disc_lin_sep8d", "edm_narrow8d", "vp_grid2d", "vp_grid2d_net", "disc_lin_sep8d_net", "edm_aniso64d_net",
+           "disc_lin_ring2d", "disc_cos_aniso16d")
 
 
 def index_times(process, N: int = 1000) -> torch.Tensor:

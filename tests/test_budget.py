@@ -62,7 +62,7 @@ def test_run_sampler_is_sample_with_the_cli_grid_report():
     assert info["nfe_planned"] == planned and info["nfe_measured_per_batch"] == planned
     assert info["n"] == 16 and info["seed"] == 4
     _, info = run_sampler(MODEL, "heun", 9, 16, shape=(2,), seed=4, dtype=F64, grid="karras")
-    assert info["grid"] == "karras" and info["nfe_planned"] == info["nfe_measured_per_batch"] == 8
+    assert info["grid"] == "karras" and info["nfe_planned"] == info["nfe_measured_per_batch"] == 8  # E + 3 H + E
 
 
 # -- NFE: planned (SamplerInfo) == measured (CountingModel) ------------------------------------------------------------
@@ -95,24 +95,29 @@ def test_options_change_the_count_through_the_sampler_info(name, opts, final_zer
 
 def test_explicit_and_saved_grids_use_the_same_arithmetic(tmp_path):
     p = MODEL.process
-    ts = make_grid("karras", p, 4, final_zero=True)  # 4 Heun steps + 1 evaluation into 0
-    assert planned_nfe_for_grid(SAMPLERS["heun"], ts) == 9 == SAMPLERS["heun"].planned_nfe(5, True)
+    ts = make_grid("karras", p, 4, final_zero=True)  # an Euler step, 3 Heun steps + 1 evaluation into 0
+    assert planned_nfe_for_grid(SAMPLERS["heun"], ts) == 8 == SAMPLERS["heun"].planned_nfe(5, True)
+    assert planned_nfe_for_grid(SAMPLERS["heun"], ts, {"euler_first": False}) == 9
+    assert SAMPLERS["heun"].planned_nfe(5) == 8 == SAMPLERS["heun"].planned_nfe(5, euler_first=False) - 1
     assert planned_nfe_for_grid(SAMPLERS["restart"], ts, {"K": 1, "n_restart": 2}) == 13
     path = tmp_path / "grid.json"
     path.write_text(json.dumps({"ts": ts.tolist()}))
-    assert grid_from_file(str(path), SAMPLERS["heun"], 9)[1] == 9
-    with pytest.raises(ValueError, match="over the --nfe budget 8"):
-        grid_from_file(str(path), SAMPLERS["heun"], 8)
+    assert grid_from_file(str(path), SAMPLERS["heun"], 8)[1] == 8
+    with pytest.raises(ValueError, match="over the --nfe budget 7"):
+        grid_from_file(str(path), SAMPLERS["heun"], 7)
     x, info = sample(MODEL, "heun", 9, 4, shape=(2,), grid=ts, dtype=F64)
-    assert info["grid"] == "explicit" and info["nfe_measured_per_batch"] == 9
-    with pytest.raises(ValueError, match="over the NFE budget 8"):
-        sample(MODEL, "heun", 8, 4, shape=(2,), grid=ts)
+    assert info["grid"] == "explicit" and info["nfe_measured_per_batch"] == 8
+    with pytest.raises(ValueError, match="over the NFE budget 7"):
+        sample(MODEL, "heun", 7, 4, shape=(2,), grid=ts)
 
 
 def test_sampler_info_arithmetic():
     heun, pc = SAMPLERS["heun"], SAMPLERS["pc"]
     assert heun.skip_correction_at_zero and not SAMPLERS["euler"].skip_correction_at_zero
-    assert heun.steps_for_nfe(9, final_zero=True) == (5, 9) and heun.steps_for_nfe(9) == (4, 8)
+    assert heun.steps_for_nfe(9, final_zero=True) == (5, 8) and heun.steps_for_nfe(10) == (6, 10)  # Euler first/last
+    assert heun.steps_for_nfe(9) == (5, 8) and heun.steps_for_nfe(1) == (1, 1) and heun.steps_for_nfe(2) == (2, 2)
+    alg1 = dict(euler_first=False, lower_order_final=False)
+    assert heun.steps_for_nfe(9, final_zero=True, **alg1) == (5, 9) and heun.steps_for_nfe(9, **alg1) == (4, 8)
     assert pc.evals(n_corrector=3) == 4 and pc.evals_at_zero(n_corrector=3) == 1
     assert SAMPLERS["restart"].extra_nfe(K=3, n_restart=2) == 12 and SAMPLERS["restart"].extra_nfe() == 12
     assert math.isnan(SAMPLERS["dopri5"].evals_per_step) and SAMPLERS["dopri5"].adaptive
@@ -127,9 +132,11 @@ def test_sampler_info_arithmetic():
     (dict(n=2.5), r"n \(number of samples\) must be an integer >= 1"),
     (dict(nfe=0), r"nfe must be an integer >= 1, got 0"),
     (dict(nfe=7.5), r"nfe must be an integer >= 1, got 7.5"),
-    (dict(sampler="heun", nfe=1), r"NFE budget 1 is too small for sampler 'heun' \(2 evaluations per step\); "
-                                  r"need at least 2"),
-    (dict(sampler="heun", nfe=2, final_zero=True), r"too small for sampler 'heun'.*final step to 0.*need at least 3"),
+    (dict(sampler="heun", nfe=1, options={"euler_first": False, "lower_order_final": False}),
+     r"NFE budget 1 is too small for sampler 'heun' \(2 evaluations per step\); need at least 2"),
+    (dict(sampler="heun", nfe=2, final_zero=True, options={"euler_first": False}),
+     r"too small for sampler 'heun'.*final step to 0.*need at least 3"),
+    (dict(sampler="ddim", nfe=1, final_zero=True), r"too small for sampler 'ddim'.*final step to 0.*need at least 2"),
     (dict(sampler="restart", nfe=10), r"NFE budget 10 does not cover the 12 evaluations 'restart' spends"),
     (dict(sampler="dopri5"), r"'dopri5' is adaptive"),
     (dict(options={"etta": 0.5}, sampler="ddim"), r"sampler 'ddim' has no option\(s\) \['etta'\]; expected some of"),
@@ -153,7 +160,7 @@ def test_model_must_be_a_diffusion_model():
 
 def test_grid_for_nfe_counts_sampler_options():
     """PC with two correctors spends 3 evaluations per step (the old fixed count of 2 would overspend)."""
-    ts, used = grid_for_nfe("pc", MODEL.process, 20, options={"n_corrector": 2})
+    ts, used = grid_for_nfe("pc", MODEL.process, 20, "karras", options={"n_corrector": 2})  # a grid of its own
     assert used == 18 and len(ts) == 7
 
 

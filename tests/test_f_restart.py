@@ -35,9 +35,9 @@ def test_ode_actions_are_the_samplers_steps(sampler):
     pol = _always(fr.RestartPolicy(2), noise=False)
     ep = fr.rollout(env, pol, 64, torch.Generator().manual_seed(3), greedy=True)
     x_T = env.reset(64, torch.Generator().manual_seed(3)).x
-    ref = SAMPLERS[sampler].fn(model, x_T, env.ts.to(torch.float32))
+    ref = SAMPLERS[sampler].fn(model, x_T, env.ts.to(torch.float32), **env.step_opts)  # Heun: Alg. 1 steps
     assert torch.equal(ep.x0, ref)
-    assert int(ep.nfe[0]) == env.base_nfe == SAMPLERS[sampler].planned_nfe(6, final_zero=True)
+    assert int(ep.nfe[0]) == env.base_nfe == SAMPLERS[sampler].planned_nfe(6, final_zero=True, **env.step_opts)
     assert bool((ep.nfe == ep.nfe[0]).all()) and not bool(ep.noise.any())
 
 

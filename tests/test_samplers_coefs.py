@@ -98,7 +98,7 @@ def _accel_1eval_loop(model, x, ts):
 STEPWISE = {
     "ddim": lambda m, x, ts: _loop(lambda i, x, t, s: ddim_step(m, x, t, s)[0], x, ts),
     "euler": lambda m, x, ts: _loop(lambda i, x, t, s: euler_step(m, x, t, s)[0], x, ts),
-    "heun": lambda m, x, ts: _loop(lambda i, x, t, s: heun_step(m, x, t, s)[0], x, ts),
+    "heun": lambda m, x, ts: _loop(lambda i, x, t, s: heun_step(m, x, t, s, 0 < i < len(ts) - 2)[0], x, ts),
     "dpm_solver_2": lambda m, x, ts: _loop(lambda i, x, t, s: dpm_solver_step(m, x, t, s, 2)[0], x, ts),
     "dpm_solver_3": lambda m, x, ts: _loop(lambda i, x, t, s: dpm_solver_step(m, x, t, s, 3)[0], x, ts),
     "dpm_solver_pp_2m": lambda m, x, ts: _pp_loop(m, x, ts, 2),

@@ -38,6 +38,8 @@ def _nfe_expected(name, n, to_zero, **kw):
     """Exact evaluations of n steps (the last one into t = 0 when ``to_zero``)."""
     per = {"heun": 2, "edm": 2, "restart": 2, "dpm_solver_2": 2, "dpm_solver_3": 3}.get(name, 1)
     base = per * n - (per - 1) * to_zero
+    if name in ("heun", "edm"):  # Euler first step and lower-order final step (into t_min, or into 0 anyway)
+        base = 1 if n == 1 else 2 * n - 2
     return base + (2 * kw["K"] * kw["n_restart"] if name == "restart" else 0)
 
 
@@ -117,7 +119,10 @@ def test_edm_without_churn_and_restart_without_loops_are_heun(p):
     model, x_T, ts = GM.as_model(p), _x_T(p, 16), make_grid("karras", p, 8, final_zero=True)
     heun = _run("heun", model, x_T, ts)
     assert torch.equal(_run("edm", model, x_T, ts), heun)
-    assert torch.equal(_run("restart", model, x_T, ts, K=0), heun)
+    alg1 = _run("heun", model, x_T, ts, euler_first=False, lower_order_final=False)  # Alg. 1 as printed
+    assert torch.equal(_run("edm", model, x_T, ts, euler_first=False, lower_order_final=False), alg1)
+    assert not torch.equal(alg1, heun)
+    assert torch.equal(_run("restart", model, x_T, ts, K=0), alg1)
     assert not torch.allclose(_run("edm", model, x_T, ts, S_churn=5.0), heun, atol=1e-3)
 
 

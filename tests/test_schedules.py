@@ -149,11 +149,71 @@ def test_grid_for_nfe_reports_the_nfe_a_run_uses(name, final_zero, nfe):
 def test_grid_for_nfe_heun_and_errors():
     p = VP()
     ts, used = grid_for_nfe("heun", p, 9, final_zero=True)
-    assert used == 9 and len(ts) == 6  # 4 Heun steps + Euler into 0 = 2*5 - 1
+    assert used == 8 and len(ts) == 6  # Euler first, 3 Heun steps, Euler into 0 (a 4th Heun step would need 10)
     ts, used = grid_for_nfe("heun", p, 9)
-    assert used == 8 and len(ts) == 5
-    for args in [("heun", p, 1), ("heun", p, 2, None), ("euler", p, 0), ("dopri5", p, 50), ("nope", p, 5)]:
+    assert used == 8 and len(ts) == 6  # Euler first, 3 Heun steps, lower-order final step
+    ts, used = grid_for_nfe("heun", p, 9, final_zero=True, euler_first=False, lower_order_final=False)
+    assert used == 9 and len(ts) == 6  # Karras Alg. 1: 4 Heun steps + Euler into 0 = 2*5 - 1
+    assert grid_for_nfe("heun", p, 2, final_zero=True)[1] == 2  # Euler, then Euler into 0
+    for args in [("heun", p, 1), ("euler", p, 0), ("dopri5", p, 50), ("nope", p, 5)]:
         with pytest.raises(ValueError):
             grid_for_nfe(*args, final_zero=True) if args[0] == "heun" else grid_for_nfe(*args)
+    with pytest.raises(ValueError, match="need at least 3"):
+        grid_for_nfe("heun", p, 2, final_zero=True, euler_first=False)
     with pytest.raises(ValueError):
         grid_for_nfe("restart", p, 10, K=2, n_restart=3)  # 12 restart evaluations do not fit
+
+
+# -- grids on a DDPM chain lie on its states ------------------------------------------------------------------------
+def test_snap_to_states_keeps_the_count_and_order_and_pushes_collisions_apart():
+    p = Discrete.from_schedule("linear", 10)
+    ts = torch.tensor([1.0, 0.94, 0.93, 0.26, 0.12, 0.101, 0.0], dtype=torch.float64)  # 0.94, 0.93 -> state 9
+    out = p.snap_to_states(ts)
+    k = out[:-1] * p.N
+    assert out.shape == ts.shape and out[-1] == 0 and torch.all(out[1:] < out[:-1])
+    assert torch.equal(k, torch.round(k)) and k.tolist() == [10.0, 9.0, 8.0, 3.0, 2.0, 1.0]
+    top = p.snap_to_states(torch.tensor([1.0, 0.99, 0.98], dtype=torch.float64))  # all round to 10: pushed down
+    assert (top * p.N).tolist() == [10.0, 9.0, 8.0]
+    with pytest.raises(ValueError, match="11 positive times cannot lie on the 10 states"):
+        p.snap_to_states(torch.linspace(1.0, 0.05, 11, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", ["uniform_t", "uniform_log_snr", "karras", "quadratic", "li"])
+def test_make_grid_on_a_chain_lies_on_its_states_unless_asked_not_to(name):
+    p = Discrete.from_schedule("linear", 1000)
+    raw, snapped = make_grid(name, p, 8, snap=False, final_zero=True), make_grid(name, p, 8, final_zero=True)
+    k = snapped[:-1] * p.N
+    assert snapped.shape == raw.shape and torch.equal(k, torch.round(k)) and snapped[-1] == 0
+    assert torch.all((snapped[:-1] - raw[:-1]).abs() <= 0.5 / p.N + 1e-12)  # the nearest state (no collision here)
+    assert not torch.equal(raw, snapped)
+    assert torch.equal(make_grid(name, VP(), 9), make_grid(name, VP(), 9, snap=False))  # other processes: as is
+
+
+def _states_only_model(process, gm):
+    """Exact at the chain's states, wrong between them (like a network trained on integer steps only)."""
+    from scorelab.core.denoisers import FunctionModel
+
+    exact = gm.as_model(process)
+
+    def eps(x, t):
+        off = torch.sin(math.pi * torch.as_tensor(t, dtype=torch.float64) * process.N) ** 2  # 0 at states
+        return exact.eps(x, t) + 0.5 * off.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
+
+    return FunctionModel(eps, process), exact
+
+
+@pytest.mark.parametrize("sampler", ["unipc", "dpm_solver_pp_2m", "dpm_solver_2", "dpm_solver_3"])
+def test_a_model_trained_on_states_only_samples_exactly_on_the_default_grids(sampler):
+    """With grids (and singlestep DPM-Solver's intermediate points) on the chain's states, a model that is exact
+    there and wrong in between samples exactly like the exact model; on the rule's own times it does not."""
+    from scorelab.core.analytic import ring_mixture
+
+    p = Discrete.from_schedule("linear", 1000)
+    model, exact = _states_only_model(p, ring_mixture(8, 2.0, 0.1))
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for grid in ("uniform_log_snr", "karras"):
+        ts, _, opts = grid_for_nfe(sampler, p, 12, grid, return_opts=True, final_zero=True)
+        run = lambda m, g, o=opts: SAMPLERS[sampler].fn(m, x_T, g, **o)  # noqa: E731
+        torch.testing.assert_close(run(model, ts), run(exact, ts), rtol=1e-10, atol=1e-10)
+        raw = make_grid(grid, p, len(ts) - 2, final_zero=True, snap=False)
+        assert (run(model, raw) - run(exact, raw)).abs().max() > 1e-3

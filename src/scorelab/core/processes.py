@@ -477,6 +477,27 @@ class Discrete(ForwardProcess):
         """Times t_i = i/N of the chain's states i = 0..N (float64)."""
         return torch.arange(self.N + 1, dtype=torch.float64) / self.N
 
+    def snap_to_states(self, ts: torch.Tensor) -> torch.Tensor:
+        """A decreasing 1-D grid ``[n+1]`` moved onto the chain's states t_i = i/N: each time > 0 to its nearest
+        state in 1..N, collisions pushed apart so that the grid stays strictly decreasing with the same number of
+        points (a final t = 0 stays).  A network trained on integer steps (DDPM, diffusers) is only ever evaluated
+        where it was trained, as diffusers' schedulers do with their integer timesteps.  Raises ``ValueError`` when
+        the grid has more positive points than the chain has states."""
+        ts = torch.as_tensor(ts, dtype=torch.float64)
+        zero = bool(ts[-1] == 0)
+        body = ts[:-1] if zero else ts
+        if body.numel() > self.N:
+            raise ValueError(f"a grid of {body.numel()} positive times cannot lie on the {self.N} states of this chain")
+        k = torch.round(body * self.N).clamp(1, self.N).long().tolist()
+        for j in range(len(k) - 2, -1, -1):  # from the data end up: k_j > k_{j+1}
+            k[j] = max(k[j], k[j + 1] + 1)
+        if k and k[0] > self.N:  # pushed past the top: push down from t_max instead
+            k[0] = self.N
+            for j in range(1, len(k)):
+                k[j] = min(k[j], k[j - 1] - 1)
+        out = torch.tensor(k, dtype=torch.float64) / self.N
+        return torch.cat([out, out.new_zeros(1)]) if zero else out
+
     def index(self, t: TimeLike) -> torch.Tensor:
         """Fractional step index i = t N of time t (the input of a network trained on steps). Shapes: t [...]
         -> [...]."""

@@ -205,14 +205,23 @@ GRIDS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def make_grid(name: str, process: ForwardProcess, n: int, **kwargs) -> torch.Tensor:
-    """Grid ``name`` (a key of ``GRIDS``) with n steps on ``process``; kwargs: t_max, t_min, final_zero, rho, ..."""
+def make_grid(name: str, process: ForwardProcess, n: int, *, snap: bool = True, **kwargs) -> torch.Tensor:
+    """Grid ``name`` (a key of ``GRIDS``) with n steps on ``process``; kwargs: t_max, t_min, final_zero, rho, ...
+
+    On a ``Discrete`` chain the grid is moved onto the chain's states (``Discrete.snap_to_states``, same number of
+    points) unless ``snap=False`` or it has more positive points than the chain has states: a network trained on
+    integer steps is evaluated only where it was trained.  Measured on a network trained by scorelab
+    (benchmarks/panel_nets.py): UniPC at NFE 20 on a DDPM chain, MMD^2 3.4e-2 on the rule's own times vs 5.1e-4 on
+    the chain's states (exact scores: 2.07e-4 both)."""
     if name not in GRIDS:
         raise ValueError(f"unknown grid {name!r}; expected one of {sorted(GRIDS)}")
     try:
-        return GRIDS[name](process, n, **kwargs)
+        ts = GRIDS[name](process, n, **kwargs)
     except TypeError as e:
         raise ValueError(f"bad options for grid {name!r}: {e}") from None
+    if snap and isinstance(process, Discrete) and int((ts > 0).sum()) <= process.N:
+        return process.snap_to_states(ts)
+    return ts
 
 
 def dpm_solver_orders(nfe: int, order: int) -> list[int]:

@@ -215,7 +215,11 @@ class RestartEnv:
         self.model = model if isinstance(model, CountingModel) else CountingModel(model)
         self.process, self.T, self.L = model.process, config.steps, config.length
         self.ts = make_grid(config.grid or self.info.default_grid, self.process, self.T - 1, final_zero=True)
-        self.cost = [self.info.planned_nfe(1, final_zero=bool(self.ts[k + 1] == 0)) for k in range(self.T)]
+        #: an ODE action is one step of the sampler as in the middle of a run (Heun's Euler first / lower-order
+        #: final step would turn every one-step action into an Euler step)
+        self.step_opts = {k: False for k in ("euler_first", "lower_order_final") if k in self.info.options}
+        self.cost = [self.info.planned_nfe(1, final_zero=bool(self.ts[k + 1] == 0), **self.step_opts)
+                     for k in range(self.T)]
         self.to_go = [sum(self.cost[k:]) for k in range(self.T + 1)]
         self.base_nfe = self.to_go[0]
         if config.nfe_budget is not None and config.nfe_budget < self.base_nfe:
@@ -276,7 +280,7 @@ class RestartEnv:
         for kk in sorted(set(k[oi].tolist())):
             idx = oi & (k == kk)
             n0 = self.model.nfe
-            x[idx] = self.info.fn(self.model, x[idx], self.ts[kk:kk + 2].to(x.dtype))
+            x[idx] = self.info.fn(self.model, x[idx], self.ts[kk:kk + 2].to(x.dtype), **self.step_opts)
             nfe[idx] += self.model.nfe - n0
             k[idx] += 1
         done = (k == self.T) if self.config.episode == "finish" else s.done.clone()
@@ -661,7 +665,7 @@ def finetune_f_restart(config: FRestartConfig, out_dir: str | Path, *, checkpoin
     shape = tuple(loaded.event_shape)
     x, info = sample_f_restart(res.env, res.policy, config.eval_samples, seed=config.seed + 1, shape=shape)
     ode = res.env.info.fn(res.env.model, res.env.reset(config.eval_samples, torch.Generator().manual_seed(
-        config.seed + 1), shape=shape).x, res.env.ts.to(torch.float32))
+        config.seed + 1), shape=shape).x, res.env.ts.to(torch.float32), **res.env.step_opts)
     flat = (lambda v: v.reshape(v.shape[0], -1))  # noqa: E731
     out = {"config": config.to_dict(), "model": loaded.source, "base_nfe": res.env.base_nfe,
            "sliced_w2_ode": sliced_w2(flat(ode), flat(data), seed=config.seed),

@@ -342,6 +342,10 @@ class SamplerInfo:
                                 ``evals_of(**opts)`` hook when options change it (PC's correctors, Langevin steps)
     ``skip_correction_at_zero`` the step into t = 0 costs one evaluation (Heun-type correction skipped at sigma = 0);
                                 ``evals_at_zero_of(**opts)`` hook when that count depends on options
+    ``evals_first_of``          evaluations of the first grid step when they differ from ``evals_per_step`` (Heun's
+                                Euler first step: 1), as a function of the options
+    ``evals_last_of``           evaluations of the last grid step when it does not end at t = 0 and they differ from
+                                ``evals_per_step`` (Heun's lower-order final step: 1)
     ``extra_nfe_of``            evaluations outside the grid steps (restart: 2 K n_restart)
     ``mixed_orders``            k > 0: per-step orders <= k can spend any budget exactly (DPM-Solver-k, Lu et al.
                                 2022, sec. 3.4), passed as the option ``orders``
@@ -368,6 +372,8 @@ class SamplerInfo:
     order_of: Callable[..., float] | None = None
     evals_of: Callable[..., float] | None = None
     evals_at_zero_of: Callable[..., float] | None = None
+    evals_first_of: Callable[..., float] | None = None
+    evals_last_of: Callable[..., float] | None = None
     extra_nfe_of: Callable[..., int] | None = None
     mixed_orders: int = 0
     transition: Callable | None = None
@@ -417,6 +423,14 @@ class SamplerInfo:
             return float(self.evals_at_zero_of(**self.check_options(opts)))
         return 1.0 if self.skip_correction_at_zero else self.evals(**opts)
 
+    def evals_first(self, **opts) -> float:
+        """Network evaluations of the first grid step (when it is not the final step into t = 0) under ``opts``."""
+        return float(self.evals_first_of(**self.check_options(opts))) if self.evals_first_of else self.evals(**opts)
+
+    def evals_last(self, **opts) -> float:
+        """Network evaluations of the last grid step when it does not end at t = 0, under ``opts``."""
+        return float(self.evals_last_of(**self.check_options(opts))) if self.evals_last_of else self.evals(**opts)
+
     def extra_nfe(self, **opts) -> int:
         """Network evaluations spent outside the grid steps (restart's loops) under ``opts``."""
         return int(self.extra_nfe_of(**self.check_options(opts))) if self.extra_nfe_of else 0
@@ -434,9 +448,16 @@ class SamplerInfo:
                              "measured after the run, not planned")
         if int(steps) != steps or steps < 1:
             raise ValueError(f"a grid needs at least one step, got {steps}")
-        before = steps - 1 if final_zero else steps
-        last = self.evals_at_zero(**opts) if final_zero else 0.0
-        return int(math.ceil(before * self.evals(**opts) + last - 1e-9)) + self.extra_nfe(**opts)
+        return int(math.ceil(self._step_evals(steps, final_zero, opts) - 1e-9)) + self.extra_nfe(**opts)
+
+    def _step_evals(self, steps: int, final_zero: bool, opts: dict) -> float:
+        """Evaluations of the grid steps: the first (``evals_first``), the middle ones (``evals``) and the last one
+        (``evals_at_zero`` into t = 0, else ``evals_last``); a single step is both first and last."""
+        e, e1 = self.evals(**opts), self.evals_first(**opts)
+        last = self.evals_at_zero(**opts) if final_zero else self.evals_last(**opts)
+        if steps == 1:
+            return last if final_zero else min(e1, last)
+        return e1 + (steps - 2) * e + last
 
     def steps_for_nfe(self, nfe: int, final_zero: bool = False, **opts) -> tuple[int, int]:
         """The most grid steps (counting a final step into t = 0) whose ``planned_nfe`` fits in ``nfe``
@@ -445,16 +466,19 @@ class SamplerInfo:
             raise ValueError(f"sampler {self.name!r} is adaptive (no fixed evaluations per step); its NFE is "
                              "measured after the run, not budgeted")
         e, extra = self.evals(**opts), self.extra_nfe(**opts)
-        last = self.evals_at_zero(**opts) if final_zero else 0.0
         if nfe - extra < 1:
             raise ValueError(f"NFE budget {nfe} does not cover the {extra} evaluations {self.name!r} spends outside "
                              f"its grid steps (options {opts or 'default'})")
-        n = int(math.floor((nfe - extra - last) / e + 1e-9))  # steps before the optional final step into 0
-        if n < 1:
+        lo = 1 + int(final_zero)  # a step before the optional final step into 0
+        if self._step_evals(lo, final_zero, opts) > nfe - extra + 1e-9:
             raise ValueError(f"NFE budget {nfe} is too small for sampler {self.name!r} ({e:g} evaluations per step"
                              f"{', plus the final step to 0' if final_zero else ''}); need at least "
-                             f"{int(math.ceil(e + last)) + extra}")
-        steps = n + int(final_zero)
+                             f"{int(math.ceil(self._step_evals(lo, final_zero, opts) - 1e-9)) + extra}")
+        steps = lo + max(0, int(math.floor((nfe - extra - self._step_evals(lo, final_zero, opts)) / e + 1e-9)))
+        while self._step_evals(steps, final_zero, opts) > nfe - extra + 1e-9:  # a cheaper first / last step
+            steps -= 1
+        while self._step_evals(steps + 1, final_zero, opts) <= nfe - extra + 1e-9:
+            steps += 1
         return steps, self.planned_nfe(steps, final_zero, **opts)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..core.denoisers import DiffusionModel
+from ..core.processes import Discrete
 from .base import (
     Callback,
     GridCoefs,
@@ -134,12 +135,13 @@ def dpm_solver_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, c_t
         return combine(x, [(c_s[0], x0()), (c_s[1], eps)]), x0
     if order == 1:
         return combine(x, _first_terms(x, eps, c_t, c_s)), x0
-    h, r1 = c_s[2] - c_t[2], MID_R[order][0]
-    (s1, c1) = mids[0]
+    (s1, c1), h = mids[0], c_s[2] - c_t[2]
+    r1 = (c1[2] - c_t[2]) / h  # = MID_R[order][0] up to rounding, or the r of a time moved onto a chain state
     D1 = model.eps(combine(x, _first_terms(x, eps, c_t, c1)), s1) - eps
     if order == 2:  # Alg. 1, line 4
         return combine(x, _first_terms(x, eps, c_t, c_s) + [(-c_s[1] / (2 * r1) * fexpm1(h), D1)]), x0
-    r2, (s2, c2) = MID_R[3][1], mids[1]  # Alg. 2
+    (s2, c2) = mids[1]  # Alg. 2
+    r2 = (c2[2] - c_t[2]) / h
     u2 = combine(x, _first_terms(x, eps, c_t, c2) + [(-c2[1] * (r2 / r1) * (fexpm1(r2 * h) / (r2 * h) - 1), D1)])
     D2 = model.eps(u2, s2) - eps
     return combine(x, _first_terms(x, eps, c_t, c_s) + [(-c_s[1] / r2 * (fexpm1(h) / h - 1), D2)]), x0
@@ -147,13 +149,16 @@ def dpm_solver_core(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, c_t
 
 def dpm_solver_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, order: int = 2):
     """One singlestep DPM-Solver step of order 1, 2 (Alg. 1, r1 = 1/2) or 3 (Alg. 2, r1 = 1/3, r2 = 2/3).
-    ``order`` evaluations; a step into s = 0 is the first-order DDIM step (x0_hat where sigma(0) = 0).
+    ``order`` evaluations; a step into s = 0 is the first-order DDIM step (x0_hat where sigma(0) = 0).  Between two
+    states of a ``Discrete`` chain the intermediate times move onto states too (``_snap_step``), as in the loop.
     Returns (x_s, x0_hat)."""
     if order not in (1, 2, 3):
         raise ValueError(f"DPM-Solver order must be 1, 2 or 3, got {order}")
     p, zero = model.process, reaches_zero(s)
     c_t, c_s = point_coefs(p, t), point_coefs(p, s)
     u = [] if zero else _mid_times(p, c_t[2], c_s[2], order)
+    if u and _on_states(p, torch.stack([torch.as_tensor(t), torch.as_tensor(s)]).to(torch.float64)):
+        u = _snap_step(p, torch.as_tensor(t, dtype=torch.float64), torch.as_tensor(s, dtype=torch.float64), u)
     mids = [(v.to(device=x.device, dtype=x.dtype), point_coefs(p, v)) for v in u]
     x_s, x0 = dpm_solver_core(model, x, t, c_t, c_s, zero, order, mids)
     return x_s, x0()
@@ -164,16 +169,50 @@ def _grid_mids(g: GridCoefs, orders: list[int], x: torch.Tensor) -> list[list]:
     ``t_from_log_snr`` and the coefficient memo; per-sample grid: per step)."""
     p, n = g.process, len(orders)
     need = [[] if g.zero[i + 1] or orders[i] == 1 else MID_R[orders[i]] for i in range(n)]
+    snap = _on_states(p, g.ts64)
     if g.per_sample:
-        return [[(u.to(device=x.device, dtype=x.dtype), p.coefs(u.to(x.device)))
-                 for u in _mid_times(p, g.lam[i].cpu(), g.lam[i + 1].cpu(), orders[i])] if need[i] else []
+        def times(i):
+            us = _mid_times(p, g.lam[i].cpu(), g.lam[i + 1].cpu(), orders[i])
+            return _snap_step(p, g.ts64[i], g.ts64[i + 1], us) if snap else us
+
+        return [[(u.to(device=x.device, dtype=x.dtype), p.coefs(u.to(x.device))) for u in times(i)] if need[i] else []
                 for i in range(n)]
     lams = [g.lam[i] + r * (g.lam[i + 1] - g.lam[i]) for i in range(n) for r in need[i]]
     if not lams:
         return [[] for _ in range(n)]
     u = p.t_from_log_snr(2.0 * torch.tensor(lams, dtype=torch.float64)).to(torch.float64)
+    if snap:
+        u, j = u.clone(), 0
+        for i in range(n):
+            if need[i]:
+                u[j:j + len(need[i])] = torch.stack(_snap_step(p, g.ts64[i], g.ts64[i + 1],
+                                                               list(u[j:j + len(need[i])])))
+                j += len(need[i])
     cs, ux = iter(p.coefs_at(u)), iter(u.to(device=x.device, dtype=x.dtype).unbind(0))
     return [[(next(ux), next(cs)) for _ in need[i]] for i in range(n)]
+
+
+def _on_states(p, ts: torch.Tensor) -> bool:
+    """Whether the grid ``ts`` (``[n+1]`` or ``[n+1, B]``) lies on the states of a ``Discrete`` chain ``p``
+    (``make_grid`` on a chain)."""
+    if not isinstance(p, Discrete):
+        return False
+    k = ts[ts > 0].to(torch.float64) * p.N
+    return bool(torch.allclose(k, torch.round(k), atol=1e-6))
+
+
+def _snap_step(p: Discrete, t: torch.Tensor, s: torch.Tensor, us: list) -> list:
+    """One step's intermediate times ``us`` (0-d or ``[B]`` float64, latest first) moved onto the chain's states
+    strictly inside (s, t), in order; where the step has fewer inner states than points they keep their exact
+    times.  ``dpm_solver_core`` takes the r's of the times it is given, so the step stays exact for its actual
+    points (Lu et al. 2022, Alg. 1-2 hold for any 0 < r1 < r2 < 1); a network trained on integer steps is then
+    evaluated only where it was trained."""
+    hi, lo = torch.round(t * p.N) - 1, torch.round(s * p.N) + 1
+    ks = [torch.minimum(torch.maximum(torch.round(u * p.N), lo), hi) for u in us]
+    for a in range(1, len(ks)):
+        ks[a] = torch.minimum(ks[a], ks[a - 1] - 1)
+    ok = (hi - lo + 1 >= len(us)) & (ks[-1] >= lo)
+    return [torch.where(ok, k / p.N, u) for k, u in zip(ks, us, strict=True)]
 
 
 def sample_dpm_solver(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
