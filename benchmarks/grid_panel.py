@@ -14,19 +14,21 @@ panel          ``PANEL``: 8 exact oracles (``ExactMixture`` of ``benchmarks/samp
                2-9 modes, widths 0.05-0.7
 rules          a grid rule = (grid, final_zero): every grid of ``core.schedules.GRIDS`` the issue names (uniform_t,
                uniform_log_snr, karras rho = 7, quadratic, li, ddpm_linspace, ddpm_trailing, ddpm_leading) x {end at
-               t_min, end with a step to t = 0}, but ddpm_linspace / ddpm_trailing only with the step to 0 (``RULES``:
-               14); the budget spends the NFE (``samplers.budget.plan``)
+               t_min, end with a step to t = 0}, but ddpm_linspace / ddpm_trailing / li only with the step to 0
+               (``RULES``: 13); the budget spends the NFE (``samplers.budget.plan``)
 samplers       every registered sampler with a fixed evaluation count and no required input (``SamplerInfo.needs``),
                default options only; a (sampler, NFE) whose budget is too small is recorded as failed
 seed           the dev seed 0 only (x_T and sampler noise); ``benchmarks/sampler_defaults.py`` judges on held-out
                seeds 1.. (never seen here)
 metric         unbiased MMD^2 to the exact law (``metrics.mmd2_to_mixture``, 4 bandwidths x ``--n-freq`` fixed
                frequencies; no floor); non-finite samples or failures rank last
-choice         per process family (discrete / vp / edm, and all), sampler and panel NFE: rank the rules on each
-               oracle of the family (1 = best, ties averaged), take the rule of least geometric-mean rank; NFE
-               buckets: a budget uses the panel NFE nearest in log scale (``samplers.defaults.nfe_bucket``)
-auto           per process family (discrete / vp / edm, and all) and panel NFE: rank the samplers (each on its chosen
-               rule) on each oracle of the family, least geometric-mean rank wins (``samplers.defaults.recommend``)
+choice         per process family (discrete / vp / edm, and all), sampler and panel NFE: on each member of the family
+               divide every rule's MMD^2 by the best rule's (both floored at ``MMD_FLOOR``; failures count
+               ``FAILED_RATIO``), take the rule of least geometric-mean ratio (magnitude-aware: a rule that
+               collapses on one member is not saved by ranking first on the others); NFE buckets: a budget uses the
+               panel NFE nearest in log scale (``samplers.defaults.nfe_bucket``)
+auto           per process family (discrete / vp / edm, and all) and panel NFE: the same ratio over the samplers (each
+               on its chosen rule), least geometric-mean ratio wins (``samplers.defaults.recommend``)
 =============  ====================================================================================================
 """
 from __future__ import annotations
@@ -141,19 +143,24 @@ def run_one(model, sampler: str, nfe: int, rule: tuple[str, bool], n: int, d: in
     return x
 
 
-def ranks(values: list[float]) -> np.ndarray:
-    """Ranks 1..k of ``values`` (least first), ties averaged; inf/NaN rank last."""
-    v = np.asarray([x if np.isfinite(x) else np.inf for x in values], dtype=float)
-    order = np.argsort(v, kind="stable")
-    r = np.empty(len(v))
-    r[order] = np.arange(1, len(v) + 1)
-    for val in np.unique(v):
-        r[v == val] = r[v == val].mean()
-    return r
+#: MMD^2 below this counts as 0 (the unbiased estimate's noise at n = 1,000; ``sampler_defaults`` uses the same)
+MMD_FLOOR = 1e-5
+#: the ratio a failed or non-finite run counts as (never chosen while any rule runs)
+FAILED_RATIO = 1e6
 
 
-def geo_rank(per_oracle: list[np.ndarray]) -> np.ndarray:
-    """Geometric mean over oracles of per-oracle rank vectors."""
+def ratios(values: list[float]) -> np.ndarray:
+    """Each value over the best of ``values`` (both floored at ``MMD_FLOOR``): 1 = the best rule on this member;
+    NaN (budget did not fit) and inf (diverged) count as ``FAILED_RATIO``."""
+    v = np.asarray([max(x, MMD_FLOOR) if np.isfinite(x) else np.nan for x in values], dtype=float)
+    r = v / np.nanmin(v)
+    return np.where(np.isfinite(r), np.minimum(r, FAILED_RATIO), FAILED_RATIO)
+
+
+def geo_ratio(per_oracle: list[np.ndarray]) -> np.ndarray:
+    """Geometric mean over members of per-member ratio-to-best vectors: the choice minimises the average log-factor
+    by which it trails each member's best, so one catastrophic member weighs what it costs (a geometric-mean rank
+    would count a 10x failure like a 10% one)."""
     return np.exp(np.mean(np.log(np.stack(per_oracle)), 0))
 
 
@@ -182,9 +189,9 @@ def families(res: dict) -> list[str]:
 
 
 def choose_rules(res: dict, samplers: list[str], nfes: list[int]) -> dict:
-    """{family: {sampler: {nfe: (rule, geometric-mean rank)}}}: per process family (and "all"), the rule of least
-    geometric-mean rank over that family's oracles (a grid is defined in process time, so the best rule for EDM's
-    sigma-time is not the best for a DDPM chain)."""
+    """{family: {sampler: {nfe: (rule, geometric-mean ratio)}}}: per process family (and "all"), the rule of least
+    geometric-mean ratio to each member's best over that family's members (a grid is defined in process time, so the
+    best rule for EDM's sigma-time is not the best for a DDPM chain)."""
     return {fam: _choose_rules({o: v for o, v in res.items() if fam == "all" or PANEL[o][0] == fam}, samplers,
                                nfes) for fam in families(res)}
 
@@ -194,41 +201,41 @@ def _choose_rules(res: dict, samplers: list[str], nfes: list[int]) -> dict:
     for s in samplers:
         out[s] = {}
         for nfe in nfes:
-            per = [ranks(res[o][nfe][s]) for o in res if any(np.isfinite(res[o][nfe][s]))]
+            per = [ratios(res[o][nfe][s]) for o in res if any(np.isfinite(res[o][nfe][s]))]
             if not per:
                 continue
-            gr = geo_rank(per)
+            gr = geo_ratio(per)
             best = int(np.argmin(gr))
             out[s][nfe] = (RULES[best], float(gr[best]))
     return out
 
 
 def choose_auto(res: dict, rules: dict, samplers: list[str], nfes: list[int]) -> dict:
-    """{family: {nfe: (sampler, geometric-mean rank)}}: samplers on their chosen rules ranked per oracle."""
+    """{family: {nfe: (sampler, geometric-mean ratio)}}: samplers on their chosen rules, compared per member."""
     out = {}
     for fam in families(res):
         out[fam], fr = {}, rules[fam]
         names = [o for o in res if fam == "all" or PANEL[o][0] == fam]
         for nfe in nfes:
             cand = [s for s in samplers if nfe in fr[s]]
-            per = [ranks([res[o][nfe][s][RULES.index(fr[s][nfe][0])] for s in cand]) for o in names]
-            gr = geo_rank(per)
+            per = [ratios([res[o][nfe][s][RULES.index(fr[s][nfe][0])] for s in cand]) for o in names]
+            gr = geo_ratio(per)
             out[fam][nfe] = (cand[int(np.argmin(gr))], float(np.min(gr)))
     return out
 
 
 def table_source(rules: dict, auto: dict, meta: dict) -> str:
     """The generated module ``samplers/defaults_table.py``."""
-    grid = {fam: {s: {nfe: {"grid": r[0][0], "final_zero": r[0][1], "geo_rank": round(r[1], 3)}
+    grid = {fam: {s: {nfe: {"grid": r[0][0], "final_zero": r[0][1], "geo_ratio": round(r[1], 3)}
                       for nfe, r in v.items()} for s, v in fr.items() if v} for fam, fr in rules.items()}
-    au = {f: {nfe: {"sampler": v[0], "geo_rank": round(v[1], 3)} for nfe, v in d.items()} for f, d in auto.items()}
+    au = {f: {nfe: {"sampler": v[0], "geo_ratio": round(v[1], 3)} for nfe, v in d.items()} for f, d in auto.items()}
     fmt = lambda obj: pprint.pformat(obj, width=116, sort_dicts=False)  # noqa: E731
     return ('"""Default grid rule per process family, sampler and panel NFE, and the ``auto`` sampler per family:\n'
             'GENERATED by ``python benchmarks/grid_panel.py --write-table`` (do not edit by hand; see\n'
             '``samplers/defaults.py``).\n\n'
             f'Panel: {", ".join(meta["oracles"][:4])},\n{", ".join(meta["oracles"][4:])};\n'
             f'n = {meta["n"]} samples per run, dev seed 0, metric: unbiased MMD^2 to the exact law; choice: least\n'
-            'geometric-mean rank over the panel\'s oracles."""\n\n'
+            'geometric-mean ratio to the best rule of each member of the panel."""\n\n'
             f"PANEL_NFES = {tuple(meta['nfes'])}\n\n"
             f"GRID_RULES = {fmt(grid)}\n\nAUTO = {fmt(au)}\n")
 
@@ -236,8 +243,9 @@ def table_source(rules: dict, auto: dict, meta: dict) -> str:
 def markdown(rules: dict, auto: dict, meta: dict) -> str:
     nfes = meta["nfes"]
     lines = [f"# Grid panel: default grid rule per sampler (dev seed 0, n = {meta['n']}, MMD^2 to the exact law)", "",
-             f"Oracles: {', '.join(meta['oracles'])}.  Cell: grid (+0: final step to t = 0), geometric-mean rank of "
-             f"{len(RULES)} rules.  Sweep wall {meta['wall_s']:.0f} s, CPU {meta['cpu_s']:.0f} s"
+             f"Oracles: {', '.join(meta['oracles'])}.  Cell: grid (+0: final step to t = 0), geometric-mean ratio "
+             f"to each member's best of {len(RULES)} rules.  Sweep wall {meta['wall_s']:.0f} s, "
+             f"CPU {meta['cpu_s']:.0f} s"
              + (f" (`{meta['sweep_command']}`; the choices re-derived from its values)." if "sweep_command" in meta
                 else "."), ""]
     for f, fr in rules.items():

@@ -12,7 +12,8 @@ panel NFE       the budgets of the sweep (``PANEL_NFES``); a budget uses the pan
                 (``nfe_bucket``), budgets above the largest use the largest
 family          ``discrete`` (``Discrete`` chains), ``vp`` (VP, SubVP, VP-cosine), ``edm`` (EDM, VE): the process
                 families of the panel; ``recommend`` falls back to ``all`` for any other process
-geo_rank        geometric-mean rank over the panel's oracles (1 = best on every oracle)
+geo_ratio       geometric-mean over the panel's members of the MMD^2 ratio to that member's best choice (1 = best
+                on every member)
 ==============  ===================================================================================================
 """
 from __future__ import annotations
@@ -66,7 +67,7 @@ def family(process: ForwardProcess) -> str:
 
 def recommend(process: ForwardProcess, nfe: int) -> dict:
     """The best (sampler, grid rule) for a budget of ``nfe`` evaluations on ``process`` according to the panel:
-    ``{"sampler", "grid", "final_zero", "family", "panel_nfe", "geo_rank"}``.  Raises ``ValueError`` when no
+    ``{"sampler", "grid", "final_zero", "family", "panel_nfe", "geo_ratio"}``.  Raises ``ValueError`` when no
     panel choice fits the budget."""
     fam = family(process)
     auto = _table().AUTO
@@ -75,7 +76,7 @@ def recommend(process: ForwardProcess, nfe: int) -> dict:
     name = table[k]["sampler"]
     grid, final_zero = default_rule(name, nfe, process)
     return {"sampler": name, "grid": grid, "final_zero": final_zero, "family": fam if fam in auto else "all",
-            "panel_nfe": k, "geo_rank": table[k]["geo_rank"]}
+            "panel_nfe": k, "geo_ratio": table[k]["geo_ratio"]}
 
 
 def describe_rules(sampler: str, fam: str = "all") -> str:
