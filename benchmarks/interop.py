@@ -4,31 +4,35 @@ model's own ODE run *inside diffusers* through ``interop.ScorelabScheduler``) at
 
     python benchmarks/interop.py [--train-steps 1500] [--n-fid 1000] [--n-path 500] [--seeds 3]
                                  [--fit-evals 120] [--fit-samples 128] [--ref-steps 200] [--nfes 5 10 20]
-                                 [--fit-init uniform_log_snr|diffusers] [--name interop_digits]
+                                 [--fit-samplers unipc unipc_bh2 dpm_solver_pp_3m]
+                                 [--fit-inits ddpm_linspace uniform_log_snr uniform_t karras]
+                                 [--unet DIR] [--name interop_digits]
 
 Protocol.
 - Model: ``UNet2DModel`` (8x8, 1 channel, channels 16/32, one ResNet block per level, 0.16M parameters) with a
   ``DDPMScheduler`` (linear betas, N = 1000, eps prediction), imported by ``interop.from_diffusers`` and trained by
   ``training.train`` (DSM with the ``discrete`` proposal = diffusers' training objective, batch 128, AdamW 2e-3 cosine,
   EMA 0.999) on the 1797 scikit-learn digits; the EMA is saved with ``interop.to_diffusers`` and everything below
-  reloads it from that folder.
+  reloads it from that folder (``--unet DIR`` reuses such a folder instead, for iterating; headline runs train).
 - Sampling: every configuration runs the loop of ``DDPMPipeline`` (x_T ~ N(0, I) at timestep 999; ``set_timesteps``;
   ``x = scheduler.step(unet(x, t).sample, t, x).prev_sample``) without the final clamp, from the same x_T per seed
   (held-out seeds 1..S; seed 0 is the dev seed on which "diffusers' best" is chosen per NFE and metric, and the fit
   never sees any of them: it draws its own x_T).  diffusers configurations: DDIM (trailing spacing, so that it starts
   at timestep 999 like the others), DPM-Solver++ 2M / 3M (default linspace, and 2M with Karras sigmas), UniPC (bh2,
-  p = 2; and with Karras sigmas), DEIS-2.  scorelab: UniPC-3 (bh1) and DPM-Solver++(2M) on their default
-  uniform-log-SNR grids (ending with a step into t = 0, as diffusers), and UniPC-3 on a grid fitted by
-  ``samplers.grid_opt.optimize_grid`` (pathwise objective, Powell, ``--fit-evals`` objective evaluations on
-  ``--fit-samples`` x_T; ``--fit-init diffusers`` starts it from diffusers' own linspace timesteps instead of the
-  uniform log-SNR grid down to t = 1/N; caveat: ``optimize_grid`` keeps the init's endpoints and solves its teacher
-  ODE only down to that t_min (= 0.2 at NFE 5), then jumps to t = 0 with the denoiser, so this variant is fitted to a
-  truncated reference, not to the model's full ODE solution) run inside diffusers by ``ScorelabScheduler`` (checked
-  equal to DDPMPipeline's output).
+  p = 2; and with Karras sigmas), DEIS-2.  scorelab: UniPC-3 (bh1) and DPM-Solver++(2M) on their default grids
+  (ending with a step into t = 0, as diffusers), and a grid fitted by ``samplers.grid_opt.optimize_grid`` run inside
+  diffusers by ``ScorelabScheduler`` (checked equal to DDPMPipeline's output).  The fit, per NFE and for each of
+  ``--fit-samplers``: NFE - 1 steps then the step into t = 0, the last time before it fitted too (``free_end``)
+  against the model's full ODE solution (the same teacher as the pathwise metric below), pathwise objective, Powell
+  with ``--fit-evals`` objective evaluations on ``--fit-samples`` x_T of its own, started from the best of the
+  ``--fit-inits`` grids on those x_T (``ddpm_linspace`` = diffusers' own timesteps); the sampler whose fitted grid
+  has the lowest error on the fit's own held-out ``--fit-samples`` x_T is the one run inside diffusers.
 - Metrics: FID-digits (``evaluation.metrics.fid_digits``: features of scorelab's digits CNN, not Inception) of
   ``--n-fid`` samples vs all 1797 digits; the pathwise error RMS_i ||x_0^i - Phi(x_T^i)|| / sqrt(D) on the first
   ``--n-path`` x_T, Phi = the model's own probability-flow ODE solved by UniPC-3 on ``--ref-steps`` log-SNR steps (its
-  floor: the gap to the same solver on half the steps, reported).  Paired differences over the held-out seeds.
+  floor: the gap to the same solver on half the steps, reported).  Paired differences over the held-out seeds.  The
+  ODE solution itself (on all ``--n-fid`` x_T) is a row too: its FID-digits is what a solver exact on the model's ODE
+  scores, so a lower FID at some NFE comes from a solver's error, not from following the model more closely.
 """
 from __future__ import annotations
 
@@ -42,6 +46,8 @@ import numpy as np
 import torch
 
 NAME = "interop_digits"
+FIT_SAMPLERS = ("unipc", "unipc_bh2", "dpm_solver_pp_3m")
+FIT_INITS = ("ddpm_linspace", "uniform_log_snr", "uniform_t", "karras")
 
 
 def diffusers_configs() -> dict:
@@ -100,22 +106,39 @@ def metrics(x: torch.Tensor, ref: torch.Tensor, n_path: int) -> dict:
 
 
 def fit_grids(model, args) -> dict:
+    """Per NFE: a grid fitted for each of ``--fit-samplers`` (free last time, full-ODE teacher, best of ``--fit-inits``
+    as the start), on x_T of the fit's own; the sampler whose fitted grid has the lowest error on the fit's own
+    held-out x_T is the one run inside diffusers."""
     from scorelab.samplers.grid_opt import optimize_grid
 
     fits = {}
     for nfe in args.nfes:
-        c0 = time.process_time()
-        init, grid_kw = "uniform_log_snr", None
-        if args.fit_init == "diffusers":  # diffusers' linspace timesteps: uniform in t down to k = round(999 / nfe)
-            init, grid_kw = "uniform_t", {"t_min": (round((model.process.N - 1) / nfe) + 1) / model.process.N}
-        fit = optimize_grid(model, "unipc", nfe - 1, init=init, grid_kw=grid_kw, final_zero=True,  # then t = 0
-                            objective="pathwise", n_samples=args.fit_samples,
-                            n_heldout=args.fit_samples, max_objective=args.fit_evals, sample_shape=(1, 8, 8),
-                            reference="unipc", ref_steps=args.ref_steps, generator=torch.Generator().manual_seed(7))
-        fits[nfe] = {"ts": fit.ts, "heldout_init": fit.heldout_init, "heldout_fit": fit.heldout_fit,
-                     "model_evals": fit.model_evals, "cpu_s": time.process_time() - c0}
-        print(f"fit NFE {nfe}: held-out pathwise {fit.heldout_init:.4f} -> {fit.heldout_fit:.4f}")
+        c0, cands = time.process_time(), {}
+        for s in args.fit_samplers:
+            fit = optimize_grid(model, s, nfe - 1, init=list(args.fit_inits), final_zero=True, free_end=True,
+                                objective="pathwise", n_samples=args.fit_samples, n_heldout=args.fit_samples,
+                                max_objective=args.fit_evals, sample_shape=(1, 8, 8), reference="unipc",
+                                ref_steps=args.ref_steps, generator=torch.Generator().manual_seed(7))
+            cands[s] = {"ts": fit.ts.tolist(), "init": fit.init, "init_losses": fit.init_losses,
+                        "heldout_init": fit.heldout_init, "heldout_fit": fit.heldout_fit,
+                        "model_evals": fit.model_evals}
+            print(f"fit NFE {nfe} {s}: start {fit.init}, held-out pathwise {fit.heldout_init:.4f} -> "
+                  f"{fit.heldout_fit:.4f}, t_min {float(fit.ts[-2]):.4f}", flush=True)
+        best = min(cands, key=lambda k: cands[k]["heldout_fit"])
+        fits[nfe] = {"sampler": best, "ts": torch.tensor(cands[best]["ts"], dtype=torch.float64),
+                     "candidates": cands, "cpu_s": time.process_time() - c0}
     return fits
+
+
+def fit_table(fits: dict) -> list[str]:
+    """The fits: per NFE and candidate sampler, the chosen start, the fitted last time and the held-out errors."""
+    rows = []
+    for nfe, f in fits.items():
+        for s, c in f["candidates"].items():
+            rows.append([nfe, s + (" (chosen)" if s == f["sampler"] else ""), c["init"], f"{c['ts'][-2]:.4f}",
+                         f"{c['heldout_init']:.5f}", f"{c['heldout_fit']:.5f}"])
+    return harness.table(["NFE", "sampler", "best start", "fitted t_min", "held-out MSE start", "held-out MSE fit"],
+                         rows)
 
 
 def check_pipeline(unet, sched, x_T_seed: int, nfe: int, own: torch.Tensor) -> float:
@@ -144,10 +167,14 @@ def evaluate(model, folder: Path, fits: dict, args) -> tuple[list[dict], dict]:
         x_T = torch.randn(args.n_fid, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():
             x_p = x_T[:args.n_path]
-            ref = ode_reference(model, x_p, 1.0, p.t_min, True, method="unipc", steps=args.ref_steps)
+            ode = torch.cat([ode_reference(model, x_T[i:i + 500], 1.0, p.t_min, True, method="unipc",
+                                           steps=args.ref_steps) for i in range(0, args.n_fid, 500)])
+            ref = ode[:args.n_path]
             half = ode_reference(model, x_p, 1.0, p.t_min, True, method="unipc", steps=args.ref_steps // 2)
         floors[seed] = float((half - ref).reshape(args.n_path, -1).pow(2).mean(1).mean().sqrt())
+        ode_row = metrics(ode, ref, args.n_path)  # what a solver exactly on the model's ODE scores (any NFE)
         for nfe in args.nfes:
+            rows.append({"config": REFERENCE.format(args.ref_steps), "nfe": nfe, "seed": seed, **ode_row})
             for name, (cls, over) in diffusers_configs().items():
                 sched = getattr(diffusers, cls).from_config({**cfg, **over})
                 rows.append({"config": name, "nfe": nfe, "seed": seed, **metrics(run_scheduler(sched, unet, x_T, nfe),
@@ -159,7 +186,7 @@ def evaluate(model, folder: Path, fits: dict, args) -> tuple[list[dict], dict]:
                                    for i in range(0, args.n_fid, 500)])
                 rows.append({"config": f"scorelab {s} (default grid)", "nfe": nfe, "seed": seed,
                              **metrics(x, ref, args.n_path)})
-            sched = ScorelabScheduler(p, "unipc", grid=fits[nfe]["ts"])
+            sched = ScorelabScheduler(p, fits[nfe]["sampler"], grid=fits[nfe]["ts"])
             x = run_scheduler(sched, unet, x_T, nfe)
             row = {"config": FITTED, "nfe": nfe, "seed": seed, **metrics(x, ref, args.n_path)}
             if seed == 1:  # the same adapter inside an unchanged DDPMPipeline (its own x_T draw of 8 images)
@@ -171,7 +198,8 @@ def evaluate(model, folder: Path, fits: dict, args) -> tuple[list[dict], dict]:
     return rows, floors
 
 
-FITTED = "scorelab UniPC-3, fitted grid, inside diffusers (ScorelabScheduler)"
+FITTED = "scorelab fitted grid + solver, inside diffusers (ScorelabScheduler)"
+REFERENCE = "the model's own ODE solution (UniPC-3, {} steps; the same in every column)"
 
 
 def summarize(rows: list[dict], args) -> tuple[str, dict]:
@@ -212,8 +240,12 @@ def main() -> None:
     ap.add_argument("--fit-samples", type=int, default=128)
     ap.add_argument("--ref-steps", type=int, default=200)
     ap.add_argument("--nfes", type=int, nargs="+", default=[5, 10, 20])
-    ap.add_argument("--fit-init", choices=["uniform_log_snr", "diffusers"], default="uniform_log_snr",
-                    help="the fit's starting grid: uniform log-SNR down to t = 1/N, or diffusers' linspace timesteps")
+    ap.add_argument("--fit-samplers", nargs="+", default=list(FIT_SAMPLERS),
+                    help="samplers fitted (from ADAPTER_SAMPLERS); the best on the fit's held-out x_T runs")
+    ap.add_argument("--fit-inits", nargs="+", default=list(FIT_INITS),
+                    help="starting grids (make_grid names); each fit starts from the best on its own x_T")
+    ap.add_argument("--unet", default=None,
+                    help="reuse a diffusers folder written by train_to_folder instead of training (iteration only)")
     ap.add_argument("--name", default=NAME, help="results file name")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -221,9 +253,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "digits_unet"
-        train_info = train_to_folder(args, folder)
+        if args.unet:  # a folder an earlier run's train_to_folder wrote (for iterating; headline runs train)
+            folder, train_info = Path(args.unet), {"train_steps": f"(reused folder {args.unet})", "train_cpu_s": 0.0}
+        else:
+            train_info = train_to_folder(args, folder)
         print(f"trained: {train_info}")
         model = from_diffusers(folder)
+        train_info["params"] = sum(q.numel() for q in model.net.unet.parameters())
         c0 = time.process_time()
         fits = fit_grids(model, args)
         fit_cpu = time.process_time() - c0
@@ -233,13 +269,17 @@ def main() -> None:
     diffs = [r["pipeline_max_abs_diff"] for r in rows if "pipeline_max_abs_diff" in r]
     md = ["# Bring your own model: a diffusers UNet trained by scorelab on digits, sampled by diffusers and by "
           "scorelab's fitted grid inside diffusers", "",
-          f"UNet2DModel 8x8, {train_info['params']} parameters, {args.train_steps} scorelab training steps "
+          f"UNet2DModel 8x8, {train_info['params']} parameters, {train_info['train_steps']} scorelab training steps "
           f"(batch 128; {train_info['train_cpu_s']:.0f} CPU s); {args.n_fid} samples per config and seed for "
           f"FID-digits (vs the 1797 digits), pathwise error on the first {args.n_path}; reference ODE solution: "
           f"UniPC-3 on {args.ref_steps} log-SNR steps (floor = gap to {args.ref_steps // 2} steps: "
-          f"{max(floors.values()):.2e} RMS); grids fitted with {args.fit_evals} objective evaluations on "
-          f"{args.fit_samples} x_T of their own ({fit_cpu:.0f} CPU s for all NFE); the fitted grid inside an "
-          f"unchanged DDPMPipeline equals the loop to {max(diffs):.1e} (max abs, clamped images).", body, "",
+          f"{max(floors.values()):.2e} RMS); grids fitted (last time free, teacher: the full ODE solution above) with "
+          f"{args.fit_evals} objective evaluations on {args.fit_samples} x_T of their own for each of "
+          f"{', '.join(args.fit_samplers)}, each from the best of the starts {', '.join(args.fit_inits)}; the sampler "
+          f"with the lowest error on the fit's own held-out {args.fit_samples} x_T runs inside diffusers "
+          f"({fit_cpu:.0f} CPU s for all fits); the fitted grid inside an unchanged DDPMPipeline equals the loop to "
+          f"{max(diffs):.1e} (max abs, clamped images).", "", "### Fits (held-out: the fit's own x_T, per-coordinate "
+          "MSE to the ODE solution)", "", *fit_table(fits), body, "",
           f"Wall time {prov['wall_time_s']:.0f} s, CPU time {prov['cpu_time_s']:.0f} s (one thread).",
           "Anchor: diffusers' own schedulers, run side by side on the same UNet and x_T."]
     fitted = {n: {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in f.items()} for n, f in

@@ -129,6 +129,50 @@ def test_final_zero_and_multistep(oracle):
     assert len(fit.ts) == 5 and fit.ts[-1] == 0 and fit.loss_fit <= fit.loss_init
 
 
+@pytest.fixture(scope="module")
+def discrete_oracle():
+    return ring_mixture(8, radius=2.0, std=0.1, d=2).as_model(Discrete.from_schedule("linear", 1000))
+
+
+def test_free_end_moves_t_min_and_fits_the_full_ode(discrete_oracle):
+    """``free_end``: the last time before the step to 0 is fitted too, against the model's full ODE solution (down to
+    the process's own t_min = 1/N, then the step to 0).  Started from diffusers' linspace timesteps (last one at k =
+    250, t = 0.251) the fit moves that time down, and it lowers the held-out error, recomputed here."""
+    p = discrete_oracle.process
+    ts0 = make_grid("ddpm_linspace", p, 3)
+    fit = optimize_grid(discrete_oracle, "dpm_solver_pp_2m", 3, init="ddpm_linspace", final_zero=True, free_end=True,
+                        objective="pathwise", n_samples=64, n_heldout=64, max_objective=60, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(5))
+    assert fit.free_end and len(fit.ts) == 5 and fit.ts[0] == ts0[0] and fit.ts[-1] == 0
+    assert torch.all(fit.ts[1:] < fit.ts[:-1]) and p.t_min <= float(fit.ts[-2]) < 0.9 * float(ts0[-1])
+    assert fit.heldout_fit < 0.5 * fit.heldout_init
+    g = torch.Generator().manual_seed(5)
+    p.prior_sample((64, 2), generator=g, dtype=torch.float64)
+    x_held = p.prior_sample((64, 2), generator=g, dtype=torch.float64)
+    full = ode_reference(discrete_oracle, x_held, 1.0, p.t_min, True)
+    for ts, held in ((fit.ts, fit.heldout_fit), (torch.cat([ts0, ts0.new_zeros(1)]), fit.heldout_init)):
+        err = float(((SAMPLERS["dpm_solver_pp_2m"].fn(discrete_oracle, x_held, ts) - full) ** 2).mean())
+        assert math.isclose(err, held, rel_tol=1e-6)
+
+
+def test_the_fit_starts_from_the_best_initial_grid(discrete_oracle):
+    """A list of initial grids (names or explicit grids, a trailing 0 allowed with ``final_zero``) is scored on the
+    fitting batch and the fit starts from the best; with no budget left for Powell that grid is the result."""
+    p = discrete_oracle.process
+    explicit = make_grid("uniform_t", p, 3, final_zero=True)
+    kw = dict(final_zero=True, free_end=True, objective="pathwise", n_samples=32, n_heldout=0, dtype=torch.float64)
+    fit = optimize_grid(discrete_oracle, "ddim", 3, init=["karras", "ddpm_linspace", explicit], max_objective=3, **kw)
+    assert set(fit.init_losses) == {"karras", "ddpm_linspace", "grid2"} and fit.n_objective == 3
+    assert fit.init == min(fit.init_losses, key=fit.init_losses.get)
+    assert fit.loss_init == fit.loss_fit == min(fit.init_losses.values())
+    best = explicit[:-1] if fit.init == "grid2" else make_grid(fit.init, p, 3)
+    assert torch.allclose(fit.ts[:-1], best, rtol=1e-9) and fit.ts[-1] == 0
+    with pytest.raises(ValueError, match="t_min"):  # without free_end the starts must share both endpoints
+        optimize_grid(discrete_oracle, "ddim", 3, init=["karras", "ddpm_linspace"], final_zero=True)
+    with pytest.raises(ValueError, match="expected 4 times"):
+        optimize_grid(discrete_oracle, "ddim", 3, init=[make_grid("karras", p, 5)], final_zero=True)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"sampler": "ddpm", "n_steps": 4}, "deterministic"),
     ({"sampler": "dopri5", "n_steps": 4}, "adaptive"),
@@ -137,6 +181,8 @@ def test_final_zero_and_multistep(oracle):
     ({"sampler": "ddim", "n_steps": 3, "objective": "kl"}, "objective"),
     ({"sampler": "ddim", "n_steps": 3, "grid_kw": {"final_zero": True}}, "final_zero"),
     ({"sampler": "ddim", "n_steps": 3, "reference": "rk4"}, "reference solver"),
+    ({"sampler": "ddim", "n_steps": 3, "free_end": True}, "final_zero"),
+    ({"sampler": "ddim", "n_steps": 3, "init": []}, "at least one"),
 ])
 def test_bad_requests(oracle, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -6,7 +6,10 @@ differs from the probability-flow ODE's by at most the pathwise error, since the
     SW2(law S, law Phi)^2  <=  W2(law S(x_T; ts), law Phi(x_T))^2  <=  E || S(x_T; ts) - Phi(x_T) ||^2 = d L(ts),
 
 where ``Phi`` is the exact PF-ODE flow from t_max to t_min (adaptive dopri5 at a tight tolerance, or UniPC-3 on 1000
-log-SNR steps: ``ode_reference``; followed by the same step to t = 0 when the grid ends there).  With exact scores
+log-SNR steps: ``ode_reference``; followed by the same step to t = 0 when the grid ends there).  With ``free_end`` the
+grid's last time before its step to 0 is fitted as well and ``Phi`` is the model's full solution, down to the
+process's own t_min (then the step to 0): a grid may then trade its last time against its interior ones (at NFE 5 on
+a DDPM chain diffusers' linspace timesteps stop at k = 200, t = 0.2; the fit moves that point).  With exact scores
 the ODE's law at t_min is the data law diffused to t_min, so minimising ``L`` over the grid minimises an upper bound
 on the sampler's distance to it.  This is the teacher-student idea of LD3 (Tong et al. 2025, "Learning to
 Discretize Denoising Diffusion ODEs") and of GITS (Chen et al. 2024, "On the Trajectory Regularity of ODE-based
@@ -23,15 +26,19 @@ Notation
 --------
 ==============  =====================================================================================================
 ``lam``         log-SNR lambda(t) = log(alpha^2 / sigma^2); the grid is parameterised in lambda (increasing along
-                the sampling direction), endpoints lambda(t_max), lambda(t_min) fixed
-``theta``       n - 1 free logits: increment k of lambda is softmax([theta, 0])_k (lambda(t_min) - lambda(t_max))
+                the sampling direction), endpoints lambda(t_max), lambda(t_min) fixed (t_min fitted: ``free_end``)
+``theta``       n - 1 free logits: increment k of lambda is softmax([theta, 0])_k (lambda(t_min) - lambda(t_max));
+                with ``free_end`` preceded by lambda(t_min) itself, in [lambda(t_max), lambda(process.t_min)]
 ``L``           mean over x_T of || S(x_T; ts) - Phi(x_T) ||^2 / d (per-coordinate squared pathwise error)
 ``SW2``         sliced W2: mean over unit directions u of W2^2 of the 1-D projections (sorted matching), sqrt
 ==============  =====================================================================================================
 
-The objective is minimised derivative-free (scipy's Powell, which needs no gradient through the sampler), on a
-fixed batch of x_T (common random numbers), so the fitted grid should be judged on fresh x_T: ``GridFit`` reports
-the loss of the initial and the fitted grid on both the fitting batch and a held-out batch.
+The objective is minimised derivative-free (scipy's Powell, which needs no gradient through the sampler; a box on
+lambda(t_min)), on a fixed batch of x_T (common random numbers), so the fitted grid should be judged on fresh x_T:
+``GridFit`` reports the loss of the initial and the fitted grid on both the fitting batch and a held-out batch.
+Several initial grids may be given: each is scored on the fitting batch and the fit starts from the best (a grid
+chosen on exact mixture oracles, e.g. ``li``, need not suit a trained network, and the starts differ by orders of
+magnitude at NFE 5).
 """
 from __future__ import annotations
 
@@ -67,6 +74,8 @@ class GridFit:
     model_evals: int  # network evaluations spent fitting (teacher solves included)
     history: list = field(default_factory=list)
     reference: str = "dopri5"  # the teacher's solver (ode_reference's method)
+    free_end: bool = False  # the last time before the step to 0 was fitted (teacher: the full ODE solution)
+    init_losses: dict = field(default_factory=dict)  # objective of each initial grid on the fitting batch
 
     def to_json(self) -> dict:
         """The fit as a JSON-ready dict (the grid ``ts`` as a list of floats): what ``save`` writes, ``load_grid``
@@ -141,29 +150,98 @@ def ode_reference(model: DiffusionModel, x_T: torch.Tensor, t_max: float, t_min:
         return SAMPLERS["ddim"].fn(model, out, torch.tensor([t_min, 0.0], dtype=_F64)) if final_zero else out
 
 
-def optimize_grid(model: DiffusionModel, sampler: str, n_steps: int, *, init: str = "uniform_log_snr",
-                  final_zero: bool = False, objective: str = "sliced_w2", n_samples: int = 1024,
-                  n_heldout: int = 1024, n_proj: int = 128, max_objective: int = 600,
+def optimize_grid(model: DiffusionModel, sampler: str, n_steps: int, *, init="uniform_log_snr",
+                  final_zero: bool = False, free_end: bool = False, objective: str = "sliced_w2",
+                  n_samples: int = 1024, n_heldout: int = 1024, n_proj: int = 128, max_objective: int = 600,
                   generator: torch.Generator | None = None, sampler_opts: dict | None = None,
                   grid_kw: dict | None = None, dtype: torch.dtype = torch.float32, sample_shape: tuple = (),
                   device: str | torch.device = "cpu", rtol: float = 1e-7, reference: str = "dopri5",
                   ref_steps: int = 1000, progress: bool = False) -> GridFit:
     """Fit the interior points of an ``n_steps`` grid for the deterministic ``sampler`` (module docstring).
 
-    ``init``: the starting grid (a ``make_grid`` name, ``grid_kw`` passed on; endpoints t_max, t_min taken from
-    it); ``final_zero``: the grid ends with a step to t = 0 (not optimised: it is the denoiser's output);
+    ``init``: the starting grid: a ``make_grid`` name (``grid_kw`` passed on), an explicit grid (``[n_steps + 1]``
+    descending times, a trailing 0 dropped with ``final_zero``), or a list of these: each is scored on the fitting
+    batch and the fit starts from the best (``GridFit.init_losses``); endpoints t_max, t_min taken from it;
+    ``final_zero``: the grid ends with a step to t = 0 (the denoiser's output); ``free_end`` (needs ``final_zero``):
+    the last time t_min before that step is fitted too (in [process.t_min, t_max)), and the teacher solves the ODE
+    down to the process's own end process.t_min (then the same step to 0): the model's full ODE solution;
     ``n_samples`` / ``n_heldout``: x_T of the fitting and the held-out batch, drawn from the process prior with
     ``generator`` (a CPU generator), shape ``[n, *sample_shape]`` (required but for an exact oracle, whose
     mixture knows its shape), on ``device`` in ``dtype``;
     ``objective``: ``"sliced_w2"`` (on ``n_proj`` fixed random directions) or ``"pathwise"`` (module docstring);
-    ``max_objective``: budget of objective evaluations (Powell); ``sampler_opts``: passed to the sampler (e.g.
-    ``orders`` of DPM-Solver, ``order`` of UniPC); ``reference``, ``rtol``, ``ref_steps``: the teacher's solver
-    (``ode_reference``: dopri5 at ``rtol``, or UniPC-3 on ``ref_steps`` log-SNR steps).  Returns a ``GridFit``
-    (``ts`` starts at t_max and ends at t_min, or 0 with ``final_zero``)."""
+    ``max_objective``: budget of objective evaluations (initial grids and Powell); ``sampler_opts``: passed to the
+    sampler (e.g. ``orders`` of DPM-Solver, ``order`` of UniPC); ``reference``, ``rtol``, ``ref_steps``: the
+    teacher's solver (``ode_reference``: dopri5 at ``rtol``, or UniPC-3 on ``ref_steps`` log-SNR steps).  Returns a
+    ``GridFit`` (``ts`` starts at t_max and ends at t_min, or 0 with ``final_zero``)."""
     from scipy.optimize import minimize
 
     from .._utils import progress as tqdm
     from ..core.denoisers import CountingModel
+
+    info = _check_request(sampler, n_steps, n_samples, n_heldout, max_objective, n_proj, reference, objective,
+                          grid_kw, final_zero, free_end)
+    p, opts = model.process, dict(sampler_opts or {})
+    inits = _init_grids(init, p, int(n_steps), grid_kw, final_zero, free_end)
+    par = _Params(p, float(inits[0][1][0]), float(inits[0][1][-1]), free_end)
+    shape = tuple(sample_shape) or _sample_shape(model)
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    x_fit = p.prior_sample((n_samples, *shape), generator=g, dtype=dtype).to(device)
+    x_held = p.prior_sample((n_heldout, *shape), generator=g, dtype=dtype).to(device)
+    counter = CountingModel(model)
+    ref_kw = {"rtol": rtol, "atol": rtol, "method": reference, "steps": ref_steps}
+    t_ref = float(p.t_min) if free_end else par.t_min
+    ref_fit = ode_reference(counter, x_fit, par.t_max, t_ref, final_zero, **ref_kw)
+    ref_held = ode_reference(counter, x_held, par.t_max, t_ref, final_zero, **ref_kw) if n_heldout else None
+    directions = torch.randn(math.prod(shape), n_proj, generator=g, dtype=_F64)
+    directions = (directions / directions.norm(dim=0, keepdim=True)).to(device)
+    fn = info.fn
+    if "progress" in _params(fn):
+        opts["progress"] = False
+    _check_deterministic(fn, counter, x_fit[:4], inits[0][1], opts, sampler)
+
+    def loss(ts: torch.Tensor, x: torch.Tensor, ref: torch.Tensor) -> float:
+        try:
+            with torch.no_grad():
+                out = fn(counter, x, ts, **opts)
+        except ValueError:  # a degenerate grid (points merged in float64): not a candidate
+            return 1e30
+        v = discrepancy(out, ref, directions if objective == "sliced_w2" else None)
+        return v if math.isfinite(v) else 1e30
+
+    history: list = []
+    bar = tqdm(total=max_objective, desc=f"optimize_grid {sampler} n={n_steps}", disable=not progress, leave=False)
+
+    def fun(theta: np.ndarray) -> float:
+        v = loss(par.grid(theta, final_zero), x_fit, ref_fit)
+        history.append(v)
+        bar.update(1)
+        bar.set_postfix(best=min(history))
+        return v
+
+    init_losses = {name: fun(par.theta(ts)) for name, ts in inits}
+    name0 = min(init_losses, key=init_losses.get)
+    ts0 = dict(inits)[name0]
+    theta0, f0 = par.theta(ts0), init_losses[name0]
+    res = None
+    if max_objective > len(history):
+        res = minimize(fun, theta0, method="Powell", bounds=par.bounds(len(theta0)),
+                       options={"maxfev": max_objective - len(history), "xtol": 1e-4, "ftol": 1e-6})
+    bar.close()
+    theta = res.x if res is not None and res.fun <= f0 else theta0
+    ts = par.grid(theta, final_zero)
+    ts_init = torch.cat([ts0, ts0.new_zeros(1)]) if final_zero else ts0
+    h0 = loss(ts_init, x_held, ref_held) if n_heldout else math.nan
+    h1 = loss(ts, x_held, ref_held) if n_heldout else math.nan
+    return GridFit(ts=ts, sampler=sampler, init=name0, final_zero=final_zero, objective=objective, loss_init=f0,
+                   loss_fit=min(res.fun, f0) if res is not None else f0,
+                   heldout_init=h0, heldout_fit=h1, n_objective=len(history), model_evals=counter.nfe,
+                   history=[min(history[: i + 1]) for i in range(len(history))], reference=reference,
+                   free_end=free_end, init_losses=init_losses)
+
+
+def _check_request(sampler, n_steps, n_samples, n_heldout, max_objective, n_proj, reference, objective, grid_kw,
+                   final_zero, free_end):
+    """``optimize_grid``'s argument checks (one ValueError line each); returns the sampler's ``SamplerInfo``."""
     from . import SAMPLERS
 
     if sampler not in SAMPLERS:
@@ -179,61 +257,71 @@ def optimize_grid(model: DiffusionModel, sampler: str, n_steps: int, *, init: st
         raise ValueError(f"unknown reference solver {reference!r}; expected one of {REFERENCES}")
     if objective not in ("sliced_w2", "pathwise"):
         raise ValueError(f"objective must be 'sliced_w2' or 'pathwise', got {objective!r}")
-    p, opts = model.process, dict(sampler_opts or {})
     if "final_zero" in (grid_kw or {}):
         raise ValueError("pass final_zero to optimize_grid itself, not in grid_kw (the step to 0 is not fitted)")
-    ts0 = make_grid(init, p, int(n_steps), **(grid_kw or {}))
-    t_max, t_min = float(ts0[0]), float(ts0[-1])
-    lam_lo, lam_hi = float(p.log_snr(torch.tensor(t_max, dtype=_F64))), float(p.log_snr(torch.tensor(t_min,
-                                                                                                        dtype=_F64)))
-    shape = tuple(sample_shape) or _sample_shape(model)
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    x_fit = p.prior_sample((n_samples, *shape), generator=g, dtype=dtype).to(device)
-    x_held = p.prior_sample((n_heldout, *shape), generator=g, dtype=dtype).to(device)
-    counter = CountingModel(model)
-    ref_kw = {"rtol": rtol, "atol": rtol, "method": reference, "steps": ref_steps}
-    ref_fit = ode_reference(counter, x_fit, t_max, t_min, final_zero, **ref_kw)
-    ref_held = ode_reference(counter, x_held, t_max, t_min, final_zero, **ref_kw) if n_heldout else None
-    directions = torch.randn(math.prod(shape), n_proj, generator=g, dtype=_F64)
-    directions = (directions / directions.norm(dim=0, keepdim=True)).to(device)
-    fn = info.fn
-    if "progress" in _params(fn):
-        opts["progress"] = False
-    _check_deterministic(fn, counter, x_fit[:4], ts0, opts, sampler)
+    if free_end and not final_zero:
+        raise ValueError("free_end=True needs final_zero=True (the fitted last time is followed by the step to 0)")
+    return info
 
-    def loss(ts: torch.Tensor, x: torch.Tensor, ref: torch.Tensor) -> float:
-        try:
-            with torch.no_grad():
-                out = fn(counter, x, ts, **opts)
-        except ValueError:  # a degenerate grid (points merged in float64): not a candidate
-            return 1e30
-        v = discrepancy(out, ref, directions if objective == "sliced_w2" else None)
-        return v if math.isfinite(v) else 1e30
 
-    history: list = []
-    bar = tqdm(total=max_objective, desc=f"optimize_grid {sampler} n={n_steps}", disable=not progress, leave=False)
+def _init_grids(init, process, n_steps: int, grid_kw: dict | None, final_zero: bool,
+                free_end: bool) -> list[tuple[str, torch.Tensor]]:
+    """The candidate starting grids ``[(name, ts)]`` of ``init`` (a name, a grid or a list of them), each with
+    ``n_steps + 1`` times ending at t_min > 0; all share t_max (and t_min unless ``free_end``)."""
+    from .base import check_grid
 
-    def fun(theta: np.ndarray) -> float:
-        v = loss(grid_from_theta(p, theta, lam_lo, lam_hi, t_max, t_min, final_zero), x_fit, ref_fit)
-        history.append(v)
-        bar.update(1)
-        bar.set_postfix(best=min(history))
-        return v
+    items = list(init) if isinstance(init, (list, tuple)) else [init]
+    if not items:
+        raise ValueError("init must name at least one starting grid")
+    out = []
+    for j, item in enumerate(items):
+        if isinstance(item, str):
+            name, ts = item, make_grid(item, process, n_steps, **(grid_kw or {}))
+        else:
+            name, ts = f"grid{j}", check_grid(torch.as_tensor(item, dtype=_F64), process).clone()
+            ts = ts[:-1] if final_zero and float(ts[-1]) == 0.0 else ts
+        if ts.ndim != 1 or len(ts) != n_steps + 1 or float(ts[-1]) <= 0:
+            raise ValueError(f"init {name}: expected {n_steps + 1} times ending above 0 (a trailing 0 only with "
+                             f"final_zero), got {ts.tolist()}")
+        out.append((name, ts))
+    t_max, t_min = float(out[0][1][0]), float(out[0][1][-1])
+    for name, ts in out:
+        if float(ts[0]) != t_max or (not free_end and float(ts[-1]) != t_min):
+            raise ValueError(f"init {name} spans [{float(ts[-1])}, {float(ts[0])}]; every initial grid must share "
+                             f"t_max = {t_max}" + ("" if free_end else f" and t_min = {t_min} (or pass free_end)"))
+    return out
 
-    theta0 = theta_from_grid(p, ts0)
-    f0 = fun(theta0)
-    res = minimize(fun, theta0, method="Powell", options={"maxfev": max_objective - 1, "xtol": 1e-4,
-                                                                "ftol": 1e-6})
-    bar.close()
-    theta = res.x if res.fun <= f0 else theta0
-    ts = grid_from_theta(p, theta, lam_lo, lam_hi, t_max, t_min, final_zero)
-    ts_init = torch.cat([ts0, ts0.new_zeros(1)]) if final_zero else ts0
-    h0 = loss(ts_init, x_held, ref_held) if n_heldout else math.nan
-    h1 = loss(ts, x_held, ref_held) if n_heldout else math.nan
-    return GridFit(ts=ts, sampler=sampler, init=init, final_zero=final_zero, objective=objective, loss_init=f0,
-                   loss_fit=min(res.fun, f0),
-                   heldout_init=h0, heldout_fit=h1, n_objective=len(history), model_evals=counter.nfe,
-                   history=[min(history[: i + 1]) for i in range(len(history))], reference=reference)
+
+class _Params:
+    """The fitted parameters: with ``free_end`` first the log-SNR lam_end of the last time, bounded to [lam(t_max) +
+    1e-3 span, lam(process.t_min)] (first, so that Powell's first line search moves it), then the n - 1 logits theta
+    of the lambda increments."""
+
+    def __init__(self, process, t_max: float, t_min: float, free_end: bool):
+        self.p, self.t_max, self.t_min, self.free_end = process, t_max, t_min, free_end
+        lam = process.log_snr(torch.tensor([t_max, t_min, float(process.t_min)], dtype=_F64)).tolist()
+        self.lam_lo, self.lam_hi, self.lam_cap = lam
+
+    def theta(self, ts: torch.Tensor) -> np.ndarray:
+        """The parameters of a grid ending at its t_min (no trailing 0)."""
+        theta = theta_from_grid(self.p, ts)
+        if not self.free_end:
+            return theta
+        return np.insert(theta, 0, min(float(self.p.log_snr(ts[-1].to(_F64))), self.lam_cap))
+
+    def bounds(self, n: int) -> list | None:
+        """Powell's box for ``n`` parameters: lam_end inside the process interval, free logits (None: no box)."""
+        if not self.free_end:
+            return None
+        return [(self.lam_lo + 1e-3 * (self.lam_cap - self.lam_lo), self.lam_cap)] + [(None, None)] * (n - 1)
+
+    def grid(self, theta: np.ndarray, final_zero: bool) -> torch.Tensor:
+        """The grid of the parameters (float64, descending; then 0 with ``final_zero``)."""
+        if not self.free_end:
+            return grid_from_theta(self.p, theta, self.lam_lo, self.lam_hi, self.t_max, self.t_min, final_zero)
+        lam_end = float(np.clip(theta[0], self.lam_lo + 1e-3 * (self.lam_cap - self.lam_lo), self.lam_cap))
+        t_end = max(float(self.p.t_from_log_snr(torch.tensor(lam_end, dtype=_F64))), float(self.p.t_min))
+        return grid_from_theta(self.p, theta[1:], self.lam_lo, lam_end, self.t_max, t_end, final_zero)
 
 
 def discrepancy(out: torch.Tensor, ref: torch.Tensor, directions: torch.Tensor | None) -> float:
