@@ -40,7 +40,7 @@ def test_sample_on_oracle_reaches_the_target(capsys, tmp_path):
     (["sample", "--model", "gmm:nope", "--sampler", "heun", "--nfe", "10"], "unknown oracle"),
     (["sample", "--model", "gmm:ring8", "--process", "foo", "--sampler", "heun", "--nfe", "10"], "unknown process"),
     (["sample", "--checkpoint", "/does/not/exist", "--sampler", "heun", "--nfe", "10"], "does not exist"),
-    (["sample", "--model", "gmm:ring8", "--sampler", "heun", "--nfe", "1"], "nfe"),
+    (["sample", "--model", "gmm:ring8", "--sampler", "pc", "--nfe", "1"], "nfe"),  # predictor + corrector = 2
     (["train", "--config", "/does/not/exist.yaml"], "does not exist"),
 ])
 def test_bad_input_exits_2_with_one_line(capsys, args, message):
