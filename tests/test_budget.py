@@ -71,7 +71,7 @@ def test_run_sampler_is_sample_with_the_cli_grid_report():
 def test_budget_respected_for_every_sampler(name, final_zero):
     """For every registered fixed-step sampler the planned NFE is what the run measures, and within the budget."""
     opts = RUNNABLE.get(name, {})
-    for nfe in (15, 24):
+    for nfe in ((18, 24) if name == "restart" else (15, 24)):  # restart under a budget needs NFE >= 18
         x, info = sample(MODEL, name, nfe, 6, shape=(2,), dtype=F64, options=opts, final_zero=final_zero,
                          batch_size=4)
         assert info["nfe_measured_per_batch"] == info["nfe_planned"] <= nfe, (name, nfe, info)
@@ -137,7 +137,9 @@ def test_sampler_info_arithmetic():
     (dict(sampler="heun", nfe=2, final_zero=True, options={"euler_first": False}),
      r"too small for sampler 'heun'.*final step to 0.*need at least 3"),
     (dict(sampler="ddim", nfe=1, final_zero=True), r"too small for sampler 'ddim'.*final step to 0.*need at least 2"),
-    (dict(sampler="restart", nfe=10), r"NFE budget 10 does not cover the 12 evaluations 'restart' spends"),
+    (dict(sampler="restart", nfe=10, options={"K": 2}),
+     r"NFE budget 10 does not cover the 12 evaluations 'restart' spends"),
+    (dict(sampler="restart", nfe=17), r"NFE budget 17 is too small for restart.*needs NFE >= 18 \(or give K"),
     (dict(sampler="dopri5"), r"'dopri5' is adaptive"),
     (dict(options={"etta": 0.5}, sampler="ddim"), r"sampler 'ddim' has no option\(s\) \['etta'\]; expected some of"),
     (dict(sampler="dpm_solver_2", options={"orders": [2, 2]}), r"the budget chooses 'dpm_solver_2'.*drop the option"),
@@ -179,3 +181,13 @@ def test_registered_transition_reproduces_the_sampler(name):
                             **cfg.options_for(SAMPLERS[name].options))
     torch.testing.assert_close(ro.x0, ref)
     assert bool((ro.stds[:-1] > 0).all())  # every step but possibly the last into t = 0 is a Gaussian policy
+
+
+@pytest.mark.parametrize("nfe,K", [(18, 1), (35, 1), (36, 2), (100, 2)])
+def test_restart_loops_take_at_most_a_third_of_the_budget(nfe, K):
+    """Without an explicit K the budget sets it (at most Xu et al.'s K = 2); the run reports and spends it."""
+    _, info = sample(MODEL, "restart", nfe, 4, shape=(2,), dtype=F64)
+    assert info["options"]["K"] == K and info["nfe_measured_per_batch"] == info["nfe_planned"] <= nfe
+    assert 2 * 3 * K <= nfe / 3
+    _, info = sample(MODEL, "restart", nfe, 4, shape=(2,), dtype=F64, options={"K": 0})
+    assert info["options"]["K"] == 0  # a given K is kept

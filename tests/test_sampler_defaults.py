@@ -191,6 +191,11 @@ def test_fit_grid_is_stored_with_the_model_and_reused(capsys, tmp_path):
     assert code == 0 and "using the grid" not in out
     code, _, err = _run(capsys, "fit-grid", "--model", "gmm:ring8", "--sampler", "ddim", "--nfe", "5")
     assert code == 2 and "checkpoint" in err
+    code, out, err = _run(capsys, "fit-grid", "--checkpoint", run, "--sampler", "unipc", "--nfe", "5", "--free-end",
+                          "--n-samples", "32", "--max-objective", "8", "--fit-reference", "unipc")
+    assert code == 0, err
+    rec = json.loads(next((tmp_path / "run").rglob("grids/*.unipc.nfe5.json")).read_text())
+    assert rec["ts"][-1] == 0.0 and rec["fit"]["free_end"] is True and rec["fit"]["final_zero"] is True
 
 
 def test_samplers_listing_shows_defaults_and_auto(capsys):

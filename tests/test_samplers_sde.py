@@ -228,3 +228,42 @@ def test_bad_options_raise():
         sample_ddpm(model, x, torch.tensor([2.0, 0.5], dtype=F64), progress=False)  # outside [0, t_max]
     with pytest.raises(ValueError):
         langevin_transition(model, x, 0.5, step_size=0.0)
+
+
+# -- small budgets: the last step onto sigma = 0, PC's predictor on VE-type processes ---------------------------
+@pytest.mark.parametrize("proc", [EDM(), VP(), Discrete.from_schedule("linear", 1000)], ids=["edm", "vp", "ddpm"])
+def test_euler_maruyama_last_step_onto_zero_is_the_denoiser(proc):
+    """A last step onto sigma = 0 returns alpha_0 x0_hat(x_t, t) (the denoiser), on every process; the Euler step there
+    would return x + g^2 h score (on EDM: 2 x0_hat - x, a reflection that keeps the noise of x)."""
+    gm = mixture()
+    model = gm.as_model(proc)
+    t = torch.tensor(0.5 if proc.name != "edm" else 5.0, dtype=F64)
+    x, _ = proc.marginal_sample(gm.sample(256, generator=torch.Generator().manual_seed(3)), t,
+                                generator=torch.Generator().manual_seed(4))
+    ts = torch.tensor([float(t), 0.0], dtype=F64)
+    out = sample_euler_maruyama(model, x, ts)
+    torch.testing.assert_close(out, proc.alpha(torch.zeros((), dtype=F64)) * model.x0(x, t), rtol=1e-10, atol=1e-10)
+    euler = sample_euler_maruyama(model, x, ts, noise_last=True, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(euler, out, atol=1e-3)  # a noisy last step keeps Euler-Maruyama (a Gaussian policy)
+
+
+def test_pc_auto_predictor_per_process():
+    from scorelab.samplers.pc import resolve_predictor
+
+    assert resolve_predictor("auto", EDM()) == "ddpm" and resolve_predictor("auto", VE()) == "ddpm"
+    for p in (VP(), SubVP(), VPCosine(), Discrete.from_schedule("linear", 100)):
+        assert resolve_predictor("auto", p) == "euler_maruyama"
+    assert resolve_predictor("euler_maruyama", EDM()) == "euler_maruyama"
+
+
+def test_pc_on_edm_at_nfe_5_does_not_diverge():
+    """PC with 3 levels on EDM (grid 80 -> 10 -> 1 -> 0.002, 5 evaluations): Song et al.'s VE predictor (the
+    default "auto" here) keeps the samples at the data's scale; Euler-Maruyama's mean overshoots x0_hat once
+    sigma_s < sigma_t / 2 and leaves samples far away (the divergence measured on the grid panel)."""
+    proc, gm = EDM(), mixture()
+    model, x_T = gm.as_model(proc), prior(proc, 2000, 0)
+    ts = torch.tensor([80.0, 10.0, 1.0, 0.002], dtype=F64)
+    out = {pr: sample_pc(model, x_T, ts, predictor=pr, generator=torch.Generator().manual_seed(1))
+           for pr in ("auto", "euler_maruyama")}
+    spread = {pr: float(torch.cdist(x, gm.means).min(1).values.median()) for pr, x in out.items()}
+    assert spread["auto"] < 1.0 < 10.0 < spread["euler_maruyama"], spread

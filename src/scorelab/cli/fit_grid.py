@@ -10,6 +10,7 @@ from .common import add_model_args, add_verb, loaded_model, positive_int
 EXAMPLES = """\
 examples:
   scorelab fit-grid --checkpoint runs/swissroll_vp --sampler dpm_solver_pp_2m --nfe 5
+  scorelab fit-grid --checkpoint runs/swissroll_vp --sampler unipc --nfe 5 --free-end
   scorelab sample --checkpoint runs/swissroll_vp --sampler dpm_solver_pp_2m --nfe 5   # uses the stored grid
 """
 
@@ -26,6 +27,9 @@ def add_parser(sub) -> None:
                     help="the teacher: adaptive dopri5 (rtol 1e-7) or UniPC-3 on 1000 log-SNR steps")
     sp.add_argument("--n-samples", type=positive_int, default=1024, help="x_T of the fit (and as many held out)")
     sp.add_argument("--max-objective", type=positive_int, default=600, help="objective evaluations of the fit")
+    sp.add_argument("--free-end", action="store_true",
+                    help="end with a step to t = 0 and fit the time before it too (down to the process's t_min; "
+                         "the teacher is then the model's full ODE solution)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.grids import fit_and_store
 
     fit_kw = {"reference": args.fit_reference, "n_samples": args.n_samples, "n_heldout": args.n_samples,
-              "max_objective": args.max_objective}
+              "max_objective": args.max_objective, "free_end": args.free_end}
     path, record = fit_and_store(loaded_model(args), args.sampler, args.nfe, grid=args.grid, seed=args.seed,
                                  fit_kw=fit_kw, weights="model" if args.no_ema else "ema")
     print(json.dumps({k: record[k] for k in ("sampler", "nfe", "init", "fit")}, indent=2, default=float))

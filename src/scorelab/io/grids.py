@@ -49,14 +49,17 @@ def _check_checkpoint(loaded: LoadedModel) -> Path:
 def fit_and_store(loaded: LoadedModel, sampler: str, nfe: int, *, grid: str | None = None, seed: int = 0,
                   fit_kw: dict | None = None, weights: str = "ema") -> tuple[Path, dict]:
     """Fit ``sampler``'s grid at budget ``nfe`` to the checkpoint's own ODE solution (``budget.fit_sampler_grid``,
-    starting from ``grid``, default the measured rule) and store it (module docstring) -> (path, stored JSON)."""
+    starting from ``grid``, default the measured rule) and store it (module docstring) -> (path, stored JSON).
+    ``fit_kw["free_end"]``: the grid ends with a step to t = 0 and the time before it is fitted too
+    (``grid_opt.optimize_grid``'s ``free_end``)."""
     stem, nfe = _check_checkpoint(loaded), _check_nfe(nfe)
     info = sampler_info(sampler)
     if info.stochastic or info.adaptive:
         raise ValueError(f"fit-grid fits deterministic fixed-step samplers; {sampler!r} is "
                          f"{'stochastic' if info.stochastic else 'adaptive'}")
     init = grid or measured_rule(sampler, nfe, loaded.model.process)[0]
-    ts, planned, opts = plan(loaded.model, sampler, nfe, grid=grid)
+    free_end = bool((fit_kw or {}).get("free_end"))
+    ts, planned, opts = plan(loaded.model, sampler, nfe, grid=grid, final_zero=True if free_end else None)
     ts, report = fit_sampler_grid(loaded.model, sampler, ts, init, opts, loaded.event_shape, loaded.dtype, seed,
                                   None, fit_kw)
     record = {"ts": ts.tolist(), "sampler": sampler, "nfe": nfe, "nfe_planned": planned, "init": init,

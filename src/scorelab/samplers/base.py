@@ -375,6 +375,7 @@ class SamplerInfo:
     evals_first_of: Callable[..., float] | None = None
     evals_last_of: Callable[..., float] | None = None
     extra_nfe_of: Callable[..., int] | None = None
+    budget_options_of: Callable[..., dict] | None = None
     mixed_orders: int = 0
     transition: Callable | None = None
     pre_transition: Callable | None = None
@@ -430,6 +431,13 @@ class SamplerInfo:
     def evals_last(self, **opts) -> float:
         """Network evaluations of the last grid step when it does not end at t = 0, under ``opts``."""
         return float(self.evals_last_of(**self.check_options(opts))) if self.evals_last_of else self.evals(**opts)
+
+    def with_budget_options(self, nfe: int, opts: dict) -> dict:
+        """``opts`` completed by the options a budget of ``nfe`` evaluations sets when the user has not (restart's
+        number of loops K, ``budget_options_of(nfe, **opts)``); options the user gave are never changed."""
+        if self.budget_options_of is None:
+            return dict(opts)
+        return {**self.budget_options_of(int(nfe), **opts), **opts}
 
     def extra_nfe(self, **opts) -> int:
         """Network evaluations spent outside the grid steps (restart's loops) under ``opts``."""

@@ -78,13 +78,17 @@ def grid_for_nfe(sampler_name: str, process: ForwardProcess, nfe: int, grid: str
 
     Returns ``(ts, nfe_used)``, or ``(ts, nfe_used, opts)`` with ``return_opts=True``, where ``opts`` are sampler
     options needed to realise the budget: for samplers with ``mixed_orders`` (``dpm_solver_2/3``) they are the mixed
-    per-step ``orders`` of Lu et al. 2022 (sec. 3.4) that spend the budget exactly; without ``return_opts`` these
+    per-step ``orders`` of Lu et al. 2022 (sec. 3.4) that spend the budget exactly, and the options the budget
+    sets when not given (``SamplerInfo.with_budget_options``: restart's K); without ``return_opts`` these
     samplers run their fixed order and the grid uses whole steps only.  ``options``: the run's sampler options (they
     change the count, e.g. PC's ``n_corrector``); sampler options given in ``kw`` (restart's ``K``, ``n_restart``)
     count too.  The other ``kw`` go to ``make_grid`` (t_max, t_min, final_zero, rho, ...)."""
     info, nfe = sampler_info(sampler_name), _check_nfe(nfe)
     opts = info.check_options(dict(options or {}))
     opts.update({k: kw.pop(k) for k in [k for k in kw if k in info.options]})
+    given = info.check_options(opts)
+    opts = info.with_budget_options(nfe, given)
+    chosen = {k: v for k, v in opts.items() if k not in given}  # set by the budget (restart's K)
     if grid is None:  # the measured default rule (``defaults.default_rule``)
         grid, fz = measured_rule(sampler_name, nfe, process, opts)
         kw.setdefault("final_zero", fz)
@@ -98,12 +102,12 @@ def grid_for_nfe(sampler_name: str, process: ForwardProcess, nfe: int, grid: str
         if len(ts) - 1 != len(orders):  # a grid that merged points ("li") cannot carry the mixed orders
             raise ValueError(f"grid {grid!r} has {len(ts) - 1} steps on this process, not the {len(orders)} that "
                              f"{sampler_name!r}'s mixed orders need for NFE {nfe}; name another grid")
-        return ts, sum(orders) + info.extra_nfe(**opts), {"orders": orders}
+        return ts, sum(orders) + info.extra_nfe(**opts), {**chosen, "orders": orders}
     steps, used = info.steps_for_nfe(nfe, final_zero, **opts)
     ts = make_grid(grid, process, steps - int(final_zero), **kw)
     if len(ts) - 1 != steps:  # a grid that merged points ("li") runs fewer steps
         used = info.planned_nfe(len(ts) - 1, final_zero, **opts)
-    return (ts, used, {}) if return_opts else (ts, used)
+    return (ts, used, chosen) if return_opts else (ts, used)
 
 
 def measured_rule(sampler: str, nfe: int, process: ForwardProcess, options: dict | None = None) -> tuple[str, bool]:
@@ -196,7 +200,7 @@ def plan(model: DiffusionModel, sampler: str, nfe: int, *, grid: str | torch.Ten
     DPM-Solver orders fill the budget exactly), or an explicit grid, checked against the budget.  ``final_zero``
     None: the default rule's with ``grid`` None, else False."""
     info, nfe = sampler_info(sampler), _check_nfe(nfe)
-    opts = info.check_options(dict(options or {}))
+    opts = info.with_budget_options(nfe, info.check_options(dict(options or {})))
     if grid is None or isinstance(grid, str):
         if grid is None:
             grid, fz = measured_rule(sampler, nfe, model.process, opts)

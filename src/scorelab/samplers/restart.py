@@ -18,7 +18,9 @@ Notation
 =================  ============================================================================================
 
 Defaults follow the paper's CIFAR-10 setting in sigma_hat = sigma/alpha units: [0.06, 0.30], K = 2, n_restart = 3,
-mapped to process times with ``t_from_log_snr``.  NFE = main Heun NFE + K * 2 n_restart.
+mapped to process times with ``t_from_log_snr``.  NFE = main Heun NFE + K * 2 n_restart.  Under an NFE budget
+without an explicit K, K = 1 below NFE 36 and no run below NFE 18 (``budget_loops``: the loops take at most a
+third of the budget).
 
 The sampler is a composition of steps run by the one loop: ``restart_plan`` lists the Heun steps and, after the
 step reaching t_min_r, the K (re-noise, n_restart Heun) loops; the callback of that main step comes after its loops.
@@ -95,9 +97,25 @@ def _restart_times(model: DiffusionModel, t_min_r: float | None, t_max_r: float 
     return t_lo, t_hi
 
 
+def budget_loops(nfe: int, n_restart: int = DEFAULT_N_RESTART, K: int | None = None, **_) -> dict:
+    """K for a budget of ``nfe`` evaluations when the user gives none: as many loops as fit in a third of the budget,
+    at most ``DEFAULT_K`` (n_restart = 3: K = 1 for NFE 18-35, K = 2 from 36); ``ValueError`` when not even one loop
+    fits (NFE < 18): restart is then not run rather than run with a main path of one or two steps.  Why: with the
+    paper's K = 2 at NFE 20 the loops take 12 of the 20 evaluations and the main path gets 4 Heun steps; on the
+    grid panel that was 2-9 x DDIM's MMD^2 at NFE 20, K = 1 was within 1.6 x on the members measured."""
+    per_loop = 2 * int(n_restart)
+    if K is not None:  # the user's K is kept
+        return {}
+    if int(nfe) < 3 * per_loop:
+        raise ValueError(f"NFE budget {nfe} is too small for restart with n_restart={n_restart}: its loops may take "
+                         f"at most a third of the budget, so it needs NFE >= {3 * per_loop} (or give K explicitly)")
+    return {"K": min(DEFAULT_K, int(nfe) // (3 * per_loop))}
+
+
 @register("restart", order=2, evals_per_step=2, stochastic=True, options=("t_min_r", "t_max_r", "K", "n_restart"),
           reference="Xu et al. 2023, Restart sampling, Alg. 1", default_grid="karras", skip_correction_at_zero=True,
-          extra_nfe_of=lambda K=DEFAULT_K, n_restart=DEFAULT_N_RESTART, **_: 2 * int(K) * int(n_restart))
+          extra_nfe_of=lambda K=DEFAULT_K, n_restart=DEFAULT_N_RESTART, **_: 2 * int(K) * int(n_restart),
+          budget_options_of=budget_loops)
 def sample_restart(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator: torch.Generator | None = None,
                    callback: Callback | None = None, return_trajectory: bool = False, progress: bool = False,
                    t_min_r: float | None = None, t_max_r: float | None = None, K: int = DEFAULT_K,
