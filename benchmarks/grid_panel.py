@@ -21,7 +21,8 @@ samplers       every registered sampler with a fixed evaluation count and no req
 seed           the dev seed 0 only (x_T and sampler noise); ``benchmarks/sampler_defaults.py`` judges on held-out
                seeds 1.. (never seen here)
 metric         unbiased MMD^2 to the exact law (``metrics.mmd2_to_mixture``, 4 bandwidths x ``--n-freq`` fixed
-               frequencies; no floor); non-finite samples or failures rank last
+               frequencies; no floor); non-finite samples, diverged runs (spread > ``DIVERGED`` x the law's) or failures
+               rank last
 choice         per process family (discrete / vp / edm, and all), sampler and panel NFE: on each member of the family
                divide every rule's MMD^2 by the best rule's (both floored at ``MMD_FLOOR``; failures count
                ``FAILED_RATIO``), take the rule of least geometric-mean ratio (magnitude-aware: a rule that
@@ -117,16 +118,30 @@ def swept_samplers() -> list[str]:
     return [s for s, i in SAMPLERS.items() if not i.adaptive and not i.needs and i.evals_per_step <= 3]
 
 
+#: a run whose samples spread more than this many times the exact law's (root-mean-square distance to the mean)
+#: has diverged and counts as failed: MMD^2 saturates (a kernel distance is bounded), so a sample scattered over
+#: hundreds of units would otherwise score within ~2x of a working run and could be chosen (it was: PC at NFE 5 on
+#: the cosine chain, held-out sliced W2 161)
+DIVERGED = 10.0
+
+
+def rms_spread(x: torch.Tensor) -> float:
+    """Root-mean-square distance of the rows of ``x`` ``[n, d]`` to their mean."""
+    return float((x - x.mean(0)).pow(2).sum(1).mean().sqrt())
+
+
 class MMD:
-    """Unbiased MMD^2 to the exact mixture on fixed frequencies (one draw per oracle)."""
+    """Unbiased MMD^2 to the exact mixture on fixed frequencies (one draw per oracle); inf for a run with non-finite
+    samples or one that diverged (``DIVERGED``)."""
 
     def __init__(self, gm: GaussianMixture, n_freq: int):
         self.gm = gm
         self.omega, _ = metrics.mixture_frequencies(gm, n_freq)
+        self.spread = rms_spread(gm.sample(20_000, generator=torch.Generator().manual_seed(0)).to(torch.float64))
 
     def __call__(self, x: torch.Tensor) -> float:
         x = x.to(torch.float64).reshape(x.shape[0], -1)
-        if not torch.all(torch.isfinite(x)):
+        if not torch.all(torch.isfinite(x)) or rms_spread(x) > DIVERGED * self.spread:
             return math.inf
         return metrics.mmd2_to_mixture(x.numpy(), self.gm, self.omega)
 
