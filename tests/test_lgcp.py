@@ -14,7 +14,14 @@ import torch
 from scipy import integrate
 
 from scorelab.densities import get_target
-from scorelab.densities.posteriors import LGCP, LGCP_PUBLISHED, bin_counts, lgcp_kernel, pines_points
+from scorelab.densities.posteriors import (
+    LGCP,
+    LGCP_PUBLISHED,
+    bin_counts,
+    lgcp_kernel,
+    lgcp_log_Z_independent,
+    pines_points,
+)
 from scorelab.densities.smc import reference_log_Z
 
 F64 = torch.float64
@@ -111,3 +118,30 @@ def test_smc_log_Z_on_a_one_cell_grid_against_quadrature():
     assert torch.allclose(t.log_prob_unnorm(x), direct)
     r = reference_log_Z(t, repeats=3, n=512, mcmc_steps=5, ess_min=0.7)
     assert abs(r["log_Z"] - exact) < 5 * r["stderr"] + 0.02
+
+
+def test_independent_cells_oracle_by_trapezoid_and_smc_at_d400():
+    # the beta -> 0 limit (K = sigma2 I): log Z is a sum of 1-D integrals; the library's quad against a trapezoid rule
+    y = bin_counts(pines_points(), 20)
+    exact = lgcp_log_Z_independent(y, area=1 / 400)
+    mu0, s2 = math.log(126.0) - 1.91 / 2, 1.91
+    u = torch.linspace(mu0 - 25, 16, 100_001, dtype=F64)
+    trap = 0.0
+    for k, c in zip(*np.unique(y, return_counts=True), strict=True):
+        lf = -0.5 * (u - mu0) ** 2 / s2 - 0.5 * math.log(2 * math.pi * s2) + float(k) * u - torch.exp(u) / 400
+        trap += int(c) * float(torch.logsumexp(lf, 0) + math.log(float(u[1] - u[0])))
+    assert abs(exact - trap) < 1e-6
+    # the SMC reference estimator on the full pipeline (prior base, likelihood shortcut) at d = 400 against it
+    t = LGCP(grid=20, beta=1e-4)
+    assert float((t.chol @ t.chol.T - 1.91 * torch.eye(400, dtype=F64)).abs().max()) < 1e-12
+    r = reference_log_Z(t, repeats=3, n=128, mcmc_steps=10, ess_min=0.9)
+    assert abs(r["log_Z"] - exact) < 4 * r["stderr"] + 0.05
+
+
+def test_laplace_base_is_the_mode_and_the_inverse_hessian():
+    t = LGCP(grid=6, counts=bin_counts(pines_points(), 6))
+    m, C = t.laplace_base()
+    assert float(t.score(m[None]).abs().max()) < 1e-8
+    H = torch.autograd.functional.hessian(lambda z: t.log_prob_unnorm(z[None])[0], m)
+    assert torch.allclose(C @ C.T, torch.linalg.inv(-H), atol=1e-10)
+    assert torch.allclose(C, torch.tril(C))
