@@ -43,7 +43,8 @@ BUDGET = {
 # "what the CPU budget buys": (target, method, loss) -> CPU-s of training per run, seed 0, up to the 30 CPU-min
 CURVES = {("manywell", "dis", "lv"): [15, 60, 180, 600, 1800], ("funnel", "pis", "lv"): [15, 60, 180, 600]}
 REFERENCE = {  # SMC settings: a moderate and a long configuration (the long one is the reference, the first checks it);
-    # lgcp also anneals from a second base (the Laplace approximation, LGCP.laplace_base) to check path dependence
+    # lgcp also anneals from a second base (the Laplace approximation, LGCP.laplace_base): that long run is lgcp's
+    # reference, its error bar widened by the largest shift to the other settings (posteriors.LGCP_REFERENCE)
     "logreg_bc": [dict(n=512, mcmc_steps=10, ess_min=0.8), dict(n=1024, mcmc_steps=20, ess_min=0.9)],
     "lgcp": [dict(n=256, mcmc_steps=10, ess_min=0.8), dict(n=256, mcmc_steps=20, ess_min=0.9),
              dict(n=256, mcmc_steps=20, ess_min=0.9, base="laplace")],

@@ -145,3 +145,12 @@ def test_laplace_base_is_the_mode_and_the_inverse_hessian():
     H = torch.autograd.functional.hessian(lambda z: t.log_prob_unnorm(z[None])[0], m)
     assert torch.allclose(C @ C.T, torch.linalg.inv(-H), atol=1e-10)
     assert torch.allclose(C, torch.tril(C))
+
+
+def test_reference_log_Z_is_reproduced_by_a_short_smc_from_the_laplace_base(lgcp):
+    from scorelab.densities.posteriors import LGCP_REFERENCE
+    from scorelab.densities.smc import smc_log_Z
+    assert (lgcp.log_Z, lgcp.log_Z_stderr) == LGCP_REFERENCE
+    r = smc_log_Z(lgcp, n=32, mcmc_steps=10, ess_min=0.8, base=lgcp.laplace_base(),
+                  generator=torch.Generator().manual_seed(0))
+    assert abs(r.log_Z - lgcp.log_Z) < 1.0  # a short run (~4 CPU-s) lands within a nat of the long reference
