@@ -197,7 +197,11 @@ def reference_main(args) -> int:
 
 # "what limits them": ManyWell-32, DIS/LV, seed 0, 40 CPU-s each, one change at a time against the grid's run
 LIMITS = {"K = 50": dict(steps=50), "lr 1e-3 -> 1e-4": dict(lr=1e-3, lr_final=1e-4), "batch 64": dict(batch=64),
-          "hidden 128": dict(hidden=128), "explore 2 (off-policy LV)": dict(explore=2.0)}
+          "hidden 128": dict(hidden=128), "explore 2 (off-policy LV)": dict(explore=2.0),
+          # the exact control varies fast in time near the end (where each coordinate's well is chosen): more and
+          # higher time frequencies (FourierTime: 64 frequencies up to 32 cycles over [0, T] instead of 16 up to 8)
+          "Fourier time features 64": dict(method_kwargs={"n_freq": 64})}
+FUNNEL_CHECK = ("Fourier time features 64",)  # changes also run on Funnel-10 DIS/LV seed 0 (must not hurt there)
 
 
 def oracle_gap(steps: int, n: int = 256) -> dict:
@@ -215,16 +219,19 @@ def oracle_gap(steps: int, n: int = 256) -> dict:
 
 
 def limits_main(args) -> int:
-    """One change at a time on ManyWell DIS/LV (LIMITS), and the exact-control discretization floor at K = 50."""
-    seeds, cpu_s, over = BUDGET["manywell"]
-    rows = []
-    for name, change in LIMITS.items():
-        rows.append({"change": name, **one_run("manywell", "dis", "lv", 0, cpu_s, {**over, **change})})
-        write_json(Path(args.out) / "densities_scale_limits.json", {"provenance": provenance(), "rows": rows})
-    oracle = [oracle_gap(50)]
-    print(oracle, flush=True)
-    write_json(Path(args.out) / "densities_scale_limits.json", {"provenance": provenance(), "rows": rows,
-                                                                 "oracle": oracle})
+    """One change at a time on ManyWell DIS/LV (LIMITS, or only ``--changes``), the FUNNEL_CHECK changes also on
+    Funnel-10, and the exact-control discretization floor at K = 50 (when all changes run)."""
+    names = args.changes or list(LIMITS)
+    unknown = [n for n in names if n not in LIMITS]
+    if unknown:
+        raise SystemExit(f"--changes: unknown {unknown}; expected some of {list(LIMITS)}")
+    path, rows = Path(args.out) / "densities_scale_limits.json", []
+    for name in names:
+        for t in ("manywell", "funnel") if name in FUNNEL_CHECK else ("manywell",):
+            rows.append({"change": name, **one_run(t, "dis", "lv", 0, BUDGET[t][1], {**BUDGET[t][2], **LIMITS[name]})})
+            write_json(path, {"provenance": provenance(), "rows": rows})
+    oracle = [oracle_gap(50)] if args.changes is None else []
+    write_json(path, {"provenance": provenance(), "rows": rows, **({"oracle": oracle} if oracle else {})})
     return 0
 
 
@@ -297,13 +304,20 @@ def _load_parts(out: Path) -> tuple[dict, list[str]]:
     curve = sorted([r for r in old_curve if key(r) not in new_keys] + c_new, key=key)
     r_new = (part("reference") or {}).get("reference", {})
     ref = {**(head.get("reference") or {}).get("reference", {}), **r_new}
-    adj, lim = part("adjoint"), part("limits")
+    adj, lim_new = part("adjoint"), part("limits")
+    lim = head.get("limits")
+    if lim_new:  # rows replace those of the same change and target; the oracle is kept unless rerun
+        keyl = lambda r: (r["change"], r.get("target", "manywell"))  # noqa: E731
+        new_l = {keyl(r) for r in lim_new["rows"]}
+        lim = {"rows": [r for r in (lim or {}).get("rows", []) if keyl(r) not in new_l] + lim_new["rows"],
+               "oracle": lim_new.get("oracle") or (lim or {}).get("oracle", [])}
     src = [f"grid: {', '.join(new_t) or 'none'} rerun, the other targets kept",
            f"curve: {len(c_new)} of {len(curve)} rows rerun", f"reference: {', '.join(r_new) or 'none'} rerun",
-           f"adjoint {'rerun' if adj else 'kept'}", f"limits {'rerun' if lim else 'kept'}"]
+           f"adjoint {'rerun' if adj else 'kept'}",
+           f"limits: {', '.join(r['change'] for r in lim_new['rows']) if lim_new else 'none'} rerun"]
     return {"grid": {"runs": runs, "budget": repr(BUDGET)}, "curve": {"curve": curve},
             "reference": {"reference": ref}, "adjoint": adj or head.get("adjoint"),
-            "limits": lim or head.get("limits")}, src
+            "limits": lim}, src
 
 
 def _rescore(runs: list[dict]) -> None:
@@ -518,7 +532,18 @@ def limits_md(limits: dict, grid: dict) -> list[str]:
     md = ["", "### What limits them (ManyWell-32, DIS/LV, seed 0, one change at a time, same CPU budget)", ""]
     md += table(["change", "iters", "\\|Δlog Z\\| IS", "\\|Δlog Z\\| ELBO", "ESS", "left-well fraction"],
                 [[r["change"], str(r["iterations"]), _fmt(r["metrics"]["dlogZ_is"]), _fmt(r["metrics"]["dlogZ_elbo"]),
-                  _fmt(r["metrics"]["ess"]), _fmt(r["metrics"]["mode_left_frac"])] for r in rows + limits["rows"]])
+                  _fmt(r["metrics"]["ess"]), _fmt(r["metrics"]["mode_left_frac"])]
+                 for r in rows + limits["rows"] if r.get("target", "manywell") == "manywell"])
+    fun = [r for r in limits["rows"] if r.get("target") == "funnel"]
+    if fun:
+        key0 = ("funnel", "dis", "lv", 0)
+        base_f = [r for r in grid["runs"] if (r["target"], r["method"], r["loss"], r["seed"]) == key0]
+        md += ["", "The same changes on Funnel-10 (DIS/LV, seed 0, same CPU budget; a change is kept only if it does "
+               "not hurt there):", ""]
+        md += table(["change", "iters", "\\|Δlog Z\\| IS", "\\|Δlog Z\\| ELBO", "ESS"],
+                    [[r["change"], str(r["iterations"]), _fmt(r["metrics"]["dlogZ_is"]),
+                      _fmt(r["metrics"]["dlogZ_elbo"]), _fmt(r["metrics"]["ess"])]
+                     for r in [{"change": "none (the grid's run)", **b} for b in base_f] + fun])
     for o in limits.get("oracle", []):
         md += ["", f"Exact optimal control (DIS, v* = grad log p_t by quadrature, K = {o['steps']}, {o['n']} paths): "
                f"ELBO gap {o['dlogZ_elbo']:.3f}, |Δlog Z| IS {o['dlogZ_is']:.3f}, ESS {o['ess']:.3f} — the "
@@ -553,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", action="store_true", help="write densities_scale.md/json from the parts")
     ap.add_argument("--limits", action="store_true", help="what limits ManyWell DIS/LV: one change at a time")
     ap.add_argument("--only", nargs="*", default=None, choices=list(BUDGET), help="grid: restrict to these targets")
+    ap.add_argument("--changes", nargs="*", default=None, help="--limits: only these LIMITS rows")
     ap.add_argument("--curve", action="store_true", help="what the CPU budget buys (CURVES)")
     ap.add_argument("--budgets", nargs="*", type=float, default=None, help="--curve: only these CPU-s budgets")
     ap.add_argument("--out", default=str(RESULTS))
