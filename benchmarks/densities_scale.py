@@ -364,7 +364,7 @@ def merge_main(args) -> int:
                        [[r["method"], str(r["steps"]), r["mode"], f"{r['wall_s_per_it']:.3f}",
                          f"{r['cpu_s_per_it']:.3f}", f"{r['peak_rss_increase_mb']:.0f}"] for r in adj["rows"]])
     md += limits_md(parts["limits"], grid) if parts["limits"] else []
-    md += ["", verdict(grid), "", NOTES]
+    md += ["", verdict(grid, curve), "", NOTES]
     if curve:
         plot_curve(curve, out / "densities_scale_budget.png")
     write_results("densities_scale", {**parts, "budget": repr(BUDGET)}, "\n".join(md), out=out)
@@ -486,7 +486,7 @@ def plot_curve(curve: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def verdict(grid: dict) -> str:
+def verdict(grid: dict, curve: list[dict] | None = None) -> str:
     """Findings computed from the runs: best errors per target, how many rows have a degenerate ESS, ManyWell's mode
     collapse by loss, the references used, and which goals of the issue can be judged."""
     lines = ["### Findings (computed from the rows above)", ""]
@@ -502,6 +502,12 @@ def verdict(grid: dict) -> str:
                      f"{best['metrics']['dlogZ_elbo']:.3f} ({best['method']}/{best['loss']}, seed {best['seed']}); "
                      f"runs with ESS < 0.01: {sum(r['metrics']['ess'] < 0.01 for r in rs)} of {len(rs)}; "
                      f"iterations {its[0]}-{its[-1]}.")
+        if getattr(ref, "log_Z_published", None) is not None and ref.log_Z is not None:
+            gap = ref.log_Z - ref.log_Z_published
+            lines.append(f"  - SMC reference - published ({ref.log_Z_published}): {gap:+.3f} = "
+                         f"{gap / ref.log_Z_stderr:+.1f} × the SMC error bar: "
+                         + ("they agree." if abs(gap) <= 3 * ref.log_Z_stderr
+                            else "they disagree (see the posteriors module and the notes)."))
         if "w2" in rs[0]["metrics"]:  # the metric's own noise: two independent exact sample sets of the same size
             from scorelab.densities import w2_exact, w2_sliced
             y1, y2 = (ref.sample(2000, torch.Generator().manual_seed(k)) for k in (1, 2))
@@ -514,6 +520,17 @@ def verdict(grid: dict) -> str:
                 lines.append(f"  - {loss}: {sum(r['metrics']['mode_left_frac'] < 0.05 for r in rl)} of {len(rl)} runs "
                              f"collapsed (left-well fraction < 0.05; exact {rs[0]['metrics']['mode_left_exact']:.3f}), "
                              f"left-well fraction median {median(rl, 'mode_left_frac'):.3f}.")
+    for (t, method, loss) in CURVES:
+        rs = sorted((r for r in curve or [] if (r["target"], r["method"], r["loss"]) == (t, method, loss)),
+                    key=lambda r: r["cpu_budget_s"])
+        if len(rs) >= 2:
+            m0, m1 = rs[0]["metrics"], rs[-1]["metrics"]
+            lines.append(f"- budget curve {t} {method}/{loss}: ELBO gap {m0['dlogZ_elbo']:.3f} at "
+                         f"{rs[0]['cpu_budget_s']:g} CPU-s -> {m1['dlogZ_elbo']:.3f} at "
+                         f"{rs[-1]['cpu_budget_s']:g} CPU-s "
+                         f"(|Δlog Z| IS {m0['dlogZ_is']:.3f} -> {m1['dlogZ_is']:.3f}, ESS {m0['ess']:.3f} -> "
+                         f"{m1['ess']:.3f}" + (f", left-well fraction {m0['mode_left_frac']:.3f} -> "
+                                               f"{m1['mode_left_frac']:.3f}" if "mode_left_frac" in m1 else "") + ").")
     lines += ["", "With ESS < 0.01 the importance-sampling estimate rests on a handful of weights: its |Δlog Z| is "
               "then luck, not accuracy, and the ELBO gap (a bound that cannot be lucky) is the honest measure.  On "
               "ManyWell a sampler collapsed onto the heavier well of every factor misses 16 × -log(1 - 0.156) = 2.71 "
