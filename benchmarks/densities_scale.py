@@ -314,7 +314,8 @@ def _load_parts(out: Path) -> tuple[dict, list[str]]:
     src = [f"grid: {', '.join(new_t) or 'none'} rerun, the other targets kept",
            f"curve: {len(c_new)} of {len(curve)} rows rerun", f"reference: {', '.join(r_new) or 'none'} rerun",
            f"adjoint {'rerun' if adj else 'kept'}",
-           f"limits: {', '.join(r['change'] for r in lim_new['rows']) if lim_new else 'none'} rerun"]
+           "limits: " + (", ".join(f"{r['change']} ({r.get('target', 'manywell')})" for r in lim_new["rows"])
+                          if lim_new else "none") + " rerun"]
     return {"grid": {"runs": runs, "budget": repr(BUDGET)}, "curve": {"curve": curve},
             "reference": {"reference": ref}, "adjoint": adj or head.get("adjoint"),
             "limits": lim}, src
