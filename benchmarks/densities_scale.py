@@ -47,7 +47,8 @@ REFERENCE = {  # SMC settings: a moderate and a long configuration (the long one
     # reference, its error bar widened by the largest shift to the other settings (posteriors.LGCP_REFERENCE)
     "logreg_bc": [dict(n=512, mcmc_steps=10, ess_min=0.8), dict(n=1024, mcmc_steps=20, ess_min=0.9)],
     "lgcp": [dict(n=256, mcmc_steps=10, ess_min=0.8), dict(n=256, mcmc_steps=20, ess_min=0.9),
-             dict(n=256, mcmc_steps=20, ess_min=0.9, base="laplace")],
+             dict(n=256, mcmc_steps=20, ess_min=0.9, base="laplace"),
+             dict(n=1024, mcmc_steps=20, ess_min=0.9, base="laplace")],  # 4 x the particles: does log Z-hat move?
 }
 # the SMC estimator at d = 1600 against exact values: (a) the pines counts with independent cells (LGCP(beta=1e-4),
 # K = sigma2 I), log Z a sum of 1-D quadratures (posteriors.lgcp_log_Z_independent): the Poisson likelihood without

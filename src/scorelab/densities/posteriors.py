@@ -27,7 +27,8 @@ using long run SMC chain (1000 temperatures, 30 seeds with 2000 samples each)" (
 ``sde_sampler/distr/cox.py``, ``Cox.__init__``; no error bar stated) -> ``LGCP_PUBLISHED``.  Ours: adaptive SMC
 (``densities.smc``) -> ``LGCP_REFERENCE`` = 501.874 +- 0.350 (runs and settings below); the target's ``log_Z`` is ours,
 the benchmark reports the error against both.  **They disagree by 10.7 nats**, 30 times our error bar.  What supports
-ours: three SMC settings on two annealing paths (from the prior, from the Laplace approximation) agree within 0.5;
+ours: three SMC settings on two annealing paths (from the prior, from the Laplace approximation) agree within 0.5,
+and four times the particles (n = 1024) moves the estimate by -0.08;
 the same estimator recovers exact log Z at d = 1600 on the pines counts with independent cells
 (``lgcp_log_Z_independent``) and on a Gaussian surrogate with the correlated prior (benchmarks/densities_scale.py
 ``gaussian_surrogate``), both within 0.3; the construction matches annealed_flow_transport's ``LogGaussianCoxPines``
@@ -53,12 +54,13 @@ from .target_base import Target
 
 # Reference log Z: adaptive SMC (densities.smc.reference_log_Z), mean +- standard error over independent runs.
 # Regenerate: python benchmarks/densities_scale.py --reference  (writes benchmarks/results/densities_reference.json)
-# lgcp (pines): 3 runs each, n = 256 (benchmarks/results/densities_scale.md, 19:04-19:12 UTC 2026-12-07, 7.6 CPU-min):
+# lgcp (pines): 3 runs each, n = 256 (python benchmarks/densities_scale.py --reference --only lgcp; results .md):
 #   from the prior, 10 MALA steps, ESS 0.8: 502.018 +- 0.055 (runs 502.106, 501.915, 502.034)
 #   from the prior, 20 MALA steps, ESS 0.9: 501.524 +- 0.063 (runs 501.399, 501.587, 501.588)
 #   from the Laplace approximation (LGCP.laplace_base), 20 MALA steps, ESS 0.9: 501.874 +- 0.010 (runs 501.895,
 #   501.862, 501.866): the reference (the path that starts nearest the posterior, smallest spread); its error bar adds
 #   the largest shift to the other two settings, 0.350, to the statistical error: sqrt(0.010^2 + 0.350^2) = 0.350.
+#   the same with 4 x the particles (n = 1024): 501.790 +- 0.046 (runs 501.854, 501.815, 501.700; 622 CPU-s): no drift.
 # The published 512.6 (LGCP_PUBLISHED) is 10.7 above it: see the module docstring and the benchmark's notes.
 LGCP_REFERENCE: tuple[float, float] | None = (501.874, 0.350)
 # published (DDS, as quoted in juliusberner/sde_sampler sde_sampler/distr/cox.py): log Z, source
