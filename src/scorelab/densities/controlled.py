@@ -75,12 +75,13 @@ class DiffusionSampler(nn.Module):
     Args:
         dim: d.  steps: K.  t_max: T.  net: control network v(x, s, score) (default: ``ControlNet`` with the
         method's initialization).  score_clip: clip of the target score fed to the network (PIS uses 1e2).
+        hidden, layers, n_freq: width, depth and number of Fourier time features of the default ``ControlNet``.
     """
 
     name = "sampler"
 
     def __init__(self, dim: int, steps: int, t_max: float = 1.0, net: nn.Module | None = None,
-                 score_clip: float = 100.0, hidden: int = 64, layers: int = 2):
+                 score_clip: float = 100.0, hidden: int = 64, layers: int = 2, n_freq: int = 16):
         super().__init__()
         if int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps}")
@@ -90,7 +91,7 @@ class DiffusionSampler(nn.Module):
         self.register_buffer("s", torch.linspace(0, self.t_max, self.K + 1, dtype=torch.float64))
         if net is None:
             a0, b0 = self.init_schedules()
-            net = ControlNet(self.dim, hidden=hidden, layers=layers, t_max=self.t_max, a0=a0, b0=b0)
+            net = ControlNet(self.dim, hidden=hidden, layers=layers, t_max=self.t_max, n_freq=n_freq, a0=a0, b0=b0)
         self.net = net
 
     # -- method hooks ---------------------------------------------------------------------------
