@@ -156,11 +156,12 @@ def em_grid_step(m: DiffusionModel, g: GridCoefs, noisy: list[bool], generator, 
     ``denoise_last`` (used unless the last step is noisy): a last step onto a time with sigma = 0 returns the
     denoiser alpha_s x0_hat = (alpha_s/alpha_t)(x + sigma_t^2 score) instead of the Euler step.  The Euler step there
     over-corrects: on VE / EDM (g^2 = 2 t, h = t) its mean is x + 2 sigma_t^2 score = 2 x0_hat - x, a reflection
-    through the denoised point that keeps all the noise of x (sliced W2 96 at NFE 5 on the EDM panel member)."""
+    through the denoised point that keeps all the noise of x (Euler-Maruyama at NFE 5 on the 8-D EDM panel member,
+    same grid: held-out sliced W2 6.3 -> 0.40)."""
     denoise_last = denoise_last and not noisy[-1]
     k = g.memo(("euler_maruyama", denoise_last), lambda: _em_coefs(g, denoise_last))
     if g.fast and eps_native(m, score=True):  # score = -eps/sigma folded into the coefficients (two kernels)
-        c0 = g.scalars("euler_maruyama", lambda: [c[0] for c in k])
+        c0 = g.scalars(("euler_maruyama", denoise_last), lambda: [c[0] for c in k])
         ce = g.memo(("euler_maruyama_eps", denoise_last), lambda: [-c[1] / s for c, s in zip(k, g.sg, strict=False)])
         x0_hat = data_from_eps(g)
 
