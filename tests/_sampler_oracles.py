@@ -3,6 +3,7 @@ import ot
 import torch
 
 from scorelab.core.analytic import GaussianMixture
+from scorelab.core.denoisers import DiffusionModel
 
 F64 = torch.float64
 
@@ -29,3 +30,14 @@ def prior(p, b, seed, d=2):
 
 def sliced_w2(x, y):
     return float(ot.sliced_wasserstein_distance(x.numpy(), y.numpy(), n_projections=200, seed=0))
+
+
+class EpsOnly(DiffusionModel):
+    """An eps-model (x0, score from the model currency's conversions): the samplers' folded fast path."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.process = inner, inner.process
+
+    def eps(self, x, t, **cond):
+        return self.inner.eps(x, t)

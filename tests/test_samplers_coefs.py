@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _sampler_oracles import EpsOnly  # noqa: E402
 
 from scorelab.core.analytic import GaussianMixture
-from scorelab.core.denoisers import DiffusionModel
 from scorelab.core.processes import EDM, VE, VP, Discrete, SubVP, VPCosine
 from scorelab.core.schedules import make_grid
 from scorelab.samplers import SAMPLERS
@@ -149,17 +149,6 @@ def test_float32_samples_match_float64_to_float32_accuracy():
 
 
 # -- eps-native models: the model currency's x0 = (x - sigma eps)/alpha folded into the steps' coefficients ----------
-class _EpsOnly(DiffusionModel):
-    """An eps-model (x0, score from the model currency's conversions): the samplers' folded fast path."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.process = inner, inner.process
-
-    def eps(self, x, t, **cond):
-        return self.inner.eps(x, t)
-
-
 FOLDED = ("dpm_solver_pp_2m", "dpm_solver_pp_3m", "dpm_solver_pp_2m_sde", "unipc", "unipc_bh2", "ddpm",
           "euler_maruyama", "accel_det", "accel_stoch", "analytic_dpm", "pc")
 
@@ -169,12 +158,12 @@ def test_eps_model_fast_paths_equal_the_x0_paths_to_rounding(p):
     """Samplers fed an eps-only model (x0_hat and the score folded into precomputed coefficients, x0_hat computed
     only for a callback) give the samples, log-probs and callback x0_hat of the same model called through x0."""
     exact, x_T = GM.as_model(p), _x_T(p, 8)
-    assert eps_native(_EpsOnly(exact)) and eps_native(_EpsOnly(exact), score=True) and not eps_native(exact)
+    assert eps_native(EpsOnly(exact)) and eps_native(EpsOnly(exact), score=True) and not eps_native(exact)
     ts = make_grid("uniform_log_snr", p, 8, final_zero=True)
     for name in FOLDED:
         kw = {"variances": "beta"} if name == "analytic_dpm" else {}
         runs = []
-        for model in (exact, _EpsOnly(exact)):
+        for model in (exact, EpsOnly(exact)):
             seen = []
             traj = SAMPLERS[name].fn(model, x_T, ts, generator=torch.Generator().manual_seed(1), callback=seen.append,
                                      return_trajectory=True, **kw)
@@ -189,7 +178,7 @@ def test_eps_model_fast_paths_equal_the_x0_paths_to_rounding(p):
 def test_eps_model_step_functions_reproduce_the_samplers():
     """The public step functions fold x0_hat the same way: looping them gives the samplers (UniPC bit for bit)."""
     p = VP()
-    model, x_T, ts = _EpsOnly(GM.as_model(p)), _x_T(p, 4), make_grid("uniform_t", p, 6)
+    model, x_T, ts = EpsOnly(GM.as_model(p)), _x_T(p, 4), make_grid("uniform_t", p, 6)
     x, state = x_T, UniPCState()
     for i in range(6):
         x, _, state = unipc_step(model, x, ts[i], ts[i + 1], state, min(3, i + 1, 6 - i))

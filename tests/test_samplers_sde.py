@@ -3,10 +3,9 @@ import math
 
 import pytest
 import torch
-from _sampler_oracles import F64, lam_grid, mixture, prior, sliced_w2  # noqa: E402
+from _sampler_oracles import F64, EpsOnly, lam_grid, mixture, prior, sliced_w2  # noqa: E402
 
 from scorelab.core.analytic import GaussianMixture
-from scorelab.core.denoisers import DiffusionModel
 from scorelab.core.processes import EDM, VE, VP, Discrete, SubVP, VPCosine
 from scorelab.samplers import SAMPLERS
 from scorelab.samplers.base import transition_log_prob
@@ -232,17 +231,6 @@ def test_bad_options_raise():
 
 
 # -- small budgets: the last step onto sigma = 0, PC's predictor on VE-type processes ---------------------------
-class _EpsOnly(DiffusionModel):
-    """An eps-model (x0 and score from the model currency's conversions): the samplers' folded fast path."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.process = inner, inner.process
-
-    def eps(self, x, t, **cond):
-        return self.inner.eps(x, t)
-
-
 @pytest.mark.parametrize("proc", [EDM(), VP(), Discrete.from_schedule("linear", 1000)], ids=["edm", "vp", "ddpm"])
 def test_euler_maruyama_last_step_onto_zero_is_the_denoiser(proc):
     """A last step onto sigma = 0 returns alpha_0 x0_hat(x_t, t) (the denoiser), on every process; the Euler step there
@@ -258,7 +246,7 @@ def test_euler_maruyama_last_step_onto_zero_is_the_denoiser(proc):
     euler = sample_euler_maruyama(model, x, ts, noise_last=True, generator=torch.Generator().manual_seed(0))
     assert not torch.allclose(euler, out, atol=1e-3)  # a noisy last step keeps Euler-Maruyama (a Gaussian policy)
     for dtype in (F64, torch.float32):  # the eps-native fast path, after the denoiser's run on the same cached grid
-        xd, eps_model = x.to(dtype), _EpsOnly(model)
+        xd, eps_model = x.to(dtype), EpsOnly(model)
         sample_euler_maruyama(eps_model, xd, ts.to(dtype))
         mean = (sample_euler_maruyama(eps_model, xd, ts.to(dtype), noise_last=True, return_trajectory=True,
                                       generator=torch.Generator().manual_seed(0)).means[-1])
