@@ -22,7 +22,7 @@ examples:
   scorelab density --target gmm9 --method dis --loss lv --steps 100
   scorelab density --target mypkg.mod:log_rho --dim 4 --method pis --loss kl
   scorelab density --target my_density:log_rho --dim 2 --log-z 2.531   # my_density.py in the current directory
-  scorelab density --target lgcp --method pis --loss lv --steps 50 --batch 64 --time-limit 300
+  scorelab density --target lgcp --method pis --loss kl --steps 50 --batch 64 --time-limit 300
 """
 
 
@@ -31,8 +31,8 @@ def add_parser(sub) -> None:
     sp = add_verb(sub, "density", run, "train a diffusion sampler for an unnormalized density and estimate log Z",
                   EXAMPLES)
     sp.add_argument("--target", required=True,
-                    help="a built-in target (gmm9, gmm40, funnel, dw, dw554, dw2053, manywell, gauss, lgcp, logreg_bc) "
-                         "or module:function (the module is looked up in the current directory first)")
+                    help="a built-in target (gmm9, gmm40, funnel, dw, dw554, dw2053, manywell, gauss, lgcp, lgcp_dds, "
+                         "logreg_bc) or module:function (the module is looked up in the current directory first)")
     sp.add_argument("--method", choices=["dis", "pis", "dds"], default="dis")
     sp.add_argument("--loss", choices=["kl", "lv", "kl_adjoint"], default="lv",
                     help="kl: backprop through the Euler-Maruyama chain; lv: log-variance; kl_adjoint: KL with the "

@@ -13,7 +13,7 @@ from .estimators import elbo, ess, evaluate, log_Z_is, moment_errors, w2_exact, 
 from .pis import PIS
 from .posteriors import LGCP, LogisticRegression
 from .runner import METHODS, DensityConfig, build, run
-from .smc import laplace_is_log_Z, reference_log_Z, smc_log_Z
+from .smc import ais_log_Z, bdmc_log_Z, laplace_is_log_Z, reference_log_Z, refine_ladder, smc_log_Z
 from .targets import (
     TARGETS,
     DoubleWell,
@@ -37,5 +37,5 @@ __all__ = [
     "METHODS", "DensityConfig", "build", "run", "TARGETS", "DoubleWell", "FunctionTarget", "Funnel", "ManyWell",
     "MixtureTarget", "SeparableTarget", "Target", "gaussian", "get_target", "gmm9", "gmm40", "load_target",
     "TrainHistory", "pretrain_mc_score", "train", "LGCP", "LogisticRegression",
-    "laplace_is_log_Z", "reference_log_Z", "smc_log_Z",
+    "laplace_is_log_Z", "reference_log_Z", "smc_log_Z", "ais_log_Z", "bdmc_log_Z", "refine_ladder",
 ]

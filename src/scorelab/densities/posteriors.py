@@ -22,19 +22,28 @@ The target is unwhitened (coordinates x, as in annealed_flow_transport's experim
 ``use_whitened=False``); the whitened form N(w; 0, I) L(mu_0 + C w) has the same Z = E_prior[L].
 
 **Data.** ``data/pines.csv`` ships with the package (taken from juliusberner/sde_sampler ``data/pines.csv``, MIT
-licence; provenance in ``data/README.md``).  **Reference log Z.** Published: 512.6, "taken from DDS paper, computed
-using long run SMC chain (1000 temperatures, 30 seeds with 2000 samples each)" (sde_sampler
-``sde_sampler/distr/cox.py``, ``Cox.__init__``; no error bar stated) -> ``LGCP_PUBLISHED``.  Ours: adaptive SMC
-(``densities.smc``) -> ``LGCP_REFERENCE`` = 501.874 +- 0.350 (runs and settings below); the target's ``log_Z`` is ours,
-the benchmark reports the error against both.  **They disagree by 10.7 nats**, 30 times our error bar.  What supports
-ours: three SMC settings on two annealing paths (from the prior, from the Laplace approximation) agree within 0.5,
-and four times the particles (n = 1024) moves the estimate by -0.08;
-the same estimator recovers exact log Z at d = 1600 on the pines counts with independent cells
-(``lgcp_log_Z_independent``) and on a Gaussian surrogate with the correlated prior (benchmarks/densities_scale.py
-``gaussian_surrogate``), both within 0.3; the construction matches annealed_flow_transport's ``LogGaussianCoxPines``
-and sde_sampler's ``Cox`` term by term.  What it cannot exclude: a bias of SMC common to both paths that the two
-checks do not probe (log Z-hat of SMC is biased low in expectation).  The published figure's own settings (1000
-temperatures, 30 x 2000 particles) are far longer than ours; its code is not available to us.
+licence; provenance in ``data/README.md``), and so does ``data/pines_dds.csv``, the different pines file of the DDS
+repository (127 rows, the first repeated; 63 of the 1600 cell counts differ): ``LGCP(pines="dds")``, target
+``lgcp_dds``.
+
+**Reference log Z: two files, two targets.**  The published 512.6 (DDS's plots' "ground truth", copied into
+sde_sampler ``cox.py`` as "taken from DDS paper, computed using long run SMC chain (1000 temperatures, 30 seeds with
+2000 samples each)") was computed on DDS's file -> ``LGCP_PUBLISHED``, the ``log_Z_published`` of ``lgcp_dds``.
+sde_sampler pairs it with the other file; on that file (ours, the default) log Z is 10.7 nats lower:
+
+=================  ====================================================================================
+``pines.csv``      ``LGCP_REFERENCE`` = 501.874 +- 0.350: adaptive SMC (``densities.smc``, settings below);
+                   bidirectional AIS (``smc.bdmc_log_Z``, 800 temperatures) brackets it: [501.72, 501.82]
+``pines_dds.csv``  ``LGCP_DDS_REFERENCE`` = 512.518 +- 0.351: adaptive SMC, the same settings; the published 512.6
+                   agrees
+=================  ====================================================================================
+
+The posterior is strictly log-concave (Gaussian prior, Poisson log-likelihood concave in x): one mode, so MALA in
+the Laplace approximation's coordinates mixes, and the reverse-AIS bound from the forward run's end points (not an
+exact posterior draw: a bound to trust, not a proof) can be believed; on simulated counts (``lgcp_simulate``) the
+reverse pass starts from the exact latent and the bracket holds the SMC estimate (benchmarks/densities_scale.py
+``--bdmc``).  The same SMC recovers exact log Z at d = 1600 with independent cells (``lgcp_log_Z_independent``) and
+on a Gaussian surrogate with the correlated prior.
 
 ``lgcp_counts`` simulates counts from the same prior (a test of the construction; ``LGCP(counts=lgcp_counts(seed))``).
 
@@ -61,29 +70,49 @@ from .target_base import Target
 #   501.862, 501.866): the reference (the path that starts nearest the posterior, smallest spread); its error bar adds
 #   the largest shift to the other two settings, 0.350, to the statistical error: sqrt(0.010^2 + 0.350^2) = 0.350.
 #   the same with 4 x the particles (n = 1024): 501.790 +- 0.046 (runs 501.854, 501.815, 501.700; 622 CPU-s): no drift.
-# The published 512.6 (LGCP_PUBLISHED) is 10.7 above it: see the module docstring and the benchmark's notes.
+# Bidirectional AIS (python benchmarks/densities_scale.py --bdmc): 800 temperatures, 64 chains: [501.72, 501.82].
 LGCP_REFERENCE: tuple[float, float] | None = (501.874, 0.350)
-# published (DDS, as quoted in juliusberner/sde_sampler sde_sampler/distr/cox.py): log Z, source
-LGCP_PUBLISHED: tuple[float, str] = (512.6, "DDS (Vargas et al. 2023) long-run SMC, as quoted in sde_sampler "
-                                            "sde_sampler/distr/cox.py")
+# pines_dds.csv (LGCP(pines="dds")): from the Laplace approximation, 20 MALA steps, ESS 0.9, n = 256, 3 runs
+# (python benchmarks/densities_scale.py --reference --only lgcp_dds): 512.518 +- 0.025 (runs 512.537, 512.549,
+# 512.469; 152 CPU-s); the error bar widened as pines.csv's by its settings spread: sqrt(0.025^2 + 0.350^2) = 0.351.
+# The published 512.6 (LGCP_PUBLISHED) is 0.08 above: they agree.
+LGCP_DDS_REFERENCE: tuple[float, float] | None = (512.518, 0.351)
+# published (DDS, as quoted in juliusberner/sde_sampler sde_sampler/distr/cox.py): log Z of the DDS file, source
+LGCP_PUBLISHED: tuple[float, str] = (512.6, "DDS (Vargas et al. 2023) long-run SMC on DDS's pines file (the "
+                                            "notebooks' exp_truth_data; quoted in sde_sampler cox.py)")
+PINES_FILES = {"sde_sampler": "pines.csv", "dds": "pines_dds.csv"}  # data/README.md
 # logreg_bc: 4 runs, n = 1024, 20 MALA steps, ESS 0.9 (runs -55.351, -55.250, -55.262, -55.226; 30 CPU-s)
 LOGREG_REFERENCE: tuple[float, float] | None = (-55.272, 0.027)
 
 
-def lgcp_counts(grid: int = 40, seed: int = 0, sigma2: float = 1.91, beta: float = 1 / 33,
-                mean_count: float = 126.0) -> np.ndarray:
-    """Counts ``[grid * grid]`` of a *simulated* log-Gaussian Cox process: latent x ~ N(mu_0, K) (module docstring),
-    y_i ~ Poisson(exp(x_i) / grid^2); numpy PCG64 seeded with ``seed`` (deterministic; not the pines data)."""
+def lgcp_simulate(grid: int = 40, seed: int = 0, sigma2: float = 1.91, beta: float = 1 / 33,
+                  mean_count: float = 126.0) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y), both ``[grid * grid]``: a *simulated* log-Gaussian Cox process, latent x ~ N(mu_0, K) (module
+    docstring) and counts y_i ~ Poisson(exp(x_i) / grid^2); numpy PCG64 seeded with ``seed`` (deterministic; not
+    the pines data).  x is an exact draw from the posterior given y (the pair is a joint draw): the exact start of
+    reverse AIS (``smc.bdmc_log_Z(posterior=x[None])``)."""
     rng = np.random.default_rng(seed)
     K = lgcp_kernel(grid, sigma2, beta).numpy()
     mu0 = math.log(mean_count) - 0.5 * sigma2
     x = mu0 + np.linalg.cholesky(K) @ rng.standard_normal(grid * grid)
-    return rng.poisson(np.exp(x) / grid**2).astype(np.float64)
+    return x, rng.poisson(np.exp(x) / grid**2).astype(np.float64)
 
 
-def pines_points() -> np.ndarray:
-    """The 126 Finnish pines saplings ``[126, 2]`` in the unit square, from the shipped ``data/pines.csv``."""
-    text = (resources.files(__package__) / "data" / "pines.csv").read_text()
+def lgcp_counts(grid: int = 40, seed: int = 0, sigma2: float = 1.91, beta: float = 1 / 33,
+                mean_count: float = 126.0) -> np.ndarray:
+    """Counts ``[grid * grid]`` of a simulated log-Gaussian Cox process (``lgcp_simulate``'s y)."""
+    return lgcp_simulate(grid, seed, sigma2, beta, mean_count)[1]
+
+
+def pines_points(pines: str = "sde_sampler") -> np.ndarray:
+    """The Finnish pines saplings in the unit square: ``[126, 2]`` from ``data/pines.csv`` (``pines="sde_sampler"``)
+    or ``[127, 2]`` from ``data/pines_dds.csv`` (``"dds"``: headerless, the first row repeated and kept, as the DDS
+    code reads it)."""
+    if pines not in PINES_FILES:
+        raise ValueError(f"pines must be one of {sorted(PINES_FILES)}, got {pines!r}")
+    text = (resources.files(__package__) / "data" / PINES_FILES[pines]).read_text()
+    if pines == "dds":
+        return np.array([[float(v) for v in line.split(",")] for line in text.strip().splitlines()], dtype=np.float64)
     rows = [line.split(",") for line in text.strip().splitlines()[1:]]
     return np.array([[float(r[1]), float(r[2])] for r in rows], dtype=np.float64)
 
@@ -107,17 +136,18 @@ def lgcp_kernel(grid: int, sigma2: float, beta: float) -> torch.Tensor:
 
 class LGCP(Target):
     """Log-Gaussian Cox process posterior on a ``grid`` x ``grid`` lattice (d = grid^2; module docstring), counts of
-    the pines points (``bin_counts(pines_points(), grid)``) unless ``counts`` is given.
-    log rho = log N(x; mu_0, K) + log L(x)."""
+    the pines points (``bin_counts(pines_points(pines), grid)``; ``pines`` "sde_sampler" or "dds", module docstring)
+    unless ``counts`` is given.  log rho = log N(x; mu_0, K) + log L(x)."""
 
     name = "lgcp"
 
-    def __init__(self, grid: int = 40, counts: np.ndarray | None = None, sigma2: float = 1.91, beta: float = 1 / 33):
+    def __init__(self, grid: int = 40, counts: np.ndarray | None = None, sigma2: float = 1.91, beta: float = 1 / 33,
+                 pines: str = "sde_sampler"):
         if int(grid) != grid or grid < 1:
             raise ValueError(f"lgcp: grid must be a positive integer, got {grid}")
         super().__init__(grid * grid)
         self.grid = int(grid)
-        y = bin_counts(pines_points(), self.grid) if counts is None else np.asarray(counts, dtype=np.float64)
+        y = bin_counts(pines_points(pines), self.grid) if counts is None else np.asarray(counts, dtype=np.float64)
         if y.shape != (self.dim,):
             raise ValueError(f"lgcp: counts must have shape [{self.dim}], got {y.shape}")
         self.counts = torch.as_tensor(y)
@@ -128,10 +158,13 @@ class LGCP(Target):
         self.prec = torch.cholesky_solve(eye, self.chol)  # K^{-1}, so that log rho and its score are one GEMM
         self._log_norm = -0.5 * self.dim * math.log(2 * math.pi) - float(torch.log(torch.diagonal(self.chol)).sum())
         standard = counts is None and grid == 40 and sigma2 == 1.91 and beta == 1 / 33  # the pines benchmark
-        self.log_Z = LGCP_REFERENCE[0] if (standard and LGCP_REFERENCE) else None
-        self.log_Z_stderr = LGCP_REFERENCE[1] if (standard and LGCP_REFERENCE) else None
-        self.log_Z_source = "adaptive SMC reference (densities.smc), see LGCP_REFERENCE" if self.log_Z else None
-        self.log_Z_published = LGCP_PUBLISHED[0] if standard else None
+        ref = (LGCP_DDS_REFERENCE if pines == "dds" else LGCP_REFERENCE) if standard else None
+        if pines == "dds":
+            self.name = "lgcp_dds"
+        self.log_Z, self.log_Z_stderr = ref if ref else (None, None)
+        self.log_Z_source = (f"adaptive SMC reference (densities.smc), see "
+                             f"{'LGCP_DDS_REFERENCE' if pines == 'dds' else 'LGCP_REFERENCE'}") if ref else None
+        self.log_Z_published = LGCP_PUBLISHED[0] if (standard and pines == "dds") else None
 
     def _parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(x)

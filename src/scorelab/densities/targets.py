@@ -20,7 +20,8 @@ Targets (Berner, Richter & Ullrich 2022, source 004, "DIS vs. PIS"; Richter & Be
 * ``dw``: rho = exp(-sum_{i<=w} (x_i^2 - delta)^2 - 1/2 sum_{i>w} x_i^2) for any (d, w, delta); log Z by 1-D quadrature.
 * ``manywell``: d/2 copies of the FAB double well, log rho = -x_1^4 + 6 x_1^2 + x_1/2 - x_2^2/2, d = 32.
 * ``gauss``: exp(log_Z) N(m, S) with any covariance S.
-* ``lgcp`` (d = 1600), ``logreg_bc`` (d = 31): Bayesian posteriors, posteriors.py (reference log Z by SMC).
+* ``lgcp`` (d = 1600), ``logreg_bc`` (d = 31): Bayesian posteriors, posteriors.py (reference log Z by SMC);
+  ``lgcp_dds``: the LGCP on the DDS repository's pines file (the one the published log Z 512.6 belongs to).
 
 Every target carries ``log_Z_source``: how its ``log_Z`` was obtained (closed form, quadrature, SMC reference).
 """
@@ -399,7 +400,7 @@ def load_target(spec: str, dim: int | None) -> FunctionTarget:
     return FunctionTarget(fn, int(dim), name=spec)
 
 
-TARGETS = ("gmm9", "gmm40", "funnel", "dw", "dw554", "dw2053", "manywell", "gauss", "lgcp", "logreg_bc")
+TARGETS = ("gmm9", "gmm40", "funnel", "dw", "dw554", "dw2053", "manywell", "gauss", "lgcp", "lgcp_dds", "logreg_bc")
 
 
 def get_target(name: str, dim: int | None = None, **kwargs) -> Target:
@@ -416,6 +417,7 @@ def get_target(name: str, dim: int | None = None, **kwargs) -> Target:
         "manywell": lambda: ManyWell(dim or 32),
         "gauss": lambda: gaussian(torch.zeros(dim or 2), **kwargs),
         "lgcp": lambda: LGCP(**kwargs),
+        "lgcp_dds": lambda: LGCP(pines="dds", **kwargs),
         "logreg_bc": lambda: LogisticRegression(**kwargs),
     }
     if name not in builders:
