@@ -159,13 +159,14 @@ class LGCP(Target):
         self.prec = torch.cholesky_solve(eye, self.chol)  # K^{-1}, so that log rho and its score are one GEMM
         self._log_norm = -0.5 * self.dim * math.log(2 * math.pi) - float(torch.log(torch.diagonal(self.chol)).sum())
         standard = counts is None and grid == 40 and sigma2 == 1.91 and beta == 1 / 33  # the pines benchmark
-        ref = (LGCP_DDS_REFERENCE if pines == "dds" else LGCP_REFERENCE) if standard else None
-        if pines == "dds":
+        dds = pines == "dds"
+        if dds:
             self.name = "lgcp_dds"
+        ref = (LGCP_DDS_REFERENCE if dds else LGCP_REFERENCE) if standard else None
         self.log_Z, self.log_Z_stderr = ref if ref else (None, None)
-        self.log_Z_source = (f"adaptive SMC reference (densities.smc), see "
-                             f"{'LGCP_DDS_REFERENCE' if pines == 'dds' else 'LGCP_REFERENCE'}") if ref else None
-        self.log_Z_published = LGCP_PUBLISHED[0] if (standard and pines == "dds") else None
+        ref_name = "LGCP_DDS_REFERENCE" if dds else "LGCP_REFERENCE"
+        self.log_Z_source = f"adaptive SMC reference (densities.smc), see {ref_name}" if ref else None
+        self.log_Z_published = LGCP_PUBLISHED[0] if (standard and dds) else None
 
     def _parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(x)

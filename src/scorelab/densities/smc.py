@@ -224,12 +224,18 @@ class AISResult:
     cpu_time: float
 
 
-def refine_ladder(betas, points: int) -> torch.Tensor:
-    """A ladder of ``points`` + 1 temperatures ``[points + 1]`` from 0 to 1, piecewise linear in the index of an
-    increasing ladder ``betas`` (e.g. an adaptive SMC run's ``SMCResult.betas``): the same shape, finer steps."""
+def _ladder(betas) -> torch.Tensor:
+    """``betas`` as a float64 tensor ``[J + 1]``, checked to increase strictly from 0 to 1."""
     b = torch.as_tensor(betas, dtype=torch.float64)
     if b.ndim != 1 or len(b) < 2 or float(b[0]) != 0.0 or float(b[-1]) != 1.0 or bool((b[1:] <= b[:-1]).any()):
         raise ValueError("betas must increase from 0 to 1 (e.g. SMCResult.betas)")
+    return b
+
+
+def refine_ladder(betas, points: int) -> torch.Tensor:
+    """A ladder of ``points`` + 1 temperatures ``[points + 1]`` from 0 to 1, piecewise linear in the index of an
+    increasing ladder ``betas`` (e.g. an adaptive SMC run's ``SMCResult.betas``): the same shape, finer steps."""
+    b = _ladder(betas)
     if int(points) != points or points < 1:
         raise ValueError(f"points must be a positive integer, got {points}")
     u = torch.linspace(0, len(b) - 1, int(points) + 1, dtype=torch.float64)
@@ -247,7 +253,7 @@ def ais_log_Z(target, betas, n: int = 64, base: tuple[torch.Tensor, torch.Tensor
     draw the chains share their start, so their spread is conditional on it).  float64."""
     if n < 1 or mcmc_steps < 1 or not step_size > 0:
         raise ValueError(f"need n >= 1, mcmc_steps >= 1, step_size > 0; got {n}, {mcmc_steps}, {step_size}")
-    lad = refine_ladder(betas, len(betas) - 1)  # validates; the identity on a valid ladder
+    lad = _ladder(betas)
     c0 = time.process_time()
     ell, m, C = log_ratio_fn(target, base)
     if start is None:
