@@ -131,3 +131,34 @@ def test_every_benchmark_script_parses_help():
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"HELP-OK {len(scripts)}" in out.stdout
     assert out.stdout.count("usage:") == len(scripts)
+
+
+def test_grid_panel_members_carry_the_family_the_library_looks_up():
+    """A panel member's family decides which member votes for which default (grid_panel.choose_rules); the library
+    reads the table by ``samplers.defaults.family(process)``: the two must agree for every member."""
+    from grid_panel import PANEL
+
+    from scorelab.samplers.defaults import family
+    assert {name: fam for name, (fam, proc, _) in PANEL.items()} == {name: family(proc()) for name, (_, proc, _) in
+                                                                      PANEL.items()}
+    assert {fam for fam, _, _ in PANEL.values()} == {"discrete", "discrete_cosine", "vp", "edm"}
+
+
+def test_grid_panel_breaks_near_ties_over_the_kin_only():
+    """choose_rules: within a family the rule of least geometric-mean ratio wins; rules within TIE of it are tied, and
+    the tie goes to the rule best over the kin (both Discrete families), never a rule beyond TIE."""
+    from grid_panel import RULES, TIE, choose_rules
+
+    def res(lin_a: float, lin_b: float, cos_a: float, cos_b: float) -> dict:
+        def member(a: float, b: float) -> dict:
+            return {5: {"ddim": [a, b] + [1.0] * (len(RULES) - 2)}}
+        return {"disc_lin_ring2d": member(lin_a, lin_b), "disc_lin_sep8d": member(lin_a, lin_b),
+                "disc_cos_aniso16d": member(cos_a, cos_b)}
+    near = 1e-3 * (1 + (TIE - 1) / 2)  # rule 1 trails rule 0 on the linear chain by half the tie margin
+    picks = choose_rules(res(1e-3, near, 1e-2, 1e-3), ["ddim"], [5])
+    assert picks["discrete"]["ddim"][5][0] == RULES[1]  # tied: the cosine member decides
+    assert picks["discrete_cosine"]["ddim"][5][0] == RULES[1]
+    far = 1e-3 * TIE * 1.5
+    picks = choose_rules(res(1e-3, far, 1e-2, 1e-3), ["ddim"], [5])
+    assert picks["discrete"]["ddim"][5][0] == RULES[0]  # not tied: the family's own best
+    assert picks["all"]["ddim"][5][0] == RULES[1]  # "all" pools every member, no tie-break

@@ -107,6 +107,16 @@ def test_density_command_and_bad_targets(capsys, tmp_path):
     assert code == 0, err
     rep = json.loads((tmp_path / "report.json").read_text())
     assert "log_Z" in json.dumps(rep)
+    code, out, err = run(capsys, "density", "--target", "gauss", "--method", "pis", "--steps", "10", "--iterations",
+                         "2", "--batch", "16", "--eval-samples", "64", "--eval-repeats", "3", "--out",
+                         str(tmp_path / "rep"))
+    assert code == 0, err
+    m = json.loads((tmp_path / "rep" / "report.json").read_text())["metrics"]
+    assert len(m["log_Z_hat_reps"]) == 3 and {"elbo_se", "elbo_pooled_se", "dlogZ_is_mean"} <= set(m)
+    with pytest.raises(SystemExit) as e:  # argparse: exit status 2 and one line
+        run(capsys, "density", "--target", "gauss", "--eval-repeats", "0")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--eval-repeats: expected a positive integer, got 0" in err
     code, _, err = run(capsys, "density", "--target", "nope")
     assert code == 2 and "unknown target" in err
     code, _, err = run(capsys, "density", "--target", "os.path:nothing_here", "--dim", "2")

@@ -49,7 +49,7 @@ def test_ddpm_grids_reject_bad_input():
 
 # -- the measured table -----------------------------------------------------------------------------------------
 def test_table_entries_are_registered_and_runnable():
-    assert set(GRID_RULES) == set(AUTO) == {"discrete", "vp", "edm", "all"}
+    assert set(GRID_RULES) == set(AUTO) == {"discrete", "discrete_cosine", "vp", "edm", "all"}
     for fam, table in GRID_RULES.items():
         for s, rules in table.items():
             assert s in SAMPLERS and not SAMPLERS[s].needs, s
@@ -62,13 +62,18 @@ def test_table_entries_are_registered_and_runnable():
 
 
 def test_nfe_buckets_and_rules():
-    assert [nfe_bucket(k) for k in (1, 5, 7, 8, 10, 14, 15, 20, 100)] == [5, 5, 5, 10, 10, 10, 20, 20, 20]
+    assert [nfe_bucket(k) for k in (1, 5, 7, 8, 10, 14, 15, 20, 31, 32, 50, 1000)] == [5, 5, 5, 10, 10, 10, 20, 20,
+                                                                                    20, 50, 50, 50]
     with pytest.raises(ValueError, match="nfe"):
         nfe_bucket(0)
-    for fam, process in (("discrete", LIN), ("vp", VP()), ("edm", EDM()), ("all", None)):
+    COS = Discrete.from_schedule("cosine", 1000)
+    for fam, process in (("discrete", LIN), ("discrete_cosine", COS), ("vp", VP()), ("edm", EDM()), ("all", None)):
         r = GRID_RULES[fam]["ddim"][10]
         assert default_rule("ddim", 12, process) == (r["grid"], r["final_zero"])
     assert family(LIN) == "discrete" and family(VP()) == "vp" and family(EDM()) == "edm"
+    # the cosine chain has a family of its own (a rule in process time lands at other noise levels there)
+    assert family(COS) == "discrete_cosine" and family(Discrete.from_schedule("sigmoid", 100)) == "discrete"
+    assert GRID_RULES["discrete"] != GRID_RULES["discrete_cosine"]
 
 
 def test_a_measured_rule_that_cannot_spend_the_budget_falls_back_to_the_registered_grid():

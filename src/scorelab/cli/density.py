@@ -22,6 +22,7 @@ examples:
   scorelab density --target gmm9 --method dis --loss lv --steps 100
   scorelab density --target mypkg.mod:log_rho --dim 4 --method pis --loss kl
   scorelab density --target my_density:log_rho --dim 2 --log-z 2.531   # my_density.py in the current directory
+  scorelab density --target funnel --method dds --loss kl --eval-samples 2000 --eval-repeats 4   # |dlog Z| at K = 2000
   scorelab density --target lgcp --method pis --loss kl --steps 50 --batch 64 --time-limit 300
 """
 
@@ -55,6 +56,11 @@ def add_parser(sub) -> None:
     sp.add_argument("--mc-pretrain", type=int, default=0, metavar="ROUNDS",
                     help="DIS only: warm start by regressing the control onto Monte-Carlo estimates of the noised "
                          "target's score (pretrain_mc_score), this many rounds, before the loss")
+    sp.add_argument("--eval-samples", type=positive_int, default=4096, metavar="N",
+                    help="paths per evaluation (one importance-sampling estimate of log Z)")
+    sp.add_argument("--eval-repeats", type=positive_int, default=1, metavar="R",
+                    help="independent evaluations: R > 1 adds the spread of one estimate (log_Z_hat_sd), the pooled "
+                         "estimates over R x N paths and, with a known log Z, the mean error of one (dlogZ_is_mean)")
     sp.add_argument("--seed", type=seed_int, default=0)
     sp.add_argument("--out")
 
@@ -68,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = DensityConfig(target=args.target, method=args.method, loss=args.loss, steps=args.steps,
                         iterations=args.iterations, batch=args.batch, seed=args.seed, dim=args.dim, lr=args.lr,
                         time_limit=args.time_limit, method_kwargs=parse_options(args.opt), hidden=args.hidden,
-                        layers=args.layers, mc_pretrain_rounds=args.mc_pretrain, log_z=args.log_z)
+                        layers=args.layers, mc_pretrain_rounds=args.mc_pretrain, log_z=args.log_z,
+                        eval_samples=args.eval_samples, eval_repeats=args.eval_repeats)
     name = args.target.replace(":", "_").replace("/", "_")
     out = check_out(args.out) if args.out else str(unused_dir(os.path.join("runs", f"density_{name}_{args.method}_"
                                                                                     f"{args.loss}")))

@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:6], widths, strict=True)) + "  " + r[6])
-    print("\nThe default grid is chosen per process family (discrete, vp, edm): docs, Choosing a sampler.")
+    print("\nThe default grid is chosen per process family (discrete, discrete_cosine, vp, edm): docs, Choosing a "
+          "sampler.")
     print("auto (--sampler auto): the best sampler on the grid panel per process family and NFE "
           "(docs: Choosing a sampler)")
     print("\n".join("  " + line for line in describe_auto().splitlines()))

@@ -9,6 +9,7 @@ Notation
 ``log_w``       path log-weights ``[n]`` (controlled.py): E[w] = Z
 ``log_Z_is``    log (1/n sum_i w_i) = logsumexp(log_w) - log n  (consistent; biased low by Jensen for finite n)
 ``elbo``        mean(log_w) <= log Z (the variational lower bound; gap = KL(P^u | Q))
+``elbo_se``     std(log_w) / sqrt(n): the Monte Carlo standard error of the ELBO estimate (CLT)
 ``ess``         (sum w)^2 / (n sum w^2) in (0, 1] (normalized effective sample size)
 ==============  =================================================================================
 """
@@ -76,14 +77,16 @@ def w2_sliced(x: torch.Tensor, y: torch.Tensor, n_proj: int = 256, seed: int = 0
 
 def evaluate(sampler, target, n: int = 4096, generator: torch.Generator | None = None,
              dtype: torch.dtype = torch.float32, w2_n: int = 2000) -> tuple[dict[str, float], torch.Tensor]:
-    """Draw n paths and report log Z-hat, ELBO, ESS, |Delta log Z| (where log Z is known), moment errors, mode
-    weights (``target.mode_weights``, where the target knows its modes) and W2 (where the target samples).
+    """Draw n paths and report log Z-hat, ELBO (and its standard error ``elbo_se``), ESS, |Delta log Z| (where log Z
+    is known), moment errors, mode weights (``target.mode_weights``, where the target knows its modes) and W2 (where
+    the target samples).
     Returns (metrics, samples ``[n, d]``)."""
     path = sampler.sample(target, n, generator, dtype)
     lw, x = path.log_w, path.x
     finite = torch.isfinite(lw)
     m = {"log_Z_hat": log_Z_is(lw), "elbo": elbo(lw[finite]) if finite.any() else -math.inf, "ess": ess(lw),
-         "frac_finite": float(finite.double().mean())}
+         "frac_finite": float(finite.double().mean()),
+         "elbo_se": float(lw[finite].double().std() / math.sqrt(int(finite.sum()))) if finite.sum() > 1 else math.nan}
     if target.log_Z is not None:
         m["log_Z"] = float(target.log_Z)
         m["dlogZ_is"] = abs(m["log_Z_hat"] - target.log_Z)

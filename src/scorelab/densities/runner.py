@@ -107,7 +107,9 @@ def build(config: DensityConfig):
 
 def evaluate_repeated(sampler, target, n: int, repeats: int, generator: torch.Generator):
     """``evaluate`` ``repeats`` times (n paths each): metrics of the first, plus (repeats > 1) the list of log Z-hat and
-    ESS, the sample std of log Z-hat (error of one n-path estimate) and the pooled estimate over repeats * n paths."""
+    ESS, the sample std of log Z-hat (error of one n-path estimate), the pooled estimates over repeats * n paths
+    (IS ``log_Z_hat_pooled``, ``elbo_pooled`` with its standard error) and, where log Z is known, the mean over
+    repeats of one n-path estimate's |Delta log Z| (``dlogZ_is_mean``)."""
     metrics, x = evaluate(sampler, target, n, generator)
     if repeats > 1:
         reps = [metrics] + [evaluate(sampler, target, n, generator)[0] for _ in range(repeats - 1)]
@@ -115,8 +117,13 @@ def evaluate_repeated(sampler, target, n: int, repeats: int, generator: torch.Ge
         metrics["log_Z_hat_reps"], metrics["ess_reps"] = lz.tolist(), [m["ess"] for m in reps]
         metrics["log_Z_hat_sd"] = float(lz.std())
         metrics["log_Z_hat_pooled"] = float(torch.logsumexp(lz, 0) - math.log(repeats))  # = IS over all paths
+        metrics["elbo_pooled"] = sum(m["elbo"] for m in reps) / repeats  # = the ELBO over all paths (equal n)
+        metrics["elbo_pooled_se"] = math.sqrt(sum(m["elbo_se"] ** 2 for m in reps)) / repeats
         if target.log_Z is not None:
             metrics["dlogZ_is_pooled"] = abs(metrics["log_Z_hat_pooled"] - target.log_Z)
+            metrics["dlogZ_elbo_pooled"] = abs(metrics["elbo_pooled"] - target.log_Z)
+            # the expected error of one n-path IS estimate (what "|dlog Z| at K = n, mean over runs" measures)
+            metrics["dlogZ_is_mean"] = float((lz - target.log_Z).abs().mean())
     return metrics, x
 
 

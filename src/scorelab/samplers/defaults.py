@@ -10,8 +10,10 @@ Notation
 rule            (grid, final_zero): a ``core.schedules.GRIDS`` name and whether the grid ends with a step to t = 0
 panel NFE       the budgets of the sweep (``PANEL_NFES``); a budget uses the panel NFE nearest in log scale
                 (``nfe_bucket``), budgets above the largest use the largest
-family          ``discrete`` (``Discrete`` chains), ``vp`` (VP, SubVP, VP-cosine), ``edm`` (EDM, VE): the process
-                families of the panel; ``recommend`` falls back to ``all`` for any other process
+family          ``discrete`` (``Discrete`` chains but the cosine one), ``discrete_cosine`` (the cosine-schedule
+                chain: a grid rule in process time places its steps at other noise levels than on the linear
+                chain), ``vp`` (VP, SubVP, VP-cosine), ``edm`` (EDM, VE): the process families of the panel;
+                ``recommend`` falls back to ``all`` for any other process
 geo_ratio       geometric-mean over the panel's members of the MMD^2 ratio to that member's best choice (1 = best
                 on every member)
 ==============  ===================================================================================================
@@ -55,9 +57,10 @@ def default_rule(sampler: str, nfe: int, process: ForwardProcess | None = None) 
 
 
 def family(process: ForwardProcess) -> str:
-    """The panel's process family of ``process``: "discrete", "vp", "edm", or "all" (no family of its own)."""
+    """The panel's process family of ``process``: "discrete", "discrete_cosine", "vp", "edm", or "all" (no family of
+    its own)."""
     if isinstance(process, Discrete):
-        return "discrete"
+        return "discrete_cosine" if process.schedule == "cosine" else "discrete"
     if isinstance(process, (VP, VPCosine)):
         return "vp"
     if isinstance(process, (EDM, VE)):
