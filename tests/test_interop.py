@@ -85,6 +85,8 @@ def test_ddim_equals_diffusers_ddim(tmp_path, ch, size, schedule):
     with torch.no_grad():
         out = SAMPLERS["ddim"].fn(m, x_T, timesteps_to_grid(m.process, sched.timesteps).float())
     assert rel(out, ref) < 1e-5
+    from scorelab.samplers.defaults import family  # the imported chain reads its measured defaults by its betas
+    assert family(m.process) == ("discrete_cosine" if schedule == "squaredcos_cap_v2" else "discrete")
 
 
 def test_dpm_solver_pp_2m_equals_diffusers_100_steps(model):

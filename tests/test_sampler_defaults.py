@@ -73,6 +73,10 @@ def test_nfe_buckets_and_rules():
     assert family(LIN) == "discrete" and family(VP()) == "vp" and family(EDM()) == "edm"
     # the cosine chain has a family of its own (a rule in process time lands at other noise levels there)
     assert family(COS) == "discrete_cosine" and family(Discrete.from_schedule("sigmoid", 100)) == "discrete"
+    # a chain given by its betas (an imported model's, in float32) is recognised by them
+    assert family(Discrete(COS.betas.float().double())) == "discrete_cosine"
+    assert family(Discrete(LIN.betas.float().double())) == "discrete"
+    assert family(Discrete(COS.betas * 1.001)) == "discrete"
     assert GRID_RULES["discrete"] != GRID_RULES["discrete_cosine"]
 
 

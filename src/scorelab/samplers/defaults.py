@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 
-from ..core.processes import EDM, VE, VP, Discrete, ForwardProcess, VPCosine
+import torch
+
+from ..core.processes import EDM, VE, VP, Discrete, ForwardProcess, VPCosine, cosine_betas
 from .base import SAMPLERS
 
 
@@ -60,12 +62,21 @@ def family(process: ForwardProcess) -> str:
     """The panel's process family of ``process``: "discrete", "discrete_cosine", "vp", "edm", or "all" (no family of
     its own)."""
     if isinstance(process, Discrete):
-        return "discrete_cosine" if process.schedule == "cosine" else "discrete"
+        return "discrete_cosine" if _is_cosine_chain(process) else "discrete"
     if isinstance(process, (VP, VPCosine)):
         return "vp"
     if isinstance(process, (EDM, VE)):
         return "edm"
     return "all"
+
+
+def _is_cosine_chain(process: Discrete) -> bool:
+    """Whether a Discrete chain has Nichol & Dhariwal's cosine betas: by its schedule name, or (a chain given by its
+    betas, e.g. a diffusers ``squaredcos_cap_v2`` scheduler, stored in float32) by its betas to relative 1e-5."""
+    if process.schedule is not None:
+        return process.schedule == "cosine"
+    ref = cosine_betas(process.N)
+    return bool(torch.allclose(process.betas.detach().double().cpu(), ref, rtol=1e-5, atol=0.0))
 
 
 def recommend(process: ForwardProcess, nfe: int) -> dict:
