@@ -162,3 +162,24 @@ def test_grid_panel_breaks_near_ties_over_the_kin_only():
     picks = choose_rules(res(1e-3, far, 1e-2, 1e-3), ["ddim"], [5])
     assert picks["discrete"]["ddim"][5][0] == RULES[0]  # not tied: the family's own best
     assert picks["all"]["ddim"][5][0] == RULES[1]  # "all" pools every member, no tie-break
+
+
+def test_grid_panel_auto_prefers_a_deterministic_sampler_only_within_the_noise():
+    """choose_auto: a stochastic sampler whose lead lies within the members' noise level ties with the deterministic
+    one, which is then chosen; a lead beyond the noise (by more than TIE) keeps the stochastic sampler."""
+    from grid_panel import RULES, choose_auto
+
+    stoch, det = "euler_maruyama", "ddim"
+    rule = {stoch: {20: (RULES[0], 1.0)}, det: {20: (RULES[0], 1.0)}}
+    rules = {f: rule for f in ("discrete", "all")}
+    members = ("disc_lin_ring2d", "disc_lin_sep8d")
+
+    def res(v_stoch: float, v_det: float) -> dict:
+        return {o: {20: {stoch: [v_stoch] * len(RULES), det: [v_det] * len(RULES)}} for o in members}
+    floors = {o: 1e-4 for o in members}
+    picks = choose_auto(res(2e-5, 8e-5), rules, [stoch, det], [20], floors)  # both below the noise: tied
+    assert picks["discrete"][20][0] == det and picks["discrete"][20][1] == pytest.approx(4.0)
+    picks = choose_auto(res(1e-4, 5e-4), rules, [stoch, det], [20], floors)  # 5x, beyond the noise
+    assert picks["discrete"][20][0] == stoch
+    picks = choose_auto(res(2e-5, 8e-5), rules, [stoch, det], [20], {o: 1e-5 for o in members})  # no noise: 4x
+    assert picks["discrete"][20][0] == stoch

@@ -202,18 +202,24 @@ def _states_only_model(process, gm):
     return FunctionModel(eps, process), exact
 
 
-@pytest.mark.parametrize("sampler", ["unipc", "dpm_solver_pp_2m", "dpm_solver_2", "dpm_solver_3"])
+@pytest.mark.parametrize("sampler", ["unipc", "dpm_solver_pp_2m", "dpm_solver_2", "dpm_solver_3", "restart",
+                                     "accel_det"])
 def test_a_model_trained_on_states_only_samples_exactly_on_the_default_grids(sampler):
-    """With grids (and singlestep DPM-Solver's intermediate points) on the chain's states, a model that is exact
-    there and wrong in between samples exactly like the exact model; on the rule's own times it does not."""
+    """With grids (and the times a sampler evaluates between grid points: singlestep DPM-Solver's intermediate
+    points, restart's inner grids, accel_det's first virtual time) on the chain's states, a model that is exact there
+    and wrong in between samples exactly like the exact model; on the rule's own times it does not."""
     from scorelab.core.analytic import ring_mixture
 
     p = Discrete.from_schedule("linear", 1000)
     model, exact = _states_only_model(p, ring_mixture(8, 2.0, 0.1))
     x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    nfe = {"restart": 20, "accel_det": 40}.get(sampler, 12)  # restart runs from NFE 18; accel_det: u < t_max
+    top = {"t_max": 0.9}  # a grid starting below the chain's top state (accel_det's virtual time lies above it)
     for grid in ("uniform_log_snr", "karras"):
-        ts, _, opts = grid_for_nfe(sampler, p, 12, grid, return_opts=True, final_zero=True)
-        run = lambda m, g, o=opts: SAMPLERS[sampler].fn(m, x_T, g, **o)  # noqa: E731
+        ts, _, opts = grid_for_nfe(sampler, p, nfe, grid, return_opts=True, final_zero=True, **top)
+        noise = {"generator": torch.Generator().manual_seed(1)} if SAMPLERS[sampler].stochastic else {}
+        run = lambda m, g, o=opts, z=noise: SAMPLERS[sampler].fn(  # noqa: E731  (the same noise in every run)
+            m, x_T, g, **o, **{k: torch.Generator().manual_seed(1) for k in z})
         torch.testing.assert_close(run(model, ts), run(exact, ts), rtol=1e-10, atol=1e-10)
-        raw = make_grid(grid, p, len(ts) - 2, final_zero=True, snap=False)
+        raw = make_grid(grid, p, len(ts) - 2, final_zero=True, snap=False, **top)
         assert (run(model, raw) - run(exact, raw)).abs().max() > 1e-3

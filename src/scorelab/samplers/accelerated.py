@@ -27,7 +27,8 @@ General process and grid t_0 > t_1 > ... > t_n
 
 First step of ``accel_det`` (no t_{-1}): alpha_{t+1} := alpha_t (the grid continued geometrically in abar), and
 s_{t+1}(Y^-) is evaluated at the time u with abar(u) = abar(t_0) alpha_0, clamped to ``process.t_max`` so that a
-network is never queried outside its interval.  Any first-order-consistent first step (local error O(h^2)) keeps the
+network is never queried outside its interval; on a ``Discrete`` chain u moves onto a state (``first_prev_time``).
+Any first-order-consistent first step (local error O(h^2)) keeps the
 global order 2; the clamp only changes the step at that order.
 
 ``accel_stoch`` records, per step, the Gaussian of the second stage given Y^+: p(x_{k+1} | x^+) =
@@ -53,6 +54,7 @@ from .base import (
     fsqrt,
     gaussian_sample,
     gaussian_step,
+    on_chain_states,
     register,
 )
 from .loop import prepare, run_loop
@@ -134,6 +136,19 @@ def virtual_prev_time(process, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor
     return process.t_from_log_snr(lam_u).clamp(max=process.t_max).to(t.dtype)
 
 
+def first_prev_time(process, t: torch.Tensor, s: torch.Tensor, k: tuple) -> tuple:
+    """The first step's s_{t+1} time u and (c_u, alpha_{t+1}, 1 - alpha_{t+1}) (module doc) for the step t -> s with
+    ``_step_coefs`` k: u = ``virtual_prev_time`` with alpha_{t+1} := alpha_t.  On a ``Discrete`` chain with t a state
+    below the top one, u moves to the nearest state above t and alpha_{t+1} = abar(u)/abar(t) (the step as if the grid
+    had one more point, u): a network trained on integer steps is evaluated only where it was trained."""
+    u = virtual_prev_time(process, t, s)
+    if torch.as_tensor(t).ndim == 0 and on_chain_states(process, t) and float(t) * process.N < process.N - 0.5:
+        u = (torch.round(u * process.N).clamp(min=torch.round(t * process.N) + 1) / process.N).to(u.dtype)
+        vu = _vp(process, u)
+        return u, (fexp(vu[0]),) + _step_coefs(vu, _vp(process, t))[2:4]
+    return u, (fexp(_vp(process, u)[0]),) + k[2:4]
+
+
 # -- deterministic samplers ------------------------------------------------------------------------
 def accel_det_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
                    u: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,8 +161,7 @@ def accel_det_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: t
     vt, vs = _vp(p, t), _vp(p, s)
     k = _step_coefs(vt, vs)
     if u is None:
-        u = virtual_prev_time(p, t, s)
-        k_up = (fexp(_vp(p, u)[0]),) + k[2:4]
+        u, k_up = first_prev_time(p, t, s, k)
     else:
         vu = _vp(p, u)
         k_up = (fexp(vu[0]),) + _step_coefs(vu, vt)[2:4]
@@ -197,8 +211,8 @@ def sample_accel_det(model: DiffusionModel, x_T: torch.Tensor, ts, *, generator:
     """Accelerated deterministic sampler over ``ts`` (``[n+1]`` or ``[n+1, B]``); x_T ``[B, ...]``.
     Second order in the step size; NFE = 2n.  Returns x at ts[-1] or a Trajectory (deterministic steps)."""
     m, ts, g, ks = _grid_ks(model, x_T, ts)
-    u0 = virtual_prev_time(m.process, g.ts64[0], g.ts64[1])  # the first step's s_{t+1} time (module doc)
-    ups = [(u0.to(x_T), (fexp(_vp(m.process, u0)[0]),) + ks[0][2:4])] + \
+    u0, k_up0 = first_prev_time(m.process, g.ts64[0], g.ts64[1], ks[0])  # the first step's s_{t+1} (module doc)
+    ups = [(u0.to(x_T), k_up0)] + \
         [(g.t[i - 1], (ks[i - 1][0],) + ks[i - 1][2:4]) for i in range(1, len(ks))]
 
     def step(i, x, state):

@@ -27,6 +27,7 @@ import torch
 
 from .._utils import bcast, fits_type, suggest, type_name
 from ..core.denoisers import CountingModel, DiffusionModel, FunctionModel, NetworkModel
+from ..core.processes import Discrete
 
 Callback = Callable[[dict], None]
 
@@ -240,6 +241,18 @@ def data_prediction_at(m: DiffusionModel, x: torch.Tensor, t: torch.Tensor, a: C
     if isinstance(a, float) and x.dtype in _SCALAR_DTYPES and eps_native(m):
         return (x * _scalar(1.0 / a, x.dtype)).add_(m.eps(x, t), alpha=-sg / a)
     return m.x0(x, t)
+
+
+def on_chain_states(p, ts: torch.Tensor) -> bool:
+    """Whether the times ``ts`` (any shape) lie on the states t_i = i/N of a ``Discrete`` chain ``p`` (``make_grid``
+    on a chain).  Samplers that evaluate the model between grid times (DPM-Solver's intermediate points, restart's
+    inner grids, accel_det's first virtual time) then move those times onto states too: a network trained on
+    integer steps is evaluated only where it was trained."""
+    if not isinstance(p, Discrete):
+        return False
+    k = torch.as_tensor(ts, dtype=torch.float64)
+    k = k[k > 0] * p.N
+    return bool(torch.allclose(k, torch.round(k), atol=1e-6))
 
 
 def point_coefs(process, t: torch.Tensor) -> tuple[Coef, Coef, Coef]:

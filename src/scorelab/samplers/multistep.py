@@ -37,6 +37,7 @@ from .base import (
     fexpm1,
     fsqrt,
     gaussian_step,
+    on_chain_states,
     point_coefs,
     register,
 )
@@ -157,7 +158,7 @@ def dpm_solver_step(model: DiffusionModel, x: torch.Tensor, t: torch.Tensor, s: 
     p, zero = model.process, reaches_zero(s)
     c_t, c_s = point_coefs(p, t), point_coefs(p, s)
     u = [] if zero else _mid_times(p, c_t[2], c_s[2], order)
-    if u and _on_states(p, torch.stack([torch.as_tensor(t), torch.as_tensor(s)]).to(torch.float64)):
+    if u and on_chain_states(p, torch.stack([torch.as_tensor(t), torch.as_tensor(s)]).to(torch.float64)):
         u = _snap_step(p, torch.as_tensor(t, dtype=torch.float64), torch.as_tensor(s, dtype=torch.float64), u)
     mids = [(v.to(device=x.device, dtype=x.dtype), point_coefs(p, v)) for v in u]
     x_s, x0 = dpm_solver_core(model, x, t, c_t, c_s, zero, order, mids)
@@ -169,7 +170,7 @@ def _grid_mids(g: GridCoefs, orders: list[int], x: torch.Tensor) -> list[list]:
     ``t_from_log_snr`` and the coefficient memo; per-sample grid: per step)."""
     p, n = g.process, len(orders)
     need = [[] if g.zero[i + 1] or orders[i] == 1 else MID_R[orders[i]] for i in range(n)]
-    snap = _on_states(p, g.ts64)
+    snap = on_chain_states(p, g.ts64)
     if g.per_sample:
         def times(i):
             us = _mid_times(p, g.lam[i].cpu(), g.lam[i + 1].cpu(), orders[i])
@@ -190,15 +191,6 @@ def _grid_mids(g: GridCoefs, orders: list[int], x: torch.Tensor) -> list[list]:
                 j += len(need[i])
     cs, ux = iter(p.coefs_at(u)), iter(u.to(device=x.device, dtype=x.dtype).unbind(0))
     return [[(next(ux), next(cs)) for _ in need[i]] for i in range(n)]
-
-
-def _on_states(p, ts: torch.Tensor) -> bool:
-    """Whether the grid ``ts`` (``[n+1]`` or ``[n+1, B]``) lies on the states of a ``Discrete`` chain ``p``
-    (``make_grid`` on a chain)."""
-    if not isinstance(p, Discrete):
-        return False
-    k = ts[ts > 0].to(torch.float64) * p.N
-    return bool(torch.allclose(k, torch.round(k), atol=1e-6))
 
 
 def _snap_step(p: Discrete, t: torch.Tensor, s: torch.Tensor, us: list) -> list:

@@ -22,6 +22,12 @@ mapped to process times with ``t_from_log_snr``.  NFE = main Heun NFE + K * 2 n_
 without an explicit K, K = 1 below NFE 36 and no run below NFE 18 (``budget_loops``: the loops take at most a
 third of the budget).
 
+On a ``Discrete`` chain whose main grid lies on the chain's states (``make_grid``'s default there) the inner grids
+move onto states too (``Discrete.snap_to_states``; t_max_r to its nearest state): a network trained on integer steps
+is evaluated only where it was trained.  Measured on the grid panel's trained DDPM member (``disc_lin_sep8d_net``,
+NFE 50, K = 2): MMD^2 2.1e-2 with the inner grids on their own times (the loops added it: K = 0 gives 3.2e-4), 5.5e-4
+with them on states.
+
 The sampler is a composition of steps run by the one loop: ``restart_plan`` lists the Heun steps and, after the
 step reaching t_min_r, the K (re-noise, n_restart Heun) loops; the callback of that main step comes after its loops.
 """
@@ -31,7 +37,7 @@ import torch
 
 from ..core.denoisers import DiffusionModel
 from ..core.schedules import karras_between, t_from_sigma_hat
-from .base import Callback, GridCoefs, gaussian_step, register
+from .base import Callback, GridCoefs, gaussian_step, on_chain_states, register
 from .loop import prepare, run_loop
 from .ode import coefs, heun_core
 
@@ -75,7 +81,10 @@ def restart_plan(m: DiffusionModel, ts: torch.Tensor, x_T: torch.Tensor, j_r: in
         visited.append(ts[i + 1])
         report.append(i)
         if i + 1 == j_r and K > 0:
-            inner = karras_between(m.process, torch.as_tensor(t_hi), ts[i + 1].cpu(), n_restart).to(x_T.device)
+            inner = karras_between(m.process, torch.as_tensor(t_hi), ts[i + 1].cpu(), n_restart)
+            if inner.ndim == 1 and on_chain_states(m.process, ts):  # a network trained on the chain's steps
+                inner = m.process.snap_to_states(inner)
+            inner = inner.to(x_T.device)
             gi = GridCoefs.of(m.process, inner, x_T)
             report[-1] = None  # the callback of main step i comes after its restart loops
             for _ in range(K):
