@@ -334,9 +334,8 @@ def markdown(rules: dict, auto: dict, meta: dict) -> str:
         fl = ", ".join(f"{o} {v:.1e}" for o, v in meta["noise_floor"].items())
         lines += [f"Samplers within {TIE}x of the least geometric-mean ratio once every MMD^2 is floored at its "
                   f"member's noise level (the spread of {NOISE_DRAWS} exact-law draws of n = {meta['n']}: {fl}) are "
-                  "tied; one that draws no noise is preferred among them (`choose_auto`).  Cell: sampler (its ratio at "
-                  "the "
-                  "1e-5 floor).", ""]
+                  "tied; one that draws no noise is preferred among them (`choose_auto`).  Cell: sampler (its ratio "
+                  f"at the {MMD_FLOOR:g} floor).", ""]
     lines += table(["family"] + [f"NFE {k}" for k in nfes],
                    [[f] + [f"{d[k][0]} ({d[k][1]:.1f})" for k in nfes] for f, d in auto.items()])
     return "\n".join(lines)

@@ -28,8 +28,8 @@ General process and grid t_0 > t_1 > ... > t_n
 First step of ``accel_det`` (no t_{-1}): alpha_{t+1} := alpha_t (the grid continued geometrically in abar), and
 s_{t+1}(Y^-) is evaluated at the time u with abar(u) = abar(t_0) alpha_0, clamped to ``process.t_max`` so that a
 network is never queried outside its interval; on a ``Discrete`` chain u moves onto a state (``first_prev_time``).
-Any first-order-consistent first step (local error O(h^2)) keeps the
-global order 2; the clamp only changes the step at that order.
+Any first-order-consistent first step (local error O(h^2)) keeps the global order 2; the clamp and the move only
+change the step at that order.
 
 ``accel_stoch`` records, per step, the Gaussian of the second stage given Y^+: p(x_{k+1} | x^+) =
 N(c(t_{k+1}) (y^+ + (1 - alpha_k) s_vp(y^+, t_k))/sqrt(alpha_k), c(t_{k+1})^2 (1 - alpha_k)/(2 alpha_k) I), and stores
