@@ -22,7 +22,7 @@ mapped to process times with ``t_from_log_snr``.  NFE = main Heun NFE + K * 2 n_
 without an explicit K, K = 1 below NFE 36 and no run below NFE 18 (``budget_loops``: the loops take at most a
 third of the budget).
 
-On a ``Discrete`` chain whose main grid lies on the chain's states (``make_grid``'s default there) the inner grids
+On a ``Discrete`` chain whose (1-D) main grid lies on the chain's states (``make_grid``'s default there) the inner grids
 move onto states too (``Discrete.snap_to_states``; t_max_r to its nearest state): a network trained on integer steps
 is evaluated only where it was trained.  Measured on the grid panel's trained DDPM member (``disc_lin_sep8d_net``,
 NFE 50, K = 2): MMD^2 2.1e-2 with the inner grids on their own times (the loops added it: K = 0 gives 3.2e-4), 5.5e-4
