@@ -143,7 +143,7 @@ def first_prev_time(process, t: torch.Tensor, s: torch.Tensor, k: tuple) -> tupl
     had one more point, u): a network trained on integer steps is evaluated only where it was trained."""
     u = virtual_prev_time(process, t, s)
     if torch.as_tensor(t).ndim == 0 and on_chain_states(process, t) and float(t) * process.N < process.N - 0.5:
-        u = (torch.round(u * process.N).clamp(min=torch.round(t * process.N) + 1) / process.N).to(u.dtype)
+        u = process.snap_to_states(torch.stack([u, torch.as_tensor(t)]))[0].to(u.dtype)  # a state above t's
         vu = _vp(process, u)
         return u, (fexp(vu[0]),) + _step_coefs(vu, _vp(process, t))[2:4]
     return u, (fexp(_vp(process, u)[0]),) + k[2:4]
